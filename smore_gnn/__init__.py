@@ -1,0 +1,1 @@
+"""S'MoRE (Structural Mixture of Residual Experts) as a PyTorch Geometric GNN."""
