@@ -1,0 +1,129 @@
+"""``SMoREConv``: one bottom-up propagation step of S'MoRE on the routed sub-trees."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.inits import reset
+
+from smore_gnn.config import EXPERT_ACTS, PROPAGATIONS, SCATTERS
+
+
+def make_activation(name: str) -> nn.Module:
+    """The expert activation sigma: ``identity``, ``tanh``, ``relu`` or learnable ``prelu``."""
+    acts = {"identity": nn.Identity, "tanh": nn.Tanh, "relu": nn.ReLU, "prelu": nn.PReLU}
+    if name not in acts:
+        raise ValueError(f"Expected an expert activation in {list(EXPERT_ACTS)} (got {name!r})")
+    return acts[name]()
+
+
+class SMoREConv(MessagePassing):
+    r"""One layer of the bottom-up pass of S'MoRE from `"S'MoRE: Structural Mixture of Residual
+    Experts for Parameter-Efficient LLM Fine-tuning" <https://arxiv.org/abs/2504.06426>`_
+    (Eq. 3), on child -> parent edges of routed sub-trees:
+
+    .. math::
+        \mathbf{z}_n = \sigma\Big( \mathbf{r}_n + \mathbf{W} \sum_{c \in \mathcal{C}(n)}
+        \alpha_{c} \, \mathbf{z}_c \Big)
+
+    where :math:`\mathbf{r}_n = c_l \mathbf{B}^{e(n)} \mathbf{A}^{e(n)} \mathbf{x}` is the
+    residual of node :math:`n`'s expert (computed by the caller) and :math:`\alpha_c` the gate
+    score on the edge. Variants (:obj:`propagation`):
+
+    * ``"smore_star"``: :math:`\mathbf{z}_n = \mathbf{r}_n + \mathbf{W}\sigma(\mathbf{m}_n)`;
+    * ``"momor"``: :math:`\mathbf{z}_n = [n \text{ first use of } e(n)]\,\sigma(\mathbf{r}_n)
+      + \mathbf{W} \sum_c \mathbf{z}_c`, so the root only sees the *set* of experts per layer.
+
+    A leaf layer has :obj:`in_channels=0` (no children, no :math:`\mathbf{W}`); a root step
+    (:obj:`root=True`) only aggregates :math:`\sum_c \alpha_c \mathbf{z}_c`.
+
+    Args:
+        in_channels (int): child state width :math:`d_l` (0 for the leaf layer).
+        out_channels (int): node state width :math:`d_{l+1}`.
+        act (str, optional): :math:`\sigma`. (default: :obj:`"tanh"`)
+        propagation (str, optional): ``"smore"``, ``"smore_star"`` or ``"momor"``.
+            (default: :obj:`"smore"`)
+        bias (bool, optional): learn a bias in :math:`\mathbf{W}`. (default: :obj:`True`)
+        root (bool, optional): plain weighted sum to the root. (default: :obj:`False`)
+        scatter (str, optional): ``"native"`` or ``"torch_scatter"`` aggregation kernel.
+            (default: :obj:`"native"`)
+        **kwargs (optional): Additional arguments of
+            :class:`torch_geometric.nn.conv.MessagePassing`.
+
+    Shapes:
+        - **input:** child states :math:`(|\mathcal{V}_{l-1}|, d_l)` or :obj:`None`,
+          residuals :math:`(|\mathcal{V}_l|, d_{l+1})`, edge indices :math:`(2, |\mathcal{E}|)`,
+          edge weights :math:`(|\mathcal{E}|)`, first-use mask :math:`(|\mathcal{V}_l|)`
+        - **output:** node states :math:`(|\mathcal{V}_l|, d_{l+1})`
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        act: str = "tanh",
+        propagation: str = "smore",
+        bias: bool = True,
+        root: bool = False,
+        scatter: str = "native",
+        **kwargs,
+    ):
+        kwargs.setdefault("aggr", "add")
+        super().__init__(**kwargs)
+        if propagation not in PROPAGATIONS:
+            raise ValueError(f"Expected propagation in {list(PROPAGATIONS)} (got {propagation!r})")
+        if scatter not in SCATTERS:
+            raise ValueError(f"Expected scatter in {list(SCATTERS)} (got {scatter!r})")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.propagation, self.root, self.scatter = propagation, root, scatter
+        has_lin = in_channels > 0 and not root
+        self.lin = nn.Linear(in_channels, out_channels, bias=bias) if has_lin else None
+        self.act = nn.Identity() if root else make_activation(act)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        reset(self.lin)
+        reset(self.act)
+
+    def forward(
+        self,
+        x: Tensor | None,
+        residual: Tensor | None = None,
+        edge_index: Tensor | None = None,
+        edge_weight: Tensor | None = None,
+        first_use: Tensor | None = None,
+        num_parents: int | None = None,
+    ) -> Tensor:
+        if self.propagation == "momor":
+            edge_weight = None  # MoMOR forgets the structure, gate scores included
+        if self.root:
+            return self.propagate(
+                edge_index, x=x, edge_weight=edge_weight, size=(x.size(0), num_parents)
+            )
+        m = None
+        if self.lin is not None:  # [|V_{l-1}|, d_l] -> [|V_l|, d_l]
+            size = (x.size(0), residual.size(0))
+            m = self.propagate(edge_index, x=x, edge_weight=edge_weight, size=size)
+        if self.propagation == "smore":
+            return self.act(residual if m is None else residual + self.lin(m))
+        if self.propagation == "smore_star":
+            return residual if m is None else residual + self.lin(self.act(m))
+        own = self.act(residual) * first_use.reshape(-1, 1).to(residual.dtype)  # momor
+        return own if m is None else own + self.lin(m)
+
+    def message(self, x_j: Tensor, edge_weight: Tensor | None) -> Tensor:
+        return x_j if edge_weight is None else edge_weight.view(-1, 1).to(x_j.dtype) * x_j
+
+    def aggregate(
+        self, inputs: Tensor, index: Tensor, ptr: Tensor | None = None, dim_size: int | None = None
+    ) -> Tensor:
+        if self.scatter == "torch_scatter":
+            import torch_scatter
+
+            return torch_scatter.scatter(inputs, index, dim=0, dim_size=dim_size, reduce="sum")
+        return super().aggregate(inputs, index, ptr=ptr, dim_size=dim_size)
+
+    def __repr__(self) -> str:
+        kind = "root" if self.root else self.propagation
+        return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, {kind})"

@@ -1,0 +1,171 @@
+"""``SMoRELinear``: a frozen ``nn.Linear`` plus the S'MoRE adapter delta (SPEC §1, §5).
+
+Forward: route every token top-down, materialise the routed sub-trees as one batched graph,
+then propagate bottom-up with :class:`~smore_gnn.conv.SMoREConv` (``backend="gnn"``) or with
+the dense oracle (``backend="dense"``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from smore_gnn.config import SMoREConfig
+from smore_gnn.conv import SMoREConv
+from smore_gnn.dense import dense_delta
+from smore_gnn.experts import ResidualExperts
+from smore_gnn.router import RoutingResult, SMoRERouter
+from smore_gnn.tree import RoutingTree
+
+
+class SMoRELinear(nn.Module):
+    """Wraps a frozen ``base_layer``; returns ``base_layer(x) + W_proj m_root(x)``.
+
+    Args:
+        base_layer (nn.Linear): the frozen map ``W0``.
+        config (SMoREConfig): adapter configuration.
+
+    Attributes:
+        balance_loss: the last forward's summed balance loss (a scalar with grad).
+        last_routing: the last forward's :class:`RoutingResult` (detached).
+        attention_mask: optional mask set by the model wrapper; padding (0) is excluded
+            from balance statistics.
+    """
+
+    def __init__(self, base_layer: nn.Linear, config: SMoREConfig):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"SMoRELinear wraps an nn.Linear (got {type(base_layer).__name__})")
+        if not isinstance(config, SMoREConfig):
+            raise TypeError(f"SMoRELinear expects an SMoREConfig (got {type(config).__name__})")
+        self.base_layer, self.config = base_layer, config
+        self.base_layer.requires_grad_(False)
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        dims, cfg = config.message_dims, config
+        self.router = SMoRERouter(self.in_features, cfg)
+        banks = [
+            ResidualExperts(self.in_features, s, r, dims[l + 1], cfg.bias)
+            for l, (s, r) in enumerate(zip(cfg.num_experts, cfg.rank))
+        ]
+        if cfg.shared_pool:  # S'MoRE#: one pool, registered once per layer, stored once
+            banks = [banks[0]] * cfg.num_layers
+        self.experts = nn.ModuleList(banks)
+        self.convs = nn.ModuleList(
+            SMoREConv(dims[l], dims[l + 1], cfg.expert_act, cfg.propagation, cfg.bias,
+                      scatter=cfg.scatter)
+            for l in range(cfg.num_layers)
+        )  # fmt: skip
+        self.root = SMoREConv(dims[-1], dims[-1], propagation=cfg.propagation, root=True,
+                              scatter=cfg.scatter)  # fmt: skip
+        self.proj = nn.Linear(dims[-1], self.out_features, bias=cfg.bias)
+        weight = base_layer.weight
+        dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+        self.to(device=weight.device, dtype=dtype)
+        self.base_layer.to(dtype=weight.dtype)  # keep the frozen layer as it came
+        self.balance_loss: Tensor | None = None
+        self.last_routing: RoutingResult | None = None
+        self.attention_mask: Tensor | None = None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """``w_final_zero`` (SPEC §5), plus Proposition 3.2's construction for ``eq_1_layer``."""
+        self.router.reset_parameters()
+        for bank in self.experts:
+            bank.reset_parameters()
+        for conv in self.convs:
+            conv.reset_parameters()
+        nn.init.zeros_(self.proj.weight)
+        if self.proj.bias is not None:
+            nn.init.zeros_(self.proj.bias)
+        if self.config.init_method == "eq_1_layer":
+            self._init_eq_1_layer()
+
+    def _init_eq_1_layer(self) -> None:
+        # B^i writes its r coordinates into slot i of the s r new ones; W_l = [0; I] copies
+        # the old d_l coordinates below them (S'MoRE#: W_l = I, slots shared by all layers).
+        for bank in self.experts:
+            r = bank.rank
+            bank.lora_B.zero_()
+            for i in range(bank.num_experts):
+                bank.lora_B[i, i * r : (i + 1) * r, :] = torch.eye(r)
+            for bias in (bank.lora_A.bias, bank.lora_B_bias):
+                if bias is not None:
+                    bias.zero_()
+        for conv in self.convs:
+            if conv.lin is None:
+                continue
+            w = conv.lin.weight  # [d_{l+1}, d_l]
+            w.zero_()
+            w[w.size(0) - w.size(1) :, :] = torch.eye(w.size(1))
+            if conv.lin.bias is not None:
+                conv.lin.bias.zero_()
+
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """``[..., d] -> [..., d_out]``; ``attention_mask`` has shape ``x.shape[:-1]``."""
+        result = self.base_layer(x)
+        if x.size(-1) != self.in_features:
+            raise ValueError(
+                f"SMoRELinear expected inputs [..., {self.in_features}] (got {tuple(x.shape)})"
+            )
+        lead = x.shape[:-1]
+        if attention_mask is None and self.attention_mask is not None:
+            if self.attention_mask.shape == lead:
+                attention_mask = self.attention_mask
+        flat = x.reshape(-1, self.in_features)  # [N, d]
+        mask = None if attention_mask is None else attention_mask.reshape(-1)
+        routing = self.router(flat, mask)
+        delta = self.adapter_delta(flat, routing)  # [N, d_out]
+        self.balance_loss = routing.balance_loss
+        self.last_routing = _detached(routing)
+        return result + delta.view(*lead, self.out_features).to(result.dtype)
+
+    def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
+        """``W_proj m_root`` for tokens ``x`` [N, d] routed as ``routing`` -> [N, d_out]."""
+        x = x.to(self.proj.weight.dtype)
+        if self.config.backend == "dense":
+            return dense_delta(self, x, routing)
+        return self.proj(self.propagate_tree(x, RoutingTree.from_routing(routing)))
+
+    def propagate_tree(self, x: Tensor, tree: RoutingTree) -> Tensor:
+        """The GNN pass: ``L`` message-passing steps plus the root sum -> ``m_root`` [N, d_L]."""
+        momor, scales = self.config.propagation == "momor", self.config.residual_scales
+        z, every = None, None
+        for l, conv in enumerate(self.convs):
+            if every is None or not self.config.shared_pool:
+                every = self.experts[l](x)  # [N, s_l, d_{l+1}] all experts of the layer
+            picked = tree.experts[l][..., None].expand(-1, -1, every.size(-1))
+            res = scales[l] * every.gather(1, picked).flatten(0, 1)  # [N * F_l, d_{l+1}]
+            first = tree.first_use(l).reshape(-1) if momor else None
+            if l == 0:
+                z = conv(None, res, first_use=first)
+            else:
+                ei, ew = tree.layer_edge_index(l - 1), tree.layer_edge_weight(l - 1)
+                z = conv(z, res, ei, ew, first_use=first)  # [N * F_l, d_{l+1}]
+        top = self.config.num_layers - 1
+        ei, ew = tree.layer_edge_index(top), tree.layer_edge_weight(top)
+        return self.root(z, None, ei, ew, num_parents=x.size(0))  # [N, d_L]
+
+    @property
+    def last_tree(self) -> RoutingTree | None:
+        """The last forward's routed sub-trees as a batched graph (for inspection)."""
+        return None if self.last_routing is None else RoutingTree.from_routing(self.last_routing)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"in={self.in_features}, out={self.out_features}, experts={c.num_experts}, "
+            f"fanout={c.fanout}, rank={c.rank}, backend={c.backend!r}"
+        )
+
+
+def _detached(routing: RoutingResult) -> RoutingResult:
+    return RoutingResult(
+        experts=routing.experts,
+        scores=[s.detach() for s in routing.scores],
+        fanout=routing.fanout,
+        balance_loss=routing.balance_loss.detach(),
+        load=[t.detach() for t in routing.load],
+        importance=[t.detach() for t in routing.importance],
+        layer_losses=[t.detach() for t in routing.layer_losses],
+    )

@@ -1,0 +1,144 @@
+"""Hierarchical top-down router of S'MoRE (SPEC §3).
+
+The root picks ``f_{L-1}`` experts of the top layer; then every picked parent, separately,
+picks its own ``f_l`` children of the layer below from the router input
+``concat(u, key(top ancestor), ..., key(parent))``. All routing math runs in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smore_gnn.config import SMoREConfig
+from smore_gnn.gates import GateOutput, cosine_logits, dense_gate, noisy_topk_gate, switch_gate
+
+_ACTS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
+
+
+def linear32(x: Tensor, layer: nn.Linear) -> Tensor:
+    """``layer(x)`` computed in float32 whatever the dtype of ``x`` and of the weights."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+@dataclass
+class RoutingResult:
+    """The router's decisions for ``N`` tokens, per layer ``l`` (bottom first).
+
+    ``experts[l]`` and ``scores[l]`` are ``[N, F_l]``; node ``j`` of layer ``l`` hangs under
+    node ``j // f_l`` of layer ``l + 1`` (the root for the top layer).
+    """
+
+    experts: list[Tensor]  # per layer: [N, F_l] long
+    scores: list[Tensor]  # per layer: [N, F_l] float32, alpha of the edge to the parent
+    fanout: list[int]
+    balance_loss: Tensor  # [] summed over layers
+    load: list[Tensor] = field(default_factory=list)  # per layer: [s_l] picks (valid tokens)
+    importance: list[Tensor] = field(default_factory=list)  # per layer: [s_l] summed scores
+    layer_losses: list[Tensor] = field(default_factory=list)  # per layer: []
+
+    @property
+    def num_tokens(self) -> int:
+        return self.experts[0].size(0)
+
+
+class LayerRouter(nn.Module):
+    """Router of one expert layer: MLP ``g_l``, keys ``K_l`` and (noisy top-k) noise weights."""
+
+    def __init__(self, in_dim: int, num_experts: int, fanout: int, config: SMoREConfig):
+        super().__init__()
+        self.num_experts, self.fanout = num_experts, fanout
+        self.gate_type, self.weight = config.gate_type, config.balance_loss_weight
+        self.noise_eps, self.act = config.noise_eps, config.router_act
+        self.fc1 = nn.Linear(in_dim, config.router_dim)
+        self.fc2 = nn.Linear(config.router_dim, config.router_dim)
+        self.keys = nn.Parameter(torch.empty(num_experts, config.router_dim))
+        self.noise = nn.Linear(in_dim, num_experts) if self.gate_type == "noisy_topk" else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.fc1.reset_parameters()
+        self.fc2.reset_parameters()
+        nn.init.normal_(self.keys, std=self.keys.size(1) ** -0.5)
+        if self.noise is not None:  # zero: training starts with std = softplus(0) + eps
+            nn.init.zeros_(self.noise.weight)
+            nn.init.zeros_(self.noise.bias)
+
+    def forward(self, h: Tensor, valid: Tensor) -> GateOutput:
+        # h: [E, in_dim] float32 router input of E routing events; valid: [E] bool
+        q = linear32(h, self.fc1)
+        q = _ACTS[self.act](q) if self.act != "identity" else q
+        q = linear32(q, self.fc2)  # [E, d_g]
+        keys = self.keys.float()
+        if self.gate_type == "noisy_topk":
+            std = None
+            if self.training:
+                std = F.softplus(linear32(h, self.noise)) + self.noise_eps  # [E, s]
+            return noisy_topk_gate(cosine_logits(q, keys), std, self.fanout, valid, self.weight)
+        logits = q @ keys.t()  # [E, s]
+        if self.gate_type == "switch":
+            return switch_gate(logits, self.fanout, valid, self.weight)
+        return dense_gate(logits, valid)
+
+
+class SMoRERouter(nn.Module):
+    """Top-down hierarchical router over ``L`` layers of experts.
+
+    Args:
+        in_features (int): token width ``d``.
+        config (SMoREConfig): the adapter configuration.
+    """
+
+    def __init__(self, in_features: int, config: SMoREConfig):
+        super().__init__()
+        self.fanout = list(config.fanout)
+        d_u = config.down_proj_dim or in_features
+        self.down_proj = nn.Linear(in_features, d_u) if config.down_proj_dim else None
+        self.layers = nn.ModuleList(
+            LayerRouter(d_u + extra, s, f, config)
+            for extra, s, f in zip(config.router_input_dims, config.num_experts, config.fanout)
+        )
+
+    def reset_parameters(self) -> None:
+        if self.down_proj is not None:
+            self.down_proj.reset_parameters()
+        for layer in self.layers:
+            layer.reset_parameters()
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> RoutingResult:
+        """Route ``x`` [N, d]; ``mask`` [N] (0/False = padding, excluded from statistics)."""
+        num_tokens = x.size(0)
+        valid = (
+            torch.ones(num_tokens, dtype=torch.bool, device=x.device)
+            if mask is None
+            else mask.reshape(num_tokens).bool()
+        )
+        u = x.float() if self.down_proj is None else linear32(x, self.down_proj)  # [N, d_u]
+        ancestors = u.new_zeros(num_tokens, 1, 0)  # [N, F_{l+1}, keys so far]
+        experts, scores, outs = [], [], []
+        for l in reversed(range(len(self.layers))):
+            parents = ancestors.size(1)
+            h = torch.cat([u[:, None, :].expand(-1, parents, -1), ancestors], dim=-1)
+            out = self.layers[l](
+                h.reshape(num_tokens * parents, -1), valid.repeat_interleave(parents)
+            )
+            f = out.experts.size(-1)
+            picked = out.experts.reshape(num_tokens, parents * f)  # [N, F_l]
+            experts.insert(0, picked)
+            scores.insert(0, out.scores.reshape(num_tokens, parents * f))
+            outs.insert(0, out)
+            keys = self.layers[l].keys.float()[picked]  # [N, F_l, d_g]
+            ancestors = torch.cat([ancestors.repeat_interleave(f, dim=1), keys], dim=-1)
+        return RoutingResult(
+            experts=experts,
+            scores=scores,
+            fanout=self.fanout,
+            balance_loss=torch.stack([o.loss for o in outs]).sum(),
+            load=[o.load for o in outs],
+            importance=[o.importance for o in outs],
+            layer_losses=[o.loss for o in outs],
+        )
