@@ -131,13 +131,15 @@ class SMoREConfig:
             not isinstance(self.down_proj_dim, int) or self.down_proj_dim < 0
         ):
             raise ValueError(
-                f"SMoREConfig.down_proj_dim must be a positive int or None (got {self.down_proj_dim})"
+                "SMoREConfig.down_proj_dim must be a positive int or None "
+                f"(got {self.down_proj_dim!r})"
             )
         if not (
             isinstance(self.balance_loss_weight, (int, float)) and self.balance_loss_weight >= 0
         ):
             raise ValueError(
-                f"SMoREConfig.balance_loss_weight must be a float >= 0 (got {self.balance_loss_weight!r})"
+                "SMoREConfig.balance_loss_weight must be a float >= 0 "
+                f"(got {self.balance_loss_weight!r})"
             )
         if not self.noise_eps > 0:
             raise ValueError(f"SMoREConfig.noise_eps must be > 0 (got {self.noise_eps})")

@@ -109,9 +109,9 @@ class SMoRELinear(nn.Module):
                 f"SMoRELinear expected inputs [..., {self.in_features}] (got {tuple(x.shape)})"
             )
         lead = x.shape[:-1]
-        if attention_mask is None and self.attention_mask is not None:
-            if self.attention_mask.shape == lead:
-                attention_mask = self.attention_mask
+        stored = self.attention_mask
+        if attention_mask is None and stored is not None and stored.shape == lead:
+            attention_mask = stored  # set by the model wrapper for this batch
         flat = x.reshape(-1, self.in_features)  # [N, d]
         mask = None if attention_mask is None else attention_mask.reshape(-1)
         routing = self.router(flat, mask)
