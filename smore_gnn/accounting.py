@@ -63,7 +63,9 @@ def flops_per_token(
 ) -> dict[str, int | float]:
     """FLOPs per token of the router and of the experts, and the LoRA-of-rank-``d_L`` reference.
 
-    ``delta`` is the extra work of S'MoRE over that LoRA, as a fraction (the paper's Table 1).
+    ``delta`` is the extra expert work of S'MoRE over that LoRA, as a fraction (the paper's
+    Table 1, router excluded); ``router_fraction`` is the router's work relative to that LoRA
+    (the paper's Figure 5 compares the two).
     """
     d, dims, nodes, g = in_features, cfg.message_dims, cfg.nodes_per_layer, cfg.router_dim
     d_u = cfg.down_proj_dim or d
@@ -85,5 +87,6 @@ def flops_per_token(
         "experts": experts,
         "total": router + experts,
         "lora_rank_d_L": lora,
-        "delta": (router + experts - lora) / lora,
+        "delta": (experts - lora) / lora,
+        "router_fraction": router / lora,
     }

@@ -60,8 +60,8 @@ class SMoRELinear(nn.Module):
         self.proj = nn.Linear(dims[-1], self.out_features, bias=cfg.bias)
         weight = base_layer.weight
         dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
-        self.to(device=weight.device, dtype=dtype)
-        self.base_layer.to(dtype=weight.dtype)  # keep the frozen layer as it came
+        for module in (self.router, self.experts, self.convs, self.proj):  # not the base layer
+            module.to(device=weight.device, dtype=dtype)
         self.balance_loss: Tensor | None = None
         self.last_routing: RoutingResult | None = None
         self.attention_mask: Tensor | None = None
@@ -103,11 +103,11 @@ class SMoRELinear(nn.Module):
 
     def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``[..., d] -> [..., d_out]``; ``attention_mask`` has shape ``x.shape[:-1]``."""
-        result = self.base_layer(x)
         if x.size(-1) != self.in_features:
             raise ValueError(
                 f"SMoRELinear expected inputs [..., {self.in_features}] (got {tuple(x.shape)})"
             )
+        result = self.base_layer(x)
         lead = x.shape[:-1]
         stored = self.attention_mask
         if attention_mask is None and stored is not None and stored.shape == lead:

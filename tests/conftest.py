@@ -1,0 +1,36 @@
+"""Shared fixtures: small adapters on CPU, deterministic seeds."""
+
+from __future__ import annotations
+
+import matplotlib
+import pytest
+import torch
+from torch import nn
+
+from smore_gnn import SMoREConfig, SMoRELinear
+
+matplotlib.use("Agg")
+
+
+def make_layer(
+    dtype: torch.dtype = torch.float64,
+    in_features: int = 8,
+    out_features: int = 6,
+    randomize: bool = True,
+    seed: int = 0,
+    **config,
+) -> SMoRELinear:
+    """A small adapter whose zero-initialised parts are made random, so no term vanishes."""
+    torch.manual_seed(seed)
+    layer = SMoRELinear(nn.Linear(in_features, out_features).to(dtype), SMoREConfig(**config))
+    if randomize:
+        with torch.no_grad():
+            for name, p in layer.named_parameters():
+                if p.requires_grad and ("proj" in name or "bias" in name or "noise" in name):
+                    p.normal_(0, 0.5)
+    return layer
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,147 @@
+"""Hierarchical routing and the three gates' balance losses (SPEC §3)."""
+
+import pytest
+import torch
+from torch import nn
+
+from smore_gnn import SMoREConfig, SMoRERouter
+from smore_gnn.gates import cv_squared
+
+
+def _constant_router(cfg: SMoREConfig, query: list[float], keys: list[list[float]]):
+    """Every token gets query ``q`` (fc2 weight 0, bias q) against the given keys."""
+    router = SMoRERouter(4, cfg)
+    layer = router.layers[0]
+    with torch.no_grad():
+        layer.fc2.weight.zero_()
+        layer.fc2.bias.copy_(torch.tensor(query))
+        layer.keys.copy_(torch.tensor(keys))
+    return router
+
+
+def test_top_down_shapes_and_distinct_siblings():
+    cfg = SMoREConfig(num_experts=[5, 4, 3], fanout=[3, 2, 2], rank=[1, 1, 1], router_dim=8)
+    router = SMoRERouter(10, cfg)
+    out = router(torch.randn(7, 10))
+    assert [e.shape for e in out.experts] == [(7, 12), (7, 4), (7, 2)]
+    assert [s.shape for s in out.scores] == [(7, 12), (7, 4), (7, 2)]
+    for l, f in enumerate(cfg.fanout):
+        groups = out.experts[l].view(7, -1, f)  # siblings of one parent
+        assert (groups.sort(-1).values.diff(dim=-1) > 0).all()  # siblings are distinct
+        assert int(out.experts[l].max()) < cfg.num_experts[l]
+    assert [r.fc1.in_features for r in router.layers] == [32 + 16, 32 + 8, 32]
+
+
+def test_children_depend_on_parent_key():
+    """Each chosen parent picks its own children: swapping two parents' keys swaps them."""
+    cfg = SMoREConfig(num_experts=[6, 2], fanout=[2, 2], rank=[1, 1], gate_type="switch")
+    router = SMoRERouter(4, cfg)
+    x = torch.randn(50, 4)
+    out = router(x)
+    differs = out.experts[0][:, :2].sort(-1).values != out.experts[0][:, 2:].sort(-1).values
+    assert differs.any()  # cousins may differ (and may repeat)
+
+
+def test_switch_uniform_routing_gives_the_weight():
+    cfg = SMoREConfig(
+        num_experts=[3, 4],
+        fanout=[2, 1],
+        rank=[1, 1],
+        gate_type="switch",
+        balance_loss_weight=0.03,
+    )
+    router = SMoRERouter(4, cfg)
+    with torch.no_grad():
+        for layer in router.layers:
+            layer.fc2.weight.zero_()
+            layer.fc2.bias.zero_()  # q = 0 -> uniform probabilities
+    out = router(torch.randn(9, 4))
+    for loss in out.layer_losses:
+        assert loss.item() == pytest.approx(0.03, rel=1e-6)
+    assert out.balance_loss.item() == pytest.approx(0.06, rel=1e-6)
+
+
+def test_switch_loss_hand_computed():
+    cfg = SMoREConfig(
+        num_experts=[2],
+        fanout=[1],
+        rank=[1],
+        gate_type="switch",
+        router_dim=2,
+        balance_loss_weight=0.5,
+    )
+    router = _constant_router(cfg, [1.0, 0.0], [[2.0, 0.0], [0.0, 0.0]])
+    out = router(torch.randn(3, 4))
+    p0 = torch.tensor([2.0, 0.0]).softmax(0)[0].item()  # every token: probs (p0, 1 - p0)
+    # frac = (1, 0), mean_prob = (p0, 1 - p0): w * s * sum = 0.5 * 2 * p0
+    assert out.balance_loss.item() == pytest.approx(p0, rel=1e-6)
+    assert out.load[0].tolist() == [3.0, 0.0]
+    assert out.importance[0].tolist() == pytest.approx([3.0 * p0, 0.0])
+
+
+def test_noisy_topk_loss_hand_computed():
+    cfg = SMoREConfig(
+        num_experts=[3],
+        fanout=[1],
+        rank=[1],
+        gate_type="noisy_topk",
+        router_dim=2,
+        balance_loss_weight=0.1,
+    )
+    router = _constant_router(cfg, [1.0, 1.0], [[1.0, 1.0], [1.0, 0.0], [-1.0, 0.0]]).eval()
+    out = router(torch.randn(4, 4))
+    c = 1.0  # cosine of q with key 0; f = 1 -> the score is the raw logit
+    assert out.scores[0].flatten().tolist() == pytest.approx([c] * 4)
+    # importance (4c, 0, 0) and load (4, 0, 0): cv^2 = var / mean^2 = 2 each
+    assert out.balance_loss.item() == pytest.approx(0.1 * (2 + 2), rel=1e-5)
+    assert cv_squared(torch.tensor([4.0, 0.0, 0.0])).item() == pytest.approx(2.0)
+
+
+def test_noisy_topk_scores_softmax_over_picks_and_noise_in_training():
+    cfg = SMoREConfig(num_experts=[5], fanout=[3], rank=[1], gate_type="noisy_topk")
+    router = SMoRERouter(6, cfg)
+    x = torch.randn(20, 6)
+    out = router.eval()(x)
+    torch.testing.assert_close(out.scores[0].view(20, 3).sum(-1), torch.ones(20))
+    again = router(x)
+    assert torch.equal(out.experts[0], again.experts[0])  # eval: no noise
+    router.train()
+    torch.manual_seed(0)
+    a = router(x)
+    torch.manual_seed(1)
+    b = router(x)
+    assert not torch.equal(a.scores[0], b.scores[0])  # training: noisy
+
+
+def test_dense_gate_routes_to_all():
+    cfg = SMoREConfig(num_experts=[3, 2], fanout=[3, 2], rank=[1, 1], gate_type="dense")
+    out = SMoRERouter(4, cfg)(torch.randn(5, 4))
+    assert out.experts[1].tolist() == [[0, 1]] * 5
+    assert out.experts[0].tolist() == [[0, 1, 2, 0, 1, 2]] * 5
+    torch.testing.assert_close(out.scores[0].view(5, 2, 3).sum(-1), torch.ones(5, 2))
+    assert out.balance_loss.item() == 0.0
+
+
+@pytest.mark.parametrize("gate", ["noisy_topk", "switch", "dense"])
+def test_padding_changes_no_statistic(gate):
+    fanout = [3, 2] if gate == "dense" else [2, 1]
+    cfg = SMoREConfig(num_experts=[3, 2], fanout=fanout, rank=[1, 1], gate_type=gate)
+    router = SMoRERouter(4, cfg).eval()
+    x = torch.randn(6, 4)
+    ref = router(x)
+    padded = torch.cat([x, 10 * torch.randn(5, 4)])
+    mask = torch.cat([torch.ones(6), torch.zeros(5)])
+    out = router(padded, mask)
+    torch.testing.assert_close(out.balance_loss, ref.balance_loss)
+    for a, b in zip(out.load + out.importance, ref.load + ref.importance):
+        torch.testing.assert_close(a, b)
+    unmasked = router(padded)
+    assert not torch.equal(unmasked.load[0], ref.load[0]) or gate == "dense"
+
+
+def test_routing_math_is_float32_for_float64_and_bf16_weights():
+    cfg = SMoREConfig(num_experts=[3], fanout=[2], rank=[1], gate_type="switch")
+    router = SMoRERouter(4, cfg).to(torch.bfloat16)
+    out = router(torch.randn(3, 4, dtype=torch.bfloat16))
+    assert out.scores[0].dtype == torch.float32 and out.balance_loss.dtype == torch.float32
+    assert isinstance(router.layers[0].fc1, nn.Linear)
