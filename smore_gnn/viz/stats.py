@@ -180,6 +180,7 @@ def plot_gamma_vs_layers(
     f: int = 2,
     max_layers: int = 4,
     show_star: bool = False,
+    measured: Mapping[str, Mapping[int, int]] | None = None,
     ax: Axes | None = None,
     path: str | Path | None = None,
     title: str | None = None,
@@ -195,6 +196,8 @@ def plot_gamma_vs_layers(
         f: fanout per layer.
         max_layers: plot ``L = 1 .. max_layers``.
         show_star: add the S'MoRE* count (``theory.closed_form.gamma_smore_star``).
+        measured: brute-force counts ``{"smore" | "momor" | "smore_star": {L: count}}``
+            (e.g. from ``theory.count.measure``), drawn as black crosses on the curves.
         ax: draw into these axes (default: a new figure).
         path: save the figure there when given.
         title: axes title.
@@ -211,6 +214,9 @@ def plot_gamma_vs_layers(
     if show_star:
         star = [closed.gamma_smore_star(*closed.uniform(s, f, n)) for n in layers]
         ax.plot(layers, star, marker="^", ls=":", label="S'MoRE* (ours)")
+    for i, counts in enumerate((measured or {}).values()):
+        ax.plot(list(counts), list(counts.values()), "x", color="black", markersize=9,
+                label=None if i else "brute force (GNN)")  # fmt: skip
     for x, a, b in zip(layers, smore, momor):
         ax.annotate(f"{a:,}", (x, a), textcoords="offset points", xytext=(-6, 6), fontsize=7,
                     ha="right")  # fmt: skip

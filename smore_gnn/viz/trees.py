@@ -185,8 +185,8 @@ def draw_routing_trees(
         names = [f"token {k}" for k in tokens]
     if labels is not None and len(labels) != len(panels):
         raise ValueError(f"Expected {len(panels)} labels, one per panel (got {len(labels)})")
-    leaves = int((panels[0].layer == 0).sum())
-    num_layers = int(panels[0].layer.max())
+    leaves = max(int((data.layer == 0).sum()) for data in panels)
+    num_layers = max(int(data.layer.max()) for data in panels)  # panels may differ in depth
     fig, axes = grid(len(panels), ncols, (max(2.4, 0.9 * leaves + 0.4), 1.0 * (num_layers + 1)))
     for ax, data, name in zip(axes, panels, names if labels is None else labels):
         draw_routing_tree(data, ax=ax, title=name, show_scores=show_scores, legend=False)

@@ -1,19 +1,14 @@
-"""Inspect routed sub-trees: expert counts, co-routing, load entropy, tree comparison.
+"""Routing statistics of routed sub-trees: expert counts, co-routing, load entropy.
 
-Plain tensor/Python helpers behind :mod:`smore_gnn.viz` and the notebooks (SPEC §4, §7).
-A token's tree is compared the way the paper's structural-flexibility argument (Sec. 3.5)
-does: two tokens have the *same structure* when their labelled rooted trees are isomorphic
-(siblings are unordered, gate scores ignored); MoMOR sees only the *set* of experts active in
-each layer, so two trees with equal per-layer sets but different wiring are the pairs only
-S'MoRE can tell apart.
+``as_tree`` accepts a :class:`RoutingTree`, the :class:`RoutingResult` it was built from, or an
+``SMoRELinear`` after a forward (its ``last_tree``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from itertools import combinations
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,7 +18,6 @@ from smore_gnn.router import RoutingResult
 from smore_gnn.tree import RoutingTree
 
 TreeLike = RoutingTree | RoutingResult | SMoRELinear
-Signature = tuple  # nested ``(layer, expert, (child signatures, sorted))``
 
 
 def as_tree(routing_or_tree: TreeLike) -> RoutingTree:
@@ -127,94 +121,94 @@ def load_entropy(load: Tensor | Sequence[float]) -> float:
     return float(h / math.log(load.numel()))
 
 
-def routing_stats(
-    routing_or_tree: TreeLike, num_experts: Sequence[int] | None = None
-) -> dict[str, list]:
-    """Per-layer load share and normalised load entropy of one routing (counts of picks).
+def routing_stats(routing_or_tree: TreeLike, num_experts: Sequence[int] | None = None) -> dict:
+    """Per-layer load share and normalised load entropy of one routing.
+
+    The load is ``RoutingResult.load`` (picks per expert, padding excluded) when a routing or
+    a layer is given, else the picks counted in the tree.
 
     Args:
-        routing_or_tree: the routed sub-trees.
-        num_experts: ``[s_0, ..., s_{L-1}]``; inferred from the ids used when ``None``.
+        routing_or_tree: the routed sub-trees, their routing, or an ``SMoRELinear``.
+        num_experts: ``[s_0, ..., s_{L-1}]`` for a bare tree; inferred when ``None``.
 
     Returns:
         ``{"entropy": [float per layer], "load_share": [[float per expert] per layer]}``, the
         format :func:`smore_gnn.viz.plot_entropy_curve` reads from a list of such dicts.
     """
-    tree = as_tree(routing_or_tree)
-    sizes = [None] * tree.num_layers if num_experts is None else list(num_experts)
-    entropy, share = [], []
-    for l in range(tree.num_layers):
-        load = expert_counts(tree, l, sizes[l]).sum(0).double()  # [s_l]
-        entropy.append(load_entropy(load))
-        share.append((load / load.sum().clamp_min(1)).tolist())
-    return {"entropy": entropy, "load_share": share}
+    routing = routing_or_tree
+    if isinstance(routing, SMoRELinear):
+        routing = routing.last_routing
+    if isinstance(routing, RoutingResult) and routing.load:
+        loads = [t.detach().double().cpu() for t in routing.load]  # per layer [s_l]
+    else:
+        tree = as_tree(routing_or_tree)
+        sizes = [None] * tree.num_layers if num_experts is None else list(num_experts)
+        loads = [expert_counts(tree, l, sizes[l]).sum(0).double() for l in range(len(sizes))]
+    return {
+        "entropy": [load_entropy(load) for load in loads],
+        "load_share": [(load / load.sum().clamp_min(1e-12)).tolist() for load in loads],
+    }
 
 
-def tree_signature(routing_or_tree: TreeLike, token: int) -> Signature:
-    """Canonical form of token ``token``'s labelled routed tree (siblings unordered).
-
-    Two tokens get equal signatures iff their trees are isomorphic as rooted trees labelled
-    by ``(layer, expert)``: exactly when S'MoRE's structure (Theorem 3.4) is the same.
-    """
-    tree = as_tree(routing_or_tree)
-    if not 0 <= token < tree.num_tokens:
-        raise IndexError(f"RoutingTree has {tree.num_tokens} tokens (got token={token})")
-    # bottom-up: the signatures of layer l's nodes, in node order
-    level = [(0, int(e), ()) for e in tree.experts[0][token].tolist()]
-    for l in range(1, tree.num_layers + 1):
-        f = tree.fanout[l - 1]
-        kids = [tuple(sorted(level[j : j + f])) for j in range(0, len(level), f)]
-        experts = tree.experts[l][token].tolist() if l < tree.num_layers else [-1]
-        level = [(l, int(e), k) for e, k in zip(experts, kids)]
-    return level[0]
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
-def expert_sets(routing_or_tree: TreeLike, token: int) -> tuple[frozenset[int], ...]:
-    """Per layer, the set of experts token ``token`` activates: all that MoMOR sees (§7.1)."""
-    tree = as_tree(routing_or_tree)
-    return tuple(frozenset(e[token].tolist()) for e in tree.experts)
+class RoutingRecorder:
+    """A Hugging Face ``TrainerCallback`` that records :func:`routing_stats` during training.
 
+    After every ``every`` optimizer steps it reads the last forward's routing of the adapted
+    modules, averages the per-layer entropy and load share over them and appends
+    ``{"step", "entropy", "load_share"}`` to :attr:`history` (ready for
+    :func:`smore_gnn.viz.plot_entropy_curve`). Duck-typed so that this module does not import
+    ``transformers``: every other ``on_*`` event is a no-op.
 
-@dataclass
-class TreePairs:
-    """Token pairs ``(i, j)``, ``i < j``, grouped by how their routed trees compare.
+    Args:
+        modules: adapted module names (exact or dotted suffix) to include (default: all).
+        every: record every ``every`` steps.
 
-    Attributes:
-        identical: isomorphic labelled trees (the same structure).
-        rewired: the same expert set in every layer, but wired differently: MoMOR gives both
-            tokens the same structure, S'MoRE does not.
-        different: some layer activates different experts.
+    Example:
+        >>> recorder = RoutingRecorder(every=5)
+        >>> trainer = build_trainer(model, tokenizer, records, args, callbacks=[recorder])
+        >>> trainer.train(); plot_entropy_curve(recorder.history, keys=("entropy",))
     """
 
-    identical: list[tuple[int, int]] = field(default_factory=list)
-    rewired: list[tuple[int, int]] = field(default_factory=list)
-    different: list[tuple[int, int]] = field(default_factory=list)
+    def __init__(self, modules: Sequence[str] | None = None, every: int = 1):
+        if every < 1:
+            raise ValueError(f"RoutingRecorder.every must be >= 1 (got {every})")
+        self.modules, self.every = modules, every
+        self.history: list[dict[str, Any]] = []
 
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("on_"):
+            return _noop
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
-def find_tree_pairs(routing_or_tree: TreeLike, tokens: Sequence[int] | None = None) -> TreePairs:
-    """Classify every pair of ``tokens`` (default: all) as identical, rewired or different."""
-    tree = as_tree(routing_or_tree)
-    tokens = range(tree.num_tokens) if tokens is None else tokens
-    sigs = {t: tree_signature(tree, t) for t in tokens}
-    sets = {t: expert_sets(tree, t) for t in tokens}
-    pairs = TreePairs()
-    for i, j in combinations(sorted(sigs), 2):
-        if sigs[i] == sigs[j]:
-            pairs.identical.append((i, j))
-        elif sets[i] == sets[j]:
-            pairs.rewired.append((i, j))
-        else:
-            pairs.different.append((i, j))
-    return pairs
+    def record(self, model: torch.nn.Module, step: int) -> dict[str, Any] | None:
+        """Append the current routing statistics of ``model``'s adapters as step ``step``."""
+        wanted = self.modules
+        stats = [
+            routing_stats(m)
+            for n, m in model.named_modules()
+            if isinstance(m, SMoRELinear)
+            and m.last_routing is not None
+            and (wanted is None or any(n == p or n.endswith("." + p) for p in wanted))
+        ]
+        if not stats:
+            return None
+        layers = range(len(stats[0]["entropy"]))
+        entry = {
+            "step": step,
+            "entropy": torch.tensor([s["entropy"] for s in stats]).mean(0).tolist(),  # [L]
+            "load_share": [
+                torch.tensor([s["load_share"][l] for s in stats]).mean(0).tolist() for l in layers
+            ],
+        }
+        self.history.append(entry)
+        return entry
 
-
-def num_distinct_structures(
-    routing_or_tree: TreeLike, tokens: Sequence[int] | None = None
-) -> tuple[int, int]:
-    """``(S'MoRE structures, MoMOR structures)`` seen among ``tokens`` (default: all)."""
-    tree = as_tree(routing_or_tree)
-    tokens = range(tree.num_tokens) if tokens is None else tokens
-    return (
-        len({tree_signature(tree, t) for t in tokens}),
-        len({expert_sets(tree, t) for t in tokens}),
-    )
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """``TrainerCallback`` event: record every ``every`` global steps."""
+        model = kwargs.get("model")
+        if model is not None and state.global_step % self.every == 0:
+            self.record(model, state.global_step)
