@@ -1,0 +1,7 @@
+"""``python -m theory verify``: see :mod:`theory.cli`."""
+
+import sys
+
+from theory.cli import main
+
+sys.exit(main())
