@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.aggr import SumAggregation
 from torch_geometric.nn.inits import reset
 
 from smore_gnn.config import EXPERT_ACTS, PROPAGATIONS, SCATTERS
@@ -122,6 +123,11 @@ class SMoREConv(MessagePassing):
             import torch_scatter
 
             return torch_scatter.scatter(inputs, index, dim=0, dim_size=dim_size, reduce="sum")
+        if isinstance(self.aggr_module, SumAggregation) and dim_size is not None:
+            # index_add_ sums whole rows: faster on CPU than the broadcast-index scatter_add_
+            # of PyG's default path (same result); its backward is one index_select.
+            out = inputs.new_zeros((dim_size,) + inputs.shape[1:])
+            return out.index_add_(0, index, inputs)
         return super().aggregate(inputs, index, ptr=ptr, dim_size=dim_size)
 
     def __repr__(self) -> str:

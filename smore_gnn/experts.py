@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+# Relative CPU cost of the two ways of evaluating picked experts (see ``residuals``), fitted
+# on the benchmarks in BENCHMARKS.md: a multiply-add inside one GEMM costs 1, inside the small
+# per-expert batched matmuls ~1.85, and each gathered output element (forward gather plus
+# backward scatter) ~15.
+_BMM_COST, _GATHER_COST = 1.85, 15.0
 
 
 class ResidualExperts(nn.Module):
@@ -40,6 +47,49 @@ class ResidualExperts(nn.Module):
         h = self.lora_A(x).view(x.size(0), self.num_experts, self.rank)  # [N, s, r]
         out = torch.einsum("nsr,sor->nso", h, self.lora_B)  # [N, s, d_out]
         return out if self.lora_B_bias is None else out + self.lora_B_bias
+
+    def use_masked(self, picks: int) -> bool:
+        """Whether :meth:`residuals` takes the one-hot GEMM (True) or compute-all-and-gather."""
+        s, r = self.num_experts, self.rank
+        masked = picks * (s * r + s)  # multiply-adds per token and output feature
+        return masked <= _BMM_COST * s * r + _GATHER_COST * picks
+
+    def residuals(self, hidden: Tensor, experts: Tensor, scale: float = 1.0) -> Tensor:
+        """``scale * (B^e hidden_e + b^e)`` of the picked experts, by the cheaper of two ways.
+
+        Args:
+            hidden: ``A x + a`` of every expert, ``[N, s * r]`` (e.g. a slice of one GEMM).
+            experts: picked expert ids ``[N, K]``.
+            scale: the residual scale ``c_l``.
+
+        Returns:
+            ``[N * K, d_out]``, node ``(n, k)`` at row ``n * K + k``.
+
+        *Compute-all* runs every expert's ``B`` on every token (one small batched matmul) and
+        gathers the ``K`` picked rows; *one-hot* zeroes all but the picked expert's ``r``
+        coordinates and runs one GEMM with every ``B`` stacked, ``[N K, s r] @ [s r, d_out]``
+        (the bias as ``s`` one-hot columns): ``K`` times the multiply-adds but no gather and no
+        scatter in the backward pass.
+        """
+        n, k = experts.shape
+        s, r = self.num_experts, self.rank
+        weight = self.lora_B.transpose(1, 2)  # [s, r, d_out]
+        bias = self.lora_B_bias
+        if scale != 1.0:
+            weight = weight * scale
+            bias = None if bias is None else bias * scale
+        if self.use_masked(k):
+            onehot = F.one_hot(experts, s).to(hidden.dtype)  # [N, K, s]
+            masked = (hidden.view(n, 1, s, r) * onehot[..., None]).reshape(n * k, s * r)
+            weight = weight.reshape(s * r, -1)  # [s r, d_out]
+            if bias is not None:  # [N K, s r + s] @ [s r + s, d_out]
+                masked = torch.cat([masked, onehot.reshape(n * k, s)], dim=1)
+                weight = torch.cat([weight, bias])
+            return masked @ weight
+        h = hidden.view(n, s, r).transpose(0, 1)  # [s, N, r]
+        every = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias[:, None], h, weight)
+        rows = experts * n + torch.arange(n, device=experts.device)[:, None]  # [N, K] in [s N]
+        return every.reshape(s * n, -1).index_select(0, rows.reshape(-1))  # [N K, d_out]
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, rank={self.rank}, out={self.out_features}"

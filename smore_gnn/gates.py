@@ -3,6 +3,9 @@
 A *routing event* is one parent choosing its children (the root choosing the top layer counts
 as one). Every gate maps the logits of ``E`` events to ``f`` picked experts and their scores,
 and reduces the valid events (padding excluded) to per-expert ``importance`` and ``load``.
+``valid`` is an ``[E]`` bool mask, or ``None`` when every event is valid (no masking work).
+Statistics that no loss uses (hard counts; the switch and dense gates' importance) are
+computed outside autograd.
 
 References: Shazeer et al. 2017 (noisy top-k, arXiv 1701.06538), Fedus et al. 2021 (switch,
 arXiv 2101.03961).
@@ -28,6 +31,17 @@ class GateOutput:
     importance: Tensor  # [s] float32, summed scores per expert over valid events
 
 
+def softmax_rows(logits: Tensor) -> Tensor:
+    """``logits.softmax(-1)`` for ``[E, s]`` logits with few experts ``s``.
+
+    On CPU the row-wise kernel is slow for short rows (about 3.5x slower for ``s = 4`` than
+    the kernel that reduces over dim 0), so the softmax runs on the transposed view there.
+    """
+    if logits.device.type == "cpu" and logits.size(-1) <= 16:
+        return logits.t().softmax(dim=0).t()
+    return logits.softmax(dim=-1)
+
+
 def cv_squared(x: Tensor) -> Tensor:
     """Squared coefficient of variation ``var(x) / mean(x)^2`` (population variance)."""
     if x.numel() <= 1:
@@ -35,17 +49,29 @@ def cv_squared(x: Tensor) -> Tensor:
     return x.var(unbiased=False) / (x.mean() ** 2 + 1e-10)
 
 
-def _per_expert(values: Tensor, experts: Tensor, valid: Tensor, num_experts: int) -> Tensor:
-    # values, experts: [E, f]; valid: [E] -> [s]
-    weighted = values * valid[:, None].to(values.dtype)
-    return weighted.new_zeros(num_experts).index_add_(0, experts.reshape(-1), weighted.reshape(-1))
+def _per_expert(values: Tensor, experts: Tensor, valid: Tensor | None, num_experts: int) -> Tensor:
+    # values, experts: [E, f]; valid: [E] or None -> [s]
+    if valid is not None:
+        values = values * valid[:, None].to(values.dtype)
+    return values.new_zeros(num_experts).index_add_(0, experts.reshape(-1), values.reshape(-1))
+
+
+def _count(experts: Tensor, valid: Tensor | None, num_experts: int, dtype: torch.dtype) -> Tensor:
+    """Hard picks per expert over the valid events (no gradient): ``[s]``."""
+    ones = torch.ones(experts.shape, dtype=dtype, device=experts.device)
+    return _per_expert(ones, experts, valid, num_experts)
+
+
+def _masked_sum(values: Tensor, valid: Tensor | None) -> Tensor:
+    # values: [E, s] -> [s], summed over the valid events
+    return (values if valid is None else values * valid[:, None].to(values.dtype)).sum(0)
 
 
 def noisy_topk_gate(
     logits: Tensor,
     noise_std: Tensor | None,
     fanout: int,
-    valid: Tensor,
+    valid: Tensor | None,
     weight: float,
 ) -> GateOutput:
     """Noisy top-k gate (Shazeer et al. 2017) on cosine ``logits`` [E, s].
@@ -60,9 +86,9 @@ def noisy_topk_gate(
     k = min(fanout + 1, num_experts)
     top_val, top_idx = noisy.topk(k, dim=-1)  # [E, k]
     experts, picked = top_idx[:, :fanout], top_val[:, :fanout]
-    scores = picked.softmax(dim=-1) if fanout > 1 else picked
+    scores = softmax_rows(picked) if fanout > 1 else picked
     importance = _per_expert(scores, experts, valid, num_experts)
-    hard_load = _per_expert(torch.ones_like(scores), experts, valid, num_experts)
+    hard_load = _count(experts, valid, num_experts, scores.dtype)
     if noise_std is not None and fanout < num_experts:
         # P(expert e stays in the top f if only its own noise were redrawn).
         threshold_if_in = top_val[:, fanout : fanout + 1]  # [E, 1]
@@ -74,14 +100,14 @@ def noisy_topk_gate(
             normal.cdf((logits - threshold_if_in) / noise_std),
             normal.cdf((logits - threshold_if_out) / noise_std),
         )  # [E, s]
-        load = (prob * valid[:, None].to(prob.dtype)).sum(0)
+        load = _masked_sum(prob, valid)
     else:
         load = hard_load
     loss = weight * (cv_squared(importance) + cv_squared(load))
     return GateOutput(experts, scores, loss, hard_load, importance)
 
 
-def switch_gate(logits: Tensor, fanout: int, valid: Tensor, weight: float) -> GateOutput:
+def switch_gate(logits: Tensor, fanout: int, valid: Tensor | None, weight: float) -> GateOutput:
     """Switch gate (Fedus et al. 2021) on dot-product ``logits`` [E, s].
 
     Softmax over all experts, top ``f``, picked scores renormalised when ``f > 1``. Balance
@@ -89,25 +115,28 @@ def switch_gate(logits: Tensor, fanout: int, valid: Tensor, weight: float) -> Ga
     ``e`` (sums to 1), so uniform probabilities give exactly ``w``.
     """
     num_experts = logits.size(-1)
-    probs = logits.softmax(dim=-1)  # [E, s]
+    probs = softmax_rows(logits)  # [E, s]
     top_val, experts = probs.topk(fanout, dim=-1)  # [E, f]
     scores = top_val / top_val.sum(-1, keepdim=True) if fanout > 1 else top_val
-    n_valid = valid.sum().clamp(min=1).to(probs.dtype)
-    load = _per_expert(torch.ones_like(scores), experts, valid, num_experts)
-    importance = _per_expert(scores, experts, valid, num_experts)
+    if valid is None:
+        n_valid = probs.new_tensor(max(probs.size(0), 1))
+    else:
+        n_valid = valid.sum().clamp(min=1).to(probs.dtype)
+    load = _count(experts, valid, num_experts, scores.dtype)
+    importance = _per_expert(scores.detach(), experts, valid, num_experts)  # not in the loss
     frac = load / (fanout * n_valid)
-    mean_prob = (probs * valid[:, None].to(probs.dtype)).sum(0) / n_valid
+    mean_prob = _masked_sum(probs, valid) / n_valid
     loss = weight * num_experts * (frac * mean_prob).sum()
     return GateOutput(experts, scores, loss, load, importance)
 
 
-def dense_gate(logits: Tensor, valid: Tensor) -> GateOutput:
+def dense_gate(logits: Tensor, valid: Tensor | None) -> GateOutput:
     """Dense gate: every expert is picked, scores are the softmax over all; no balance loss."""
     num_events, num_experts = logits.shape
-    scores = logits.softmax(dim=-1)  # [E, s]
+    scores = softmax_rows(logits)  # [E, s]
     experts = torch.arange(num_experts, device=logits.device).expand(num_events, -1)
-    load = _per_expert(torch.ones_like(scores), experts, valid, num_experts)
-    importance = _per_expert(scores, experts, valid, num_experts)
+    load = _count(experts, valid, num_experts, scores.dtype)
+    importance = _per_expert(scores.detach(), experts, valid, num_experts)
     return GateOutput(experts, scores, logits.new_zeros(()), load, importance)
 
 

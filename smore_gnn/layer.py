@@ -2,12 +2,15 @@
 
 Forward: route every token top-down, materialise the routed sub-trees as one batched graph,
 then propagate bottom-up with :class:`~smore_gnn.conv.SMoREConv` (``backend="gnn"``) or with
-the dense oracle (``backend="dense"``).
+the dense oracle (``backend="dense"``). On the GNN path one GEMM projects the tokens for the
+router (``D``) and for every expert layer (``A_l``) at once, and each layer's picked residuals
+come from :meth:`~smore_gnn.experts.ResidualExperts.residuals` (SPEC §10).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smore_gnn.config import SMoREConfig
@@ -114,8 +117,13 @@ class SMoRELinear(nn.Module):
             attention_mask = stored  # set by the model wrapper for this batch
         flat = x.reshape(-1, self.in_features)  # [N, d]
         mask = None if attention_mask is None else attention_mask.reshape(-1)
-        routing = self.router(flat, mask)
-        delta = self.adapter_delta(flat, routing)  # [N, d_out]
+        if self.config.backend == "dense":
+            routing = self.router(flat, mask)
+            delta = dense_delta(self, flat.to(self.proj.weight.dtype), routing)
+        else:  # one GEMM projects x for the router and for every expert (SPEC §10)
+            u, hidden = self._project(flat.to(self.proj.weight.dtype), with_router=True)
+            routing = self.router(flat, mask, u=u)
+            delta = self.proj(self._propagate(hidden, RoutingTree.from_routing(routing)))
         self.balance_loss = routing.balance_loss
         self.last_routing = _detached(routing)
         return result + delta.view(*lead, self.out_features).to(result.dtype)
@@ -129,13 +137,41 @@ class SMoRELinear(nn.Module):
 
     def propagate_tree(self, x: Tensor, tree: RoutingTree) -> Tensor:
         """The GNN pass: ``L`` message-passing steps plus the root sum -> ``m_root`` [N, d_L]."""
+        return self._propagate(self._project(x, with_router=False)[1], tree)
+
+    def _project(self, x: Tensor, with_router: bool) -> tuple[Tensor | None, list[Tensor]]:
+        """``(u, [A_l x + a_l per layer])`` from ONE GEMM over the stacked ``D``, ``A_0``, ...
+
+        ``u`` (the router's ``D x``, float32) is fused in only for a float32 adapter, as the
+        router computes in float32, and only if ``D`` learns (a dense gate has no balance loss
+        and MoMOR ignores the scores); otherwise it is ``None`` and the router projects itself.
+        """
+        cfg = self.config
+        shared = cfg.shared_pool  # S'MoRE#: the one pool is projected once
+        parts = [bank.lora_A for bank in (self.experts[:1] if shared else self.experts)]
+        down = self.router.down_proj
+        learns = cfg.gate_type != "dense" or cfg.propagation != "momor"
+        fuse = with_router and learns and down is not None
+        fuse = fuse and x.dtype == down.weight.dtype == torch.float32
+        if fuse:
+            parts.insert(0, down)
+        if len(parts) == 1:
+            out = parts[0](x)
+        else:  # [N, d] @ [d, d_u + sum_l s_l r_l]
+            biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
+                      for p in parts]  # fmt: skip
+            bias = torch.cat(biases) if any(p.bias is not None for p in parts) else None
+            out = F.linear(x, torch.cat([p.weight for p in parts]), bias)
+        chunks = list(out.split([p.out_features for p in parts], dim=1))
+        u = chunks.pop(0) if fuse else None
+        return u, chunks * len(self.experts) if shared else chunks
+
+    def _propagate(self, hidden: list[Tensor], tree: RoutingTree) -> Tensor:
+        """``m_root`` [N, d_L] from every layer's expert projections ``hidden`` [N, s_l r_l]."""
         momor, scales = self.config.propagation == "momor", self.config.residual_scales
-        z, every = None, None
-        for l, conv in enumerate(self.convs):
-            if every is None or not self.config.shared_pool:
-                every = self.experts[l](x)  # [N, s_l, d_{l+1}] all experts of the layer
-            picked = tree.experts[l][..., None].expand(-1, -1, every.size(-1))
-            res = scales[l] * every.gather(1, picked).flatten(0, 1)  # [N * F_l, d_{l+1}]
+        z = None
+        for l, conv in enumerate(self.convs):  # [N * F_l, d_{l+1}] residuals of picked experts
+            res = self.experts[l].residuals(hidden[l], tree.experts[l], scales[l])
             first = tree.first_use(l).reshape(-1) if momor else None
             if l == 0:
                 z = conv(None, res, first_use=first)
@@ -144,7 +180,7 @@ class SMoRELinear(nn.Module):
                 z = conv(z, res, ei, ew, first_use=first)  # [N * F_l, d_{l+1}]
         top = self.config.num_layers - 1
         ei, ew = tree.layer_edge_index(top), tree.layer_edge_weight(top)
-        return self.root(z, None, ei, ew, num_parents=x.size(0))  # [N, d_L]
+        return self.root(z, None, ei, ew, num_parents=tree.num_tokens)  # [N, d_L]
 
     @property
     def last_tree(self) -> RoutingTree | None:

@@ -19,10 +19,14 @@ from smore_gnn.gates import GateOutput, cosine_logits, dense_gate, noisy_topk_ga
 _ACTS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 
 
+def _f32(t: Tensor) -> Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def linear32(x: Tensor, layer: nn.Linear) -> Tensor:
     """``layer(x)`` computed in float32 whatever the dtype of ``x`` and of the weights."""
-    bias = None if layer.bias is None else layer.bias.float()
-    return F.linear(x.float(), layer.weight.float(), bias)
+    bias = None if layer.bias is None else _f32(layer.bias)
+    return F.linear(_f32(x), _f32(layer.weight), bias)
 
 
 @dataclass
@@ -68,12 +72,12 @@ class LayerRouter(nn.Module):
             nn.init.zeros_(self.noise.weight)
             nn.init.zeros_(self.noise.bias)
 
-    def forward(self, h: Tensor, valid: Tensor) -> GateOutput:
-        # h: [E, in_dim] float32 router input of E routing events; valid: [E] bool
+    def forward(self, h: Tensor, valid: Tensor | None) -> GateOutput:
+        # h: [E, in_dim] float32 router input of E routing events; valid: [E] bool or None
         q = linear32(h, self.fc1)
         q = _ACTS[self.act](q) if self.act != "identity" else q
         q = linear32(q, self.fc2)  # [E, d_g]
-        keys = self.keys.float()
+        keys = _f32(self.keys)
         if self.gate_type == "noisy_topk":
             std = None
             if self.training:
@@ -109,30 +113,41 @@ class SMoRERouter(nn.Module):
         for layer in self.layers:
             layer.reset_parameters()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> RoutingResult:
-        """Route ``x`` [N, d]; ``mask`` [N] (0/False = padding, excluded from statistics)."""
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None
+    ) -> RoutingResult:
+        """Route ``x`` [N, d]; ``mask`` [N] (0/False = padding, excluded from statistics).
+
+        ``u`` [N, d_down] float32, when given, is the precomputed down-projection ``D x`` (the
+        layer fuses it into one GEMM with the experts' ``A``); else it is computed here.
+        """
         num_tokens = x.size(0)
-        valid = (
-            torch.ones(num_tokens, dtype=torch.bool, device=x.device)
-            if mask is None
-            else mask.reshape(num_tokens).bool()
-        )
-        u = x.float() if self.down_proj is None else linear32(x, self.down_proj)  # [N, d_u]
-        ancestors = u.new_zeros(num_tokens, 1, 0)  # [N, F_{l+1}, keys so far]
+        valid = None if mask is None else mask.reshape(num_tokens).bool()  # None: all valid
+        if u is None:
+            u = _f32(x) if self.down_proj is None else linear32(x, self.down_proj)  # [N, d_u]
+        ancestors = None  # [N, F_{l+1}, keys of the path so far]
         experts, scores, outs = [], [], []
         for l in reversed(range(len(self.layers))):
-            parents = ancestors.size(1)
-            h = torch.cat([u[:, None, :].expand(-1, parents, -1), ancestors], dim=-1)
-            out = self.layers[l](
-                h.reshape(num_tokens * parents, -1), valid.repeat_interleave(parents)
-            )
+            if ancestors is None:  # the root's event: the token alone
+                h, parents, events = u, 1, valid
+            else:
+                parents = ancestors.size(1)
+                h = torch.cat([u[:, None, :].expand(-1, parents, -1), ancestors], dim=-1)
+                h = h.reshape(num_tokens * parents, -1)
+                events = None if valid is None else valid.repeat_interleave(parents)
+            out = self.layers[l](h, events)
             f = out.experts.size(-1)
             picked = out.experts.reshape(num_tokens, parents * f)  # [N, F_l]
             experts.insert(0, picked)
             scores.insert(0, out.scores.reshape(num_tokens, parents * f))
             outs.insert(0, out)
-            keys = self.layers[l].keys.float()[picked]  # [N, F_l, d_g]
-            ancestors = torch.cat([ancestors.repeat_interleave(f, dim=1), keys], dim=-1)
+            if l == 0:
+                break  # the leaves pick no children: their keys are not needed
+            keys = _f32(self.layers[l].keys).index_select(0, picked.reshape(-1))
+            keys = keys.view(num_tokens, parents * f, -1)  # [N, F_l, d_g]
+            if ancestors is not None:
+                keys = torch.cat([ancestors.repeat_interleave(f, dim=1), keys], dim=-1)
+            ancestors = keys
         return RoutingResult(
             experts=experts,
             scores=scores,

@@ -1,0 +1,153 @@
+"""Shared helpers of the benchmarks: interleaved timing, machine facts, memory, LoRA layers.
+
+The benchmark machine is shared and noisy, so every comparison is *interleaved*: each round
+runs every candidate once (best of ``inner`` calls), and the reported figure is the median
+over rounds; ratios are medians of the per-round ratios, i.e. measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    rounds: int = 7,
+    inner: int = 3,
+    warmup: int = 2,
+    after: Callable[[], object] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of every function: ``rounds`` values each (best of ``inner`` calls).
+
+    ``after`` runs after every call, outside the timed region (e.g. to drop gradients).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+            if after is not None:
+                after()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best = float("inf")
+            for _ in range(inner):
+                start = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - start)
+                if after is not None:
+                    after()
+            times[name].append(best)
+    return times
+
+
+def median_ms(values: list[float]) -> float:
+    """Median of seconds, in milliseconds (3 significant decimals)."""
+    return round(statistics.median(values) * 1e3, 3)
+
+
+def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of ``num / den`` (both timed in the same round)."""
+    return round(statistics.median(a / b for a, b in zip(times[num], times[den])), 3)
+
+
+def machine_info() -> dict[str, object]:
+    """Where and with what the figures were measured."""
+    import peft
+    import torch_geometric
+    import transformers
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "torch_scatter": has_torch_scatter(),
+    }
+
+
+def has_torch_scatter() -> bool:
+    """Whether the optional ``torch_scatter`` package imports."""
+    try:
+        import torch_scatter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux ``clear_refs`` 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """``VmRSS`` (current) or ``VmHWM`` (peak since start or the last reset) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.lin = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def peft_lora_layer(base: nn.Linear, rank: int) -> nn.Module:
+    """``base`` wrapped in a genuine peft LoRA layer of ``rank`` (alpha ``2 rank``, frozen base).
+
+    ``lora_B`` (zero at init in peft) is made random so the backward pass does real work.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=["lin"])
+    model = inject_adapter_in_model(config, _Wrapped(base))
+    with torch.no_grad():
+        nn.init.normal_(model.lin.lora_B["default"].weight, std=0.02)
+    return model
+
+
+def lora_rank_for(params: int, in_features: int, out_features: int) -> int:
+    """LoRA rank whose ``r (d_in + d_out)`` parameters come closest to ``params``."""
+    return max(1, round(params / (in_features + out_features)))
+
+
+def matmul_rate(flops: float, rows: int, inner: int, rounds: int = 5) -> float:
+    """FLOP/s of one plain ``torch.matmul`` ``[rows, inner] @ [inner, cols]`` of ``flops``."""
+    cols = max(1, round(flops / (2 * rows * inner)))
+    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    times = interleaved({"mm": lambda: torch.matmul(a, b)}, rounds=rounds, inner=3)
+    return 2 * rows * inner * cols / statistics.median(times["mm"])

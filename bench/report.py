@@ -1,0 +1,196 @@
+"""Render ``BENCHMARKS.md`` from the results of :mod:`bench.run` (every figure, and the goals).
+
+The hand-written findings (optimisation log, profiles, graph breaks) live in
+``bench/NOTES.md`` and are appended verbatim.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NOTES = Path(__file__).resolve().parent / "NOTES.md"
+HEADLINE = ("(4-4)", 576, 2048)
+
+
+def _fmt(value: object, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _row(cells: list[object]) -> str:
+    return "| " + " | ".join(_fmt(c) for c in cells) + " |"
+
+
+def _headline(results: dict) -> dict | None:
+    for case in results.get("adapter_speed", []):
+        if (case["config"], case["d"], case["tokens"]) == HEADLINE:
+            return case
+    return None
+
+
+def goals(results: dict) -> list[tuple[str, str, str]]:
+    """``(goal, measured, verdict)`` for every goal of the issue that was measured."""
+    rows = []
+
+    def add(goal: str, value: float | None, ok: bool | None, unit: str = "") -> None:
+        verdict = "not measured" if ok is None else ("met" if ok else "NOT met")
+        rows.append((goal, "-" if value is None else f"{value:.3g}{unit}", verdict))
+
+    h = _headline(results)
+    if h is not None:
+        add("(4-4) layer fwd+bwd <= 2x equal-param LoRA layer", h["gnn_over_lora"],
+            h["gnn_over_lora"] <= 2, "x")  # fmt: skip
+        ref = h.get("reference_over_gnn")
+        add(">= 10x faster than the reference formulation", ref,
+            None if ref is None else ref >= 10, "x")  # fmt: skip
+        dense = h.get("gnn_over_dense")
+        add("GNN fwd+bwd <= 1.25x dense oracle", dense, None if dense is None else dense <= 1.25,
+            "x")  # fmt: skip
+        rate = h["adapter_flop_rate_vs_matmul"]
+        add("adapter >= 50% of plain-matmul FLOP rate", 100 * rate, rate >= 0.5, "%")
+        share = h["graph_build_share_of_adapter"]
+        add("graph building < 5% of adapter time", 100 * share, share < 0.05, "%")
+    step = results.get("train_step", {}).get("methods", {}).get("smore")
+    if step is not None:
+        t, m = step["median_step_ms_over_lora"], step["train_peak_rss_mb_over_lora"]
+        add("train step <= 1.5x LoRA (equal params)", t, t <= 1.5, "x")
+        add("peak RSS <= 1.3x LoRA (equal params)", m, m <= 1.3, "x")
+    theory = results.get("theory", {})
+    if "total_s" in theory:
+        add("theory count L=3, s=4, f=2 < 60 s", theory["total_s"], theory["total_s"] < 60, " s")
+    summary = results.get("quality", {}).get("summary")
+    order = (summary or {}).get("ordering_smore_ge_molre_ge_lora_gt_base")
+    if summary is None:
+        verdict = "not run"
+    elif order is None:
+        missing = [m for m in ("lora", "molre", "smore") if m not in summary]
+        verdict = f"incomplete (no {', '.join(missing)} result)"
+    else:
+        verdict = "met" if order else "NOT met"
+    rows.append(("quality: S'MoRE >= MoLRE >= LoRA > base", "see below", verdict))
+    return rows
+
+
+def _adapter_table(cases: list[dict]) -> list[str]:
+    head = ["config", "d", "tokens", "params", "LoRA r", "GNN ms", "dense ms", "LoRA ms",
+            "base ms", "GNN/LoRA", "adapter/LoRA-adapter", "GNN/dense", "graph build %",
+            "FLOPs/token", "adapter GFLOP/s", "matmul GFLOP/s", "rate/matmul",
+            "torch_scatter/native"]  # fmt: skip
+    lines = [_row(head), "|" + "---|" * len(head)]
+    for c in cases:
+        ms = c["ms"]
+        lines.append(_row([
+            c["config"], c["d"], c["tokens"], c["trainable_parameters"], c["lora_rank"],
+            ms["gnn"], ms.get("dense"), ms["lora"], ms["base"], c["gnn_over_lora"],
+            c["adapter_over_lora_adapter"], c.get("gnn_over_dense"),
+            100 * c["graph_build_share_of_adapter"], c["flops_per_token"]["total"],
+            c["adapter_gflops"], c["matmul_gflops"], c["adapter_flop_rate_vs_matmul"],
+            c.get("torch_scatter_over_native", "not installed"),
+        ]))  # fmt: skip
+    return lines
+
+
+def _train_table(step: dict) -> list[str]:
+    head = ["method", "rank", "trainable params", "step ms (median)", "step / LoRA",
+            "train peak RSS MiB", "RSS / LoRA", "process max RSS MiB"]  # fmt: skip
+    lines = [_row(head), "|" + "---|" * len(head)]
+    for name, m in step["methods"].items():
+        lines.append(_row([
+            name, m["rank"], m["trainable"], m["median_step_ms"],
+            m.get("median_step_ms_over_lora", 1.0), m["train_peak_rss_mb"],
+            m.get("train_peak_rss_mb_over_lora", 1.0), m["process_max_rss_mb"],
+        ]))  # fmt: skip
+    return lines
+
+
+def _quality(quality: dict | None) -> list[str]:
+    if not quality:
+        return ["Not run in this report (`python -m bench.quality [--quick]` writes "
+                "`bench/results/quality.json`; the full run takes hours on 2 cores)."]  # fmt: skip
+    s, st = quality["summary"], quality["settings"]
+    se = 100 * (0.25 / max(st["n_test"], 1)) ** 0.5
+    lines = [
+        f"Seeds {st['seeds']}, {st['n_train']} training / {st['n_test']} test questions "
+        f"(`--quick`: {bool(st.get('quick'))}); one accuracy on {st['n_test']} questions has a "
+        f"standard error of up to {se:.1f} points, so small gaps are not significant.",
+        "",
+        _row(["method", "mean acc", "std", "min", "max", "params"]),
+        "|---|---|---|---|---|---|",
+    ]
+    for m in ("lora", "molre", "smore"):
+        if m in s:
+            r = s[m]
+            pct = [f"{100 * r[k]:.1f}%" for k in ("mean", "std", "min", "max")]
+            cells = [m, *pct, r["trainable_parameters"]]
+            lines.append(_row(cells))
+    base = s["base"]["accuracy"]
+    lines.append(_row(["base", "-" if base is None else f"{100 * base:.1f}%", "-", "-", "-", 0]))
+    for failure in s.get("failed", []):
+        lines += ["", f"Failed run (not counted): `{failure}`"]
+    return lines
+
+
+def render(results: dict) -> str:
+    """The whole ``BENCHMARKS.md`` text."""
+    m = results["machine"]
+    out = ["# Benchmarks", "",
+           "Generated by `python -m bench.run" + (" --quick" if results.get("quick") else "")
+           + "` (`make bench`); every figure below comes from `bench/results/latest.json`.", "",
+           f"- date: {m['date']}; machine: {m['cpu']}, {m['cpu_count']} cores, {m['platform']}",
+           f"- torch {m['torch']}, torch_geometric {m['torch_geometric']}, transformers "
+           f"{m['transformers']}, peft {m['peft']}, python {m['python']}, torch-scatter "
+           f"{'installed' if m['torch_scatter'] else 'not installed'}",
+           f"- torch threads {m['torch_threads']}; load average (1 min) {m['load_avg_1min']} at "
+           f"start, {m.get('load_avg_1min_end', '-')} at the end (the machine is shared)",
+           "- timings: interleaved rounds, best of 3 calls per round, median over rounds; "
+           "ratios are medians of per-round ratios (same run)", "",
+           "## Goals", "", _row(["goal", "measured", "verdict"]), "|---|---|---|"]  # fmt: skip
+    out += [_row(list(g)) for g in goals(results)]
+    if "adapter_speed" in results:
+        out += ["", "## One adapted linear layer, forward + backward (`bench/adapter_speed.py`)",
+                "", "`d -> d`, switch gate, training mode, input requiring grad; `adapter` = "
+                "layer - frozen base; FLOPs from `smore_gnn.flops_per_token` (x3 for "
+                "fwd+bwd); LoRA = peft `LoraLayer` with the rank of equal trainable "
+                "parameters.", ""]  # fmt: skip
+        out += _adapter_table(results["adapter_speed"])
+        h = _headline(results)
+        if h is not None and "reference_ms" in h:
+            out += ["", f"Reference formulation (per-token per-expert tiny matmuls, "
+                    f"`bench/reference.py`), (4-4), d=576, 2048 tokens: {h['reference_ms']:.1f} "
+                    f"ms, {h['reference_over_gnn']:.1f}x the GNN layer."]  # fmt: skip
+    two = results.get("adapter_speed_2_threads")
+    if two is not None:
+        out += ["", "The same headline case with 2 torch threads (the machine's default; OpenMP "
+                "spin-waits, so it is fast only while the other core is idle):", ""]  # fmt: skip
+        out += _adapter_table([two])
+    if "train_step" in results:
+        t = results["train_step"]
+        model = next(iter(t["methods"].values()))["model"]
+        out += ["", "## Training step (`bench/train_step.py`)", "",
+                f"{model}; batch {t['batch']} x {t['seq']} tokens; adapters on gate/up/down "
+                "projections; AdamW; each method in its own subprocess.", ""]  # fmt: skip
+        out += _train_table(t)
+    if "theory" in results:
+        th = results["theory"]
+        out += ["", "## Theory count (`bench/theory_speed.py`)", ""]
+        if "error" in th:
+            out.append(f"Failed: `{th['error'][-300:]}`")
+        else:
+            out.append(f"L=3, s=4, f=2: {th['trees']:,} structures, {th['distinct']:,} distinct "
+                       f"outputs, {th['total_s']} s (enumerate {th['enumerate_s']} s, GNN "
+                       f"{th['gnn_s']} s, distinct {th['distinct_s']} s), max RSS "
+                       f"{th['max_rss_mb']} MiB.")  # fmt: skip
+    out += ["", "## Fine-tuning quality (`bench/quality.py`)", ""] + _quality(
+        results.get("quality")
+    )
+    if NOTES.exists():
+        out += ["", NOTES.read_text().rstrip()]
+    return "\n".join(out) + "\n"
+
+
+def write_report(results: dict, path: Path) -> None:
+    """Write :func:`render` to ``path``."""
+    path.write_text(render(results))

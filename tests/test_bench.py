@@ -1,0 +1,55 @@
+"""Smoke tests of the benchmark code (tiny sizes, no timing asserts)."""
+
+import torch
+
+from bench.adapter_speed import bench_case, make_layer
+from bench.reference import reference_delta
+from bench.report import goals, render
+
+
+def test_reference_formulation_equals_gnn_path():
+    layer = make_layer("L=3 (4-4-4)", 16)
+    x = torch.randn(5, 16)
+    routing = layer.router(x)
+    torch.testing.assert_close(
+        reference_delta(layer, x, routing), layer.adapter_delta(x, routing), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_bench_case_and_report_render():
+    case = bench_case("(2-2)", 16, 8, rounds=1, reference=True)
+    assert case["lora_rank"] >= 1 and case["ms"]["gnn"] > 0 and "gnn_over_dense" in case
+    assert case["reference_over_gnn"] > 0
+    results = {
+        "quick": True,
+        "machine": {
+            k: "-"
+            for k in (
+                "date",
+                "cpu",
+                "cpu_count",
+                "platform",
+                "torch",
+                "torch_geometric",
+                "transformers",
+                "peft",
+                "python",
+                "torch_threads",
+                "load_avg_1min",
+            )
+        },  # fmt: skip
+        "adapter_speed": [case],
+        "theory": {
+            "total_s": 1.0,
+            "trees": 6,
+            "distinct": 6,
+            "enumerate_s": 0.1,
+            "gnn_s": 0.1,
+            "distinct_s": 0.1,
+            "max_rss_mb": 1,
+        },  # fmt: skip
+    }
+    results["machine"]["torch_scatter"] = False
+    text = render(results)
+    assert "| (2-2) | 16 | 8 |" in text and "theory count" in text
+    assert [g[2] for g in goals(results)][-2:] == ["met", "not run"]
