@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: test demo bench lint format figures verify clean
+.PHONY: test demo bench bench-quality bench-compile lint format figures verify clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ verify: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run --quick
+
+bench-quality: $(STAMP)
+	$(PY) -m bench.quality --quick
+	$(PY) -m bench.run --report-only
+
+bench-compile: $(STAMP)
+	$(PY) -m bench.compile_check --fullgraph --json bench/results/compile_check.json
 
 figures: $(STAMP)
 	$(PY) scripts/make_figures.py
