@@ -40,9 +40,12 @@ def tree_template(fanout: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     return layer, torch.stack([src, dst])
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoutingTree:
     """Batched routed sub-trees of ``N`` tokens, built from the router's choices.
+
+    Frozen: the whole-graph attributes are computed once on first access, so the per-layer
+    tensors must not be swapped afterwards (build a new tree instead).
 
     Args:
         experts: per layer ``[N, F_l]`` expert ids.

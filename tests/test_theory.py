@@ -101,7 +101,8 @@ def test_router_trees_are_enumerated_and_give_the_same_output():
     x = torch.randn(64, 8, dtype=torch.float64)
     layer(x)
     routed = layer.last_tree
-    routed.scores = [torch.full_like(s, 0.5, dtype=torch.float64) for s in routed.scores]
+    half = [torch.full_like(s, 0.5, dtype=torch.float64) for s in routed.scores]
+    routed = RoutingTree(routed.experts, half, routed.fanout)
     everything = structures(num_experts, fanout)
     both = RoutingTree(
         [torch.cat([a, b]) for a, b in zip(everything.experts, routed.experts)],

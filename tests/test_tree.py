@@ -1,5 +1,8 @@
 """Routing trees as batched PyG graphs (SPEC §4)."""
 
+import dataclasses
+
+import pytest
 import torch
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import to_networkx
@@ -91,3 +94,11 @@ def test_layer_edges_and_first_use():
     assert tree.layer_edge_index(0).tolist() == [[0, 1, 2, 3], [0, 0, 1, 1]]
     assert tree.first_use(0).tolist() == [[True, True, False, True]]
     assert tree.expert.tolist() == [1, 2, 1, 0, 3, 0, -1]
+
+
+def test_tree_is_frozen_so_cached_graph_cannot_go_stale():
+    tree, _ = _tree(num_tokens=2)
+    weight = tree.edge_weight
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tree.scores = [s * 0 for s in tree.scores]
+    assert tree.edge_weight is weight
