@@ -159,3 +159,19 @@ def trainable_parameters(model: nn.Module) -> int:
 def auxiliary_loss(model: nn.Module) -> Tensor | None:
     """The summed balance loss of an ``SMoREModel`` (``None`` for other models, e.g. LoRA)."""
     return model.balance_loss() if isinstance(model, SMoREModel) else None
+
+
+def load_method_adapter(model: nn.Module, directory: str, trainable: bool = False) -> nn.Module:
+    """Load an adapter folder of any method: a peft LoRA folder or an S'MoRE/MoLRE one."""
+    import json
+    from pathlib import Path
+
+    from smore_gnn.save import CONFIG_NAME, load_adapter
+
+    path = Path(directory) / CONFIG_NAME
+    meta = json.loads(path.read_text()) if path.is_file() else {}
+    if "peft_type" not in meta:
+        return load_adapter(model, directory, trainable=trainable)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, directory, is_trainable=trainable)

@@ -1,0 +1,190 @@
+"""SMoRETrainer: loss parts and routing statistics logged, resume equivalence, 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from smore_gnn.baselines import apply_method, smore_paper_config
+from smore_gnn.data import mc_prompt, multiple_choice_accuracy
+from smore_gnn.loading import tiny_llama
+from smore_gnn.model import get_smore_model
+from smore_gnn.save import CONFIG_NAME, adapter_parameters
+from smore_gnn.training import (
+    answer_text_accuracy,
+    answer_text_example,
+    build_trainer,
+    letter_accuracy,
+    training_arguments,
+)
+
+RECORDS = [
+    {"question": f"Pick the letter {c}", "choices": ["a", "b", "c", "d"], "answer": i % 4}
+    for i, c in enumerate("abcdefghijklmnop")
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads, and 2 threads on busy cores stall for seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class StopAt(TrainerCallback):
+    """Interrupt training after ``step`` optimizer steps."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def _train(out: Path, max_steps: int, gate: str = "noisy_topk", **kwargs):
+    torch.manual_seed(0)
+    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
+    model.is_quantized = True  # as a GGUF model loaded by transformers says it is
+    with torch.no_grad():  # tied embeddings of std 0.02 cap every logit near 0: widen them
+        model.model.embed_tokens.weight.mul_(10)
+    model = get_smore_model(model, smore_paper_config(gate_type=gate, rank=[4, 4]))
+    stop = kwargs.pop("stop_at", None)
+    resume = kwargs.pop("resume", None)
+    args = training_arguments(
+        str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=kwargs.pop("learning_rate", 1e-3),
+        logging_steps=1,
+        disable_tqdm=True,
+        **kwargs,
+    )
+    callbacks = [StopAt(stop)] if stop else None
+    trainer = build_trainer(model, tokenizer, RECORDS, args, max_length=48, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume)
+    params = {k: p.detach().clone() for k, p in adapter_parameters(model.adapters()).items()}
+    return model, trainer, params
+
+
+def test_training_logs_loss_parts_and_reduces_loss(tmp_path):
+    model, trainer, _ = _train(tmp_path, max_steps=12, gate="switch", learning_rate=1e-2)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    for key in ("lm_loss", "aux_loss", "routing_entropy", "max_load_share"):
+        assert key in logs[0], key
+    first, last = logs[0], logs[-1]
+    assert last["lm_loss"] < first["lm_loss"] / 2
+    assert first["loss"] == pytest.approx(first["lm_loss"] + first["aux_loss"], abs=1e-4)
+    assert 0 < first["aux_loss"] < 1 and 0 < first["routing_entropy"] <= 1
+    frozen = [p for n, p in model.named_parameters() if "base_layer" in n or "embed" in n]
+    assert frozen and not any(p.requires_grad for p in frozen)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    _, _, full = _train(tmp_path / "full", max_steps=6)
+    _, _, half = _train(
+        tmp_path / "cut", max_steps=6, stop_at=3, save_strategy="steps", save_steps=3
+    )
+    checkpoint = tmp_path / "cut" / "checkpoint-3"
+    assert (checkpoint / CONFIG_NAME).is_file() and (checkpoint / "optimizer.pt").is_file()
+    assert any(not torch.equal(full[k], half[k]) for k in full)  # really interrupted
+    _, trainer, resumed = _train(tmp_path / "cut", max_steps=6, resume=str(checkpoint))
+    assert trainer.state.global_step == 6
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+
+
+def test_resume_from_a_folder_without_adapter_fails(tmp_path):
+    (tmp_path / "checkpoint-1").mkdir()
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        _train(tmp_path, max_steps=2, resume=str(tmp_path / "checkpoint-1"))
+
+
+def test_trainer_works_for_lora_without_aux_loss(tmp_path):
+    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
+    model = apply_method("lora", model, 4)
+    args = training_arguments(str(tmp_path), max_steps=2, logging_steps=1, disable_tqdm=True)
+    trainer = build_trainer(model, tokenizer, RECORDS, args, max_length=48)
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["aux_loss"] == 0 and "routing_entropy" not in log
+
+
+def test_letter_accuracy_matches_multiple_choice_accuracy():
+    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64, seed=3)
+    model = get_smore_model(model, smore_paper_config())
+    records = RECORDS + [{**RECORDS[0], "choices": ["yes", "no"], "answer": 1}]
+    fast = letter_accuracy(model, tokenizer, records, batch_size=5, progress=False)
+    slow = multiple_choice_accuracy(model, tokenizer, records, batch_size=3, progress=False)
+    assert fast["predictions"] == slow["predictions"]
+    assert fast["accuracy"] == slow["accuracy"] and fast["n"] == len(records)
+
+
+def test_answer_text_example_labels_only_the_choice_text():
+    _, tokenizer = tiny_llama()
+    record = {"question": "Which is a fruit?", "choices": ["rock", "pear"], "answer": 1}
+    example = answer_text_example(record, tokenizer, max_length=64)
+    labelled = [t for t in example["labels"] if t != -100]
+    assert tokenizer.decode(labelled) == " pear"
+    assert example["input_ids"][-len(labelled) :] == labelled
+    assert len(answer_text_example(record, tokenizer, max_length=10)["input_ids"]) == 10
+    with pytest.raises(ValueError, match="answer must be 'letter' or 'text'"):
+        build_trainer(None, tokenizer, [record], None, answer="word")
+
+
+def test_answer_text_accuracy_scores_the_choice_text():
+    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64, seed=5)
+    model = get_smore_model(model, smore_paper_config(rank=[2, 2]))
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3)
+    words = ["ab", "abcd", "b", "x", "yy", "hello there", "z"]
+    records = [
+        {"question": "q" * (1 + i % 5), "choices": words[i % 3 : i % 3 + 2 + i % 3], "answer": 0}
+        for i in range(9)
+    ]
+    result = answer_text_accuracy(model, tokenizer, records, batch_size=4, progress=False)
+    for record, pred, got in zip(records, result["predictions"], result["scores"]):
+        prompt = tokenizer(mc_prompt(record))["input_ids"]
+        scores = []
+        for choice in record["choices"]:  # one unpadded sequence per option, no cache
+            ids = tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
+            scores.append(sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(ids)))
+        assert pred == max(range(len(scores)), key=scores.__getitem__)
+        assert got == pytest.approx(scores, abs=1e-4)
+    assert len(set(result["predictions"])) > 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ddp_two_processes_with_idle_experts(tmp_path):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(_free_port()), str(worker), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["wrapper"] == "DistributedDataParallel" for r in ranks)
+    assert all(r["unused_experts"] > 0 for r in ranks)  # some expert got no token on a rank
+    assert ranks[0]["checksum"] == ranks[1]["checksum"] != ranks[0]["init_checksum"]
+    assert all("aux_loss" in r["logs"][0] for r in ranks)
