@@ -105,6 +105,8 @@ def load_model_and_tokenizer(
         kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+    if gguf_file is not None:
+        _forget_gguf_quantizer(model)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(
@@ -115,6 +117,16 @@ def load_model_and_tokenizer(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
+
+
+def _forget_gguf_quantizer(model: Any) -> None:
+    """GGUF weights arrive de-quantized to plain tensors, yet transformers keeps a GGUF
+    ``hf_quantizer`` and marks the model quantized, which makes the HF ``Trainer`` refuse to
+    train it (also through peft's LoRA). Nothing is quantized any more: drop the marks with
+    transformers' own ``remove_quantization_config``."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
 
 
 def byte_tokenizer() -> Any:

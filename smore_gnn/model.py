@@ -6,6 +6,7 @@ matches a name exactly or as a dotted suffix. Only ``nn.Linear`` modules are ada
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -108,9 +109,12 @@ def routing_statistics(
     """Load and routing entropy of the last forward of every adapted module.
 
     ``share`` is the fraction of picks each expert got (valid tokens only); ``entropy`` is the
-    entropy of that share normalised by ``log s`` (1 = balanced). An expert layer has
-    collapsed when one expert takes more than ``collapse_share`` of the picks or its entropy
-    is below ``collapse_entropy``.
+    entropy of that share normalised by ``log s`` (1 = balanced). A parent picks ``f``
+    *distinct* children, so with ``f > 1`` no expert can exceed ``1/f`` of the picks and the
+    entropy cannot fall below ``log f / log s``; collapse is therefore judged fanout-aware:
+    an expert layer (with ``f < s``) has collapsed when its busiest expert is picked by more
+    than ``collapse_share`` of the routing events (``max_load_share`` = share x f), or when
+    the entropy rescaled to ``[log f, log s] -> [0, 1]`` is below ``collapse_entropy``.
 
     Returns:
         ``{"modules": {name: {"load": [[...] per layer], "share": ..., "entropy": [...]}},
@@ -130,10 +134,13 @@ def routing_statistics(
             "entropy": ent,
         }
         for l, (s, e) in enumerate(zip(share, ent)):
+            f, num = layer.config.fanout[l], s.numel()
             entropies.append(e)
-            shares.append(float(s.max()))
-            if s.numel() > 1 and (shares[-1] > collapse_share or e < collapse_entropy):
-                collapsed.append((name, l))
+            shares.append(min(1.0, float(s.max()) * f))  # share of events picking it
+            if f < num:
+                spread = (e * math.log(num) - math.log(f)) / (math.log(num) - math.log(f))
+                if shares[-1] > collapse_share or spread < collapse_entropy:
+                    collapsed.append((name, l))
     return {
         "modules": modules,
         "mean_entropy": sum(entropies) / len(entropies) if entropies else float("nan"),

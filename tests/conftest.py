@@ -10,6 +10,9 @@ from torch import nn
 from smore_gnn import SMoREConfig, SMoRELinear
 
 matplotlib.use("Agg")
+# One thread per test process: `make test` runs two processes on two cores, and OpenMP
+# spin-waiting on a busy core makes the many small ops of a routing step 10-20x slower.
+torch.set_num_threads(1)
 
 
 def make_layer(

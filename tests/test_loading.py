@@ -122,3 +122,9 @@ def test_load_smollm2() -> None:
     assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
     assert model.config.vocab_size == 49152 and tok.pad_token is not None
     assert model.dtype == torch.float32 and not model.training
+    # De-quantized GGUF weights are trainable: the HF Trainer's check passes, peft LoRA too.
+    from peft import LoraConfig, get_peft_model
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    assert getattr(model, "hf_quantizer", None) is None and not model.is_quantized
+    validate_quantization_for_training(get_peft_model(model, LoraConfig(r=2)))

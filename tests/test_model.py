@@ -150,12 +150,30 @@ def test_balance_loss_sums_modules_and_has_grad():
 
 def test_routing_statistics_flags_collapse():
     fake = SimpleNamespace(
-        last_routing=SimpleNamespace(load=[torch.tensor([95.0, 5, 0, 0]), torch.ones(4)])
+        last_routing=SimpleNamespace(load=[torch.tensor([95.0, 5, 0, 0]), torch.ones(4)]),
+        config=SimpleNamespace(fanout=[1, 1]),
     )
     stats = routing_statistics({"m": fake})
     assert stats["collapsed"] == [("m", 0)]
     assert stats["max_load_share"] == pytest.approx(0.95)
     assert stats["modules"]["m"]["entropy"][1] == pytest.approx(1.0)
+
+
+def test_collapse_is_fanout_aware():
+    """With f = 2 of 4 a parent never picks an expert twice: share <= 1/2 per expert."""
+    collapsed = torch.tensor([50.0, 50, 0, 0])  # every event picks experts 0 and 1
+    balanced = torch.tensor([25.0, 25, 25, 25])
+    fake = SimpleNamespace(
+        last_routing=SimpleNamespace(load=[collapsed, balanced]),
+        config=SimpleNamespace(fanout=[2, 2]),
+    )
+    stats = routing_statistics({"m": fake})
+    assert stats["collapsed"] == [("m", 0)]
+    assert stats["max_load_share"] == pytest.approx(1.0)
+    dense = SimpleNamespace(
+        last_routing=SimpleNamespace(load=[balanced]), config=SimpleNamespace(fanout=[4])
+    )
+    assert routing_statistics({"d": dense})["collapsed"] == []
 
 
 @pytest.mark.slow
