@@ -19,15 +19,6 @@ from smore_gnn.loading import tiny_llama
 from smore_gnn.model import SMoREModel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and 2 threads on busy cores stall for seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny():
     return tiny_llama(hidden_size=32, intermediate_size=64)
 

@@ -16,15 +16,6 @@ TINY = ["--model", "tiny", "--n-train", "16", "--n-test", "8", "--max-steps", "2
         "--batch-size", "4", "--no-progress", "--smore", '{"rank": [2, 2]}']  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and 2 threads on busy cores stall for seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_demo_config_is_valid():
     path = resources.files("smore_gnn").joinpath("configs", "demo.yaml")
     settings = load_settings(str(path), {})

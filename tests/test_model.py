@@ -22,15 +22,6 @@ from smore_gnn.model import (
 CFG = SMoREConfig(num_experts=[4, 4], fanout=[2, 2], rank=[4, 4], gate_type="switch")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and 2 threads on busy cores stall for seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(seed: int = 0):
     return tiny_llama(hidden_size=32, intermediate_size=64, seed=seed)
 

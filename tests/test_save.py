@@ -14,15 +14,6 @@ from smore_gnn.model import SMoREModel, get_smore_model
 from smore_gnn.save import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and 2 threads on busy cores stall for seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(hidden: int = 32, layers: int = 2):
     return tiny_llama(hidden_size=hidden, intermediate_size=2 * hidden, num_layers=layers)
 

@@ -32,15 +32,6 @@ RECORDS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and 2 threads on busy cores stall for seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class StopAt(TrainerCallback):
     """Interrupt training after ``step`` optimizer steps."""
 
