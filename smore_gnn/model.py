@@ -166,10 +166,6 @@ class SMoREModel(nn.Module):
         method (str): recorded in ``adapter_config.json`` (``"smore"`` or ``"molre"``).
     """
 
-    # Tells the HF Trainer that adapters sit on the base model, so a base that HF flags as
-    # quantized (e.g. a de-quantized GGUF) may still be fine-tuned through them.
-    _hf_peft_config_loaded = True
-
     def __init__(
         self,
         model: nn.Module,

@@ -46,7 +46,6 @@ class StopAt(TrainerCallback):
 def _train(out: Path, max_steps: int, gate: str = "noisy_topk", **kwargs):
     torch.manual_seed(0)
     model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
-    model.is_quantized = True  # as a GGUF model loaded by transformers says it is
     with torch.no_grad():  # tied embeddings of std 0.02 cap every logit near 0: widen them
         model.model.embed_tokens.weight.mul_(10)
     model = get_smore_model(model, smore_paper_config(gate_type=gate, rank=[4, 4]))
