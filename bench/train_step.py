@@ -33,7 +33,8 @@ METHODS = ("smore", "molre", "lora")
 
 def load_base(seed: int = 0) -> tuple[torch.nn.Module, str]:
     """SmolLM2-135M if its GGUF is installed, else the tiny Llama of ``smore_gnn.loading``."""
-    from smore_gnn.loading import load_model_and_tokenizer, tiny_llama
+    from smore_gnn.loading import load_model_and_tokenizer
+    from smore_gnn.testing import tiny_llama
 
     try:
         model, _ = load_model_and_tokenizer("smollm2")

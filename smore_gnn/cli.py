@@ -52,7 +52,8 @@ def load_settings(config: str | None, overrides: dict[str, Any]) -> dict[str, An
 
 def load_model(spec: str, seed: int = 0) -> tuple[Any, Any]:
     """``"tiny"``: a random tiny Llama (smoke tests); anything else: ``loading.load_model...``."""
-    from smore_gnn.loading import load_model_and_tokenizer, tiny_llama
+    from smore_gnn.loading import load_model_and_tokenizer
+    from smore_gnn.testing import tiny_llama
 
     return tiny_llama(seed=seed) if spec == "tiny" else load_model_and_tokenizer(spec)
 

@@ -16,9 +16,9 @@ import torch
 
 def main(out_dir: str) -> None:
     from smore_gnn.baselines import smore_paper_config
-    from smore_gnn.loading import tiny_llama
     from smore_gnn.model import get_smore_model
     from smore_gnn.save import adapter_parameters
+    from smore_gnn.testing import tiny_llama
     from smore_gnn.training import build_trainer, training_arguments
 
     torch.manual_seed(0)

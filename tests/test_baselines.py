@@ -15,8 +15,8 @@ from smore_gnn.baselines import (
     smore_paper_config,
     trainable_parameters,
 )
-from smore_gnn.loading import tiny_llama
 from smore_gnn.model import SMoREModel
+from smore_gnn.testing import tiny_llama
 
 
 def _tiny():

@@ -80,8 +80,8 @@ def test_finetune_baselines_on_jsonl(tmp_path, method, answer, capsys):
 
 
 def test_format_routing_tree_lists_every_node():
-    from smore_gnn.loading import tiny_llama
     from smore_gnn.model import get_smore_model
+    from smore_gnn.testing import tiny_llama
 
     model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
     sm = get_smore_model(model, SMoREConfig(num_experts=[3, 4], fanout=[2, 3], rank=[2, 2]))

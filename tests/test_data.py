@@ -22,7 +22,7 @@ from smore_gnn.data import (
     multiple_choice_accuracy,
     tokenize_example,
 )
-from smore_gnn.loading import byte_tokenizer, tiny_llama
+from smore_gnn.testing import byte_tokenizer, tiny_llama
 
 MC = {"question": "What is 2+2?", "choices": ["3", "4", "5"], "answer": 1}
 SFT = {"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"}

@@ -1,4 +1,4 @@
-"""Tests for smore_gnn.loading: model spec resolution, offline loading and tiny_llama."""
+"""Tests for smore_gnn.loading (spec resolution, offline loading) and smore_gnn.testing."""
 
 from __future__ import annotations
 
@@ -11,12 +11,8 @@ import pytest
 import torch
 
 from smore_gnn import loading
-from smore_gnn.loading import (
-    byte_tokenizer,
-    load_model_and_tokenizer,
-    resolve_model_path,
-    tiny_llama,
-)
+from smore_gnn.loading import load_model_and_tokenizer, resolve_model_path
+from smore_gnn.testing import byte_tokenizer, tiny_llama
 
 
 def fake_spec(monkeypatch: pytest.MonkeyPatch, spec: object) -> None:

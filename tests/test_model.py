@@ -11,13 +11,13 @@ from torch import nn
 
 from smore_gnn import SMoREConfig, SMoRELinear
 from smore_gnn.baselines import count_adapter_parameters, smore_paper_config
-from smore_gnn.loading import tiny_llama
 from smore_gnn.model import (
     find_target_modules,
     get_smore_model,
     match_module_name,
     routing_statistics,
 )
+from smore_gnn.testing import tiny_llama
 
 CFG = SMoREConfig(num_experts=[4, 4], fanout=[2, 2], rank=[4, 4], gate_type="switch")
 

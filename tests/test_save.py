@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from smore_gnn import SMoREConfig, SMoRELinear
-from smore_gnn.loading import tiny_llama
 from smore_gnn.model import SMoREModel, get_smore_model
 from smore_gnn.save import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
+from smore_gnn.testing import tiny_llama
 
 
 def _tiny(hidden: int = 32, layers: int = 2):

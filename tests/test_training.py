@@ -15,9 +15,9 @@ from transformers import TrainerCallback
 
 from smore_gnn.baselines import apply_method, smore_paper_config
 from smore_gnn.data import mc_prompt, multiple_choice_accuracy
-from smore_gnn.loading import tiny_llama
 from smore_gnn.model import get_smore_model
 from smore_gnn.save import CONFIG_NAME, adapter_parameters
+from smore_gnn.testing import tiny_llama
 from smore_gnn.training import (
     answer_text_accuracy,
     answer_text_example,
