@@ -1,4 +1,4 @@
-"""Routed sub-trees of ``N`` tokens as one batched PyG graph (SPEC §4).
+"""Routed sub-trees of ``N`` tokens as one batched PyG graph (docs/spec.md §4).
 
 All trees of a config have the same shape, so a tree is a *template* (built once per fanout
 tuple) offset per token with tensor ops. Two node orders are offered:
@@ -22,15 +22,14 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
+from smore_gnn.counting import nodes_per_layer
 from smore_gnn.router import RoutingResult
 
 
 @lru_cache(maxsize=64)
 def tree_template(fanout: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """One token's tree: ``(node_layer [T], edge_index [2, T-1])`` in layer-major order."""
-    nodes = [1]
-    for f in reversed(fanout):
-        nodes.insert(0, f * nodes[0])
+    nodes = nodes_per_layer(fanout)  # [F_0, ..., F_L]
     offsets = torch.tensor([0] + nodes).cumsum(0)  # [L+2]
     layer = torch.cat([torch.full((n,), l) for l, n in enumerate(nodes)])
     src = torch.arange(int(offsets[-2]))

@@ -1,5 +1,8 @@
 """Every routing structure the hierarchical router can produce, as batched ``RoutingTree``s.
 
+How many there are is :func:`smore_gnn.counting.num_structures` (Theorem 3.4, re-exported
+here as ``num_structures``: the product of all digit radices below).
+
 The root picks one ``f_{L-1}``-subset of the top layer; every parent in layer ``l + 1`` picks,
 independently, one ``f_l``-subset of layer ``l``. Sibling order does not change the tree, so
 children are the subset in increasing expert order and each structure appears exactly once.
@@ -12,7 +15,6 @@ arithmetic, never a Python loop over structures.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor
 
 from smore_gnn import RoutingTree
-from theory.closed_form import _check, nodes_per_layer
+from smore_gnn.counting import nodes_per_layer, num_structures
 
 
 @lru_cache(maxsize=128)
@@ -28,15 +30,6 @@ def subset_table(num_experts: int, fanout: int) -> Tensor:
     """``[C(s, f), f]`` long: every sorted ``f``-subset of ``range(s)``, in lexicographic order."""
     combos = list(itertools.combinations(range(num_experts), fanout))
     return torch.tensor(combos, dtype=torch.long).view(len(combos), fanout)
-
-
-def num_structures(num_experts: Sequence[int], fanout: Sequence[int]) -> int:
-    """Number of structures :func:`structures` enumerates (the product of all digit radices)."""
-    _check(num_experts, fanout)
-    nodes = nodes_per_layer(fanout)
-    return math.prod(
-        math.comb(s, f) ** nodes[l + 1] for l, (s, f) in enumerate(zip(num_experts, fanout))
-    )
 
 
 def decode(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from smore_gnn.analysis import TreeLike, as_tree, coroute_counts, expert_counts, num_experts_of
+from smore_gnn.counting import figure2_values, smore_star_structures
 from smore_gnn.viz._common import grid, new_axes, save
 
 
@@ -189,13 +189,13 @@ def plot_gamma_vs_layers(
 
     S'MoRE's exact count (Theorem 3.4) against MoMOR's upper bound (Theorem 3.3), log scale,
     for ``s`` experts and fanout ``f`` in every layer. The values come from
-    :mod:`theory.closed_form` (imported lazily: only this function needs ``theory``).
+    :mod:`smore_gnn.counting` (docs/spec.md §7).
 
     Args:
         s: experts per layer.
         f: fanout per layer.
         max_layers: plot ``L = 1 .. max_layers``.
-        show_star: add the S'MoRE* count (``theory.closed_form.gamma_smore_star``).
+        show_star: add the S'MoRE* count (:func:`smore_gnn.counting.smore_star_structures`).
         measured: brute-force counts ``{"smore" | "momor" | "smore_star": {L: count}}``
             (e.g. from ``theory.count.measure``), drawn as black crosses on the curves.
         ax: draw into these axes (default: a new figure).
@@ -205,14 +205,13 @@ def plot_gamma_vs_layers(
     Returns:
         The matplotlib :class:`Figure`.
     """
-    closed = importlib.import_module("theory.closed_form")
-    rows = closed.figure2_values(s, f, max_layers)  # [(L, S'MoRE, MoMOR bound)]
+    rows = figure2_values(s, f, max_layers)  # [(L, S'MoRE, MoMOR bound)]
     layers, smore, momor = (list(col) for col in zip(*rows))
     fig, ax = new_axes(ax, (4.6, 3.4))
     ax.plot(layers, smore, marker="o", label="S'MoRE (Thm 3.4, exact)")
     ax.plot(layers, momor, marker="s", ls="--", label="MoMOR (Thm 3.3, upper bound)")
     if show_star:
-        star = [closed.gamma_smore_star(*closed.uniform(s, f, n)) for n in layers]
+        star = [smore_star_structures([s] * n, [f] * n) for n in layers]
         ax.plot(layers, star, marker="^", ls=":", label="S'MoRE* (ours)")
     for i, counts in enumerate((measured or {}).values()):
         ax.plot(list(counts), list(counts.values()), "x", color="black", markersize=9,
