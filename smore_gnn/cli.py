@@ -144,12 +144,12 @@ def inspect_routing(s: dict[str, Any], model: Any, tokenizer: Any, prompt: str) 
 
 def _accuracy(s: dict[str, Any], model: Any, tokenizer: Any, test: list[dict]) -> float | None:
     """Letter-scored (``answer: letter``) or choice-text-scored (``answer: text``) accuracy."""
-    from smore_gnn.training import answer_text_accuracy, letter_accuracy
+    from smore_gnn.eval import evaluate_mc
 
     if not test:
         return None
-    score = letter_accuracy if s["answer"] == "letter" else answer_text_accuracy
-    return score(model, tokenizer, test, s["eval_batch_size"], s["progress"])["accuracy"]
+    bs, progress = s["eval_batch_size"], s["progress"]
+    return evaluate_mc(model, tokenizer, test, s["answer"], bs, progress=progress)["accuracy"]
 
 
 def finetune(s: dict[str, Any]) -> dict[str, Any]:

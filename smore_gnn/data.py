@@ -13,56 +13,96 @@ from __future__ import annotations
 
 import json
 import string
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 IGNORE_INDEX = -100
 LETTERS = string.ascii_uppercase
 SFT_KEYS = frozenset({"instruction", "output"})
 MC_KEYS = frozenset({"question", "choices", "answer"})
+ANSWERS = ("letter", "text")
 _FORMATS_HELP = (
     "accepted formats: instruction SFT {instruction, input (optional), output} or multiple "
     "choice {question, choices: list[str], answer: int index | choice text | letter}"
 )
 
 
+def _numbered_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of every non-blank line of a JSON-lines file."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"expected a JSONL file (one JSON object per line), got {str(path)!r}"
+        raise FileNotFoundError(f"{msg}, which does not exist; check the path")
+    records: list[tuple[int, dict[str, Any]]] = []
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            msg = f"{path}:{lineno}: expected UTF-8 text, got byte {raw[err.start]:#04x} at "
+            raise ValueError(f"{msg}column {err.start + 1}; re-save the file as UTF-8") from err
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            msg = f"{path}:{lineno}: expected one JSON object per line, got invalid JSON"
+            raise ValueError(f"{msg} ({err.msg}); fix or remove that line") from err
+        if not isinstance(record, dict):
+            msg = f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
+            raise ValueError(f"{msg}; wrap the line in {{...}}")
+        records.append((lineno, record))
+    return records
+
+
 def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file (one JSON object per line; blank lines are skipped).
 
     Args:
-        path: File to read.
+        path: File to read (UTF-8).
 
     Returns:
         The records, in file order.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If a line is not valid JSON or not a JSON object (the line number is given).
+        ValueError: If a line is not UTF-8, not valid JSON or not a JSON object (the file and
+            line number are given).
     """
-    path = Path(path)
-    if not path.is_file():
-        msg = f"expected a JSONL file (one JSON object per line), got {str(path)!r}"
-        raise FileNotFoundError(f"{msg}, which does not exist; check the path")
-    records: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                msg = f"{path}:{lineno}: expected one JSON object per line, got invalid JSON"
-                raise ValueError(f"{msg} ({err.msg}); fix or remove that line") from err
-            if not isinstance(record, dict):
-                msg = f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
-                raise ValueError(f"{msg}; wrap the line in {{...}}")
-            records.append(record)
-    return records
+    return [record for _, record in _numbered_records(path)]
+
+
+def read_dataset(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL training or evaluation file and validate every record up front.
+
+    All records must share one format (SFT or multiple choice) and every multiple-choice
+    answer must resolve to a choice.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: On bad bytes or JSON, an empty file, a record of no or another format, or
+            a bad answer; the message starts with ``path:line:`` and ends with the fix.
+    """
+    numbered = _numbered_records(path)
+    if not numbered:
+        raise ValueError(f"{path}: expected at least one record, got none; {_FORMATS_HELP}")
+    first: str | None = None
+    for lineno, record in numbered:
+        try:
+            fmt = record_format(record)
+            if first is not None and fmt != first:
+                raise ValueError(f"record is {fmt!r}, line {numbered[0][0]} is {first!r}; "
+                                 "put one format per file")  # fmt: skip
+            first = fmt
+            if fmt == "mc":
+                answer_index(record)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}:{lineno}: {err}") from err
+    return [record for _, record in numbered]
 
 
 def record_format(record: dict[str, Any]) -> str:
@@ -133,41 +173,43 @@ def mc_prompt(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\nAnswer:"
 
 
-def format_example(record: dict[str, Any]) -> tuple[str, str]:
+def format_example(record: dict[str, Any], answer: str = "letter") -> tuple[str, str]:
     """Split a record into ``(prompt, target)`` text (the EOS token is added at tokenization).
 
-    The multiple-choice target is a space then the letter, e.g. ``" B"``.
+    The multiple-choice target is a space then the letter (``" B"``), or with
+    ``answer="text"`` a space then the choice text (``" pear"``).
     """
+    if answer not in ANSWERS:
+        raise ValueError(f"answer must be 'letter' or 'text' (got {answer!r})")
     if record_format(record) == "mc":
-        return mc_prompt(record), " " + LETTERS[answer_index(record)]
+        index = answer_index(record)
+        choice = LETTERS[index] if answer == "letter" else record["choices"][index]
+        return mc_prompt(record), " " + choice
     prompt = f"### Instruction:\n{str(record['instruction']).strip()}\n\n"
     if str(record.get("input") or "").strip():
         prompt += f"### Input:\n{str(record['input']).strip()}\n\n"
     return prompt + "### Response:\n", str(record["output"])
 
 
-def tokenize_example(record: dict[str, Any], tokenizer: Any, max_length: int) -> dict[str, list]:
-    """Tokenize one record; labels are ``-100`` on the prompt so loss is on the answer only.
+def choice_ids(record: dict[str, Any], tokenizer: Any) -> list[list[int]]:
+    """Token ids of each choice's text as a continuation of the prompt (``" " + text``)."""
+    return [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in record["choices"]]
 
-    Prompt and target are tokenized separately and concatenated, so the prompt/answer boundary
-    is exact. SFT targets are followed by ``eos``. Over-long examples lose prompt tokens from the
-    left (the answer is kept); no padding is added here (see :func:`collate`).
 
-    Args:
-        record: An SFT or multiple-choice record.
-        tokenizer: Any Hugging Face tokenizer.
-        max_length: Maximum number of tokens.
-
-    Returns:
-        ``{"input_ids", "attention_mask", "labels"}`` as lists of ints.
-    """
-    if max_length < 1:
-        raise ValueError(f"expected max_length >= 1, got {max_length}")
-    prompt, target = format_example(record)
+def _token_parts(record: dict[str, Any], tokenizer: Any, answer: str) -> tuple[list, list]:
+    """Untruncated ``(prompt_ids, target_ids)``; SFT targets end with ``eos``."""
+    prompt, target = format_example(record, answer)
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     if record_format(record) == "sft" and tokenizer.eos_token_id is not None:
         target_ids = [*target_ids, tokenizer.eos_token_id]
+    return prompt_ids, target_ids
+
+
+def _fit(prompt_ids: list[int], target_ids: list[int], max_length: int) -> dict[str, list]:
+    """Concatenate, cutting the prompt from the left (then the target from the right)."""
+    if max_length < 1:
+        raise ValueError(f"expected max_length >= 1, got {max_length}")
     target_ids = target_ids[:max_length]
     keep = max_length - len(target_ids)
     prompt_ids = prompt_ids[max(0, len(prompt_ids) - keep) :] if keep > 0 else []
@@ -178,14 +220,67 @@ def tokenize_example(record: dict[str, Any], tokenizer: Any, max_length: int) ->
     }
 
 
-class SFTDataset(Dataset):
-    """A torch ``Dataset`` of tokenized records (SFT or multiple choice), tokenized up front."""
+def tokenize_example(
+    record: dict[str, Any], tokenizer: Any, max_length: int, answer: str = "letter"
+) -> dict[str, list]:
+    """Tokenize one record; labels are ``-100`` on the prompt so loss is on the answer only.
 
-    def __init__(self, records: Sequence[dict[str, Any]], tokenizer: Any, max_length: int = 512):
-        """Validate the format of ``records`` and tokenize them with ``tokenizer``."""
+    Prompt and target are tokenized separately and concatenated, so the prompt/answer boundary
+    is exact. SFT targets are followed by ``eos``. Over-long examples lose prompt tokens from the
+    left (the answer is kept); no padding is added here (see :func:`collate`).
+
+    Args:
+        record: An SFT or multiple-choice record.
+        tokenizer: Any Hugging Face tokenizer.
+        max_length: Maximum number of tokens.
+        answer: Multiple-choice target: ``"letter"`` or ``"text"`` (see :func:`format_example`).
+
+    Returns:
+        ``{"input_ids", "attention_mask", "labels"}`` as lists of ints.
+    """
+    return _fit(*_token_parts(record, tokenizer, answer), max_length)
+
+
+class SFTDataset(Dataset):
+    """A torch ``Dataset`` of tokenized records (SFT or multiple choice), tokenized up front.
+
+    Examples longer than ``max_length`` lose prompt tokens from the left, with a warning that
+    counts them. An example that would keep no prompt token (its answer alone fills
+    ``max_length``, e.g. ``max_length=1``) has nothing to condition on and nothing a causal LM
+    predicts from context, so it is refused.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[dict[str, Any]],
+        tokenizer: Any,
+        max_length: int = 512,
+        answer: str = "letter",
+    ):
+        """Validate the format of ``records`` and tokenize them with ``tokenizer``.
+
+        Raises:
+            ValueError: On mixed or unknown formats, or examples that keep no prompt token.
+        """
         self.format = detect_format(records)
         self.records = list(records)
-        self.examples = [tokenize_example(r, tokenizer, max_length) for r in self.records]
+        parts = [_token_parts(r, tokenizer, answer) for r in self.records]
+        self.examples = [_fit(prompt, target, max_length) for prompt, target in parts]
+        no_prompt = [i for i, ex in enumerate(self.examples) if ex["labels"][0] != IGNORE_INDEX]
+        if no_prompt:
+            need = max(len(parts[i][1]) for i in no_prompt) + 1
+            msg = f"{len(no_prompt)} of {len(records)} examples keep no prompt token at "
+            raise ValueError(f"{msg}max_length={max_length} (their answer fills it; first: "
+                             f"record {no_prompt[0]}); use max_length >= {need} or drop "
+                             "those records")  # fmt: skip
+        cut = [len(p) + len(t) - max_length for p, t in parts if len(p) + len(t) > max_length]
+        if cut:
+            warnings.warn(
+                f"{len(cut)} of {len(records)} examples are longer than max_length={max_length} "
+                f"and lose up to {max(cut)} prompt tokens from the left; raise max_length to "
+                f"{max_length + max(cut)} to keep whole prompts",
+                stacklevel=2,
+            )
 
     def __len__(self) -> int:
         """Number of examples."""
@@ -229,66 +324,24 @@ def make_collator(tokenizer: Any) -> Callable[[Sequence[dict[str, Any]]], dict[s
     return lambda features: collate(features, pad)
 
 
-@torch.no_grad()
-def multiple_choice_accuracy(
-    model: Any,
-    tokenizer: Any,
+def split_train_test(
     records: Sequence[dict[str, Any]],
-    batch_size: int = 8,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Score each option by the log-likelihood of its letter (``" A"``, ...) after the prompt.
+    eval_records: Sequence[dict[str, Any]] | None,
+    n_train: int,
+    n_test: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The fine-tuning split policy: at most ``n_train`` training and ``n_test`` test records.
 
-    Each (question, option) pair is one sequence ``prompt + letter tokens``; the option's score
-    is the summed log-probability of its letter tokens and the prediction is the argmax.
+    With ``eval_records`` the test set is their first ``n_test``. Without, multiple-choice
+    ``records`` hold out their last ``n_test`` records as the test set (SFT records have no
+    multiple-choice test set). Training uses the first ``n_train`` of what remains.
 
-    Args:
-        model: A causal LM called as ``model(input_ids=..., attention_mask=...)`` with ``.logits``.
-        tokenizer: The model's tokenizer.
-        records: Multiple-choice records.
-        batch_size: Questions per forward pass.
-        device: Where to run; defaults to the model's device (CPU if it has no parameters).
-        progress: Show a tqdm progress bar.
-
-    Returns:
-        ``{"accuracy": float, "n": int, "predictions": list[int]}``.
+    Raises:
+        ValueError: If ``n_train`` or ``n_test`` is negative.
     """
-    if batch_size < 1:
-        raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-    if records and detect_format(records) != "mc":
-        raise ValueError("expected multiple-choice records {question, choices, answer}, got SFT")
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = getattr(model, "training", False)
-    model.eval()
-    pad, predictions, correct = pad_id_of(tokenizer), [], 0
-    letters = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in LETTERS]
-    starts = range(0, len(records), batch_size)
-    for start in tqdm(starts, desc="MC accuracy", disable=not progress):
-        chunk = records[start : start + batch_size]
-        seqs, spans, owners = [], [], []
-        for q, record in enumerate(chunk):
-            prompt_ids = tokenizer(mc_prompt(record), add_special_tokens=True)["input_ids"]
-            for letter_ids in letters[: len(record["choices"])]:
-                full = [*prompt_ids, *letter_ids]
-                seqs.append({"input_ids": full, "attention_mask": [1] * len(full)})
-                spans.append((len(prompt_ids), len(letter_ids)))
-                owners.append(q)
-        batch = collate(seqs, pad)
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        scores: list[list[float]] = [[] for _ in chunk]
-        for row, ((offset, n_tok), q) in enumerate(zip(spans, owners, strict=True)):
-            pos = torch.arange(offset - 1, offset - 1 + n_tok)
-            targets = batch["input_ids"][row, offset : offset + n_tok]
-            scores[q].append(float(logprobs[row, pos, targets].sum()))
-        for q, record in enumerate(chunk):
-            pred = max(range(len(scores[q])), key=scores[q].__getitem__)
-            predictions.append(pred)
-            correct += int(pred == answer_index(record))
-    if was_training:
-        model.train()
-    n = len(records)
-    return {"accuracy": correct / n if n else 0.0, "n": n, "predictions": predictions}
+    if n_train < 0 or n_test < 0:
+        raise ValueError(f"n_train and n_test must be >= 0 (got {n_train}, {n_test})")
+    train, test = list(records), list(eval_records or [])
+    if eval_records is None and n_test > 0 and train and detect_format(train) == "mc":
+        train, test = train[:-n_test], train[-n_test:]  # hold the tail out
+    return train[:n_train], test[:n_test]

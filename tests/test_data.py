@@ -1,4 +1,4 @@
-"""Tests for smore_gnn.data: JSONL loading, templates, tokenization, collation, MC accuracy."""
+"""Tests for smore_gnn.data: JSONL loading and validation, templates, tokenization, collation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from smore_gnn.data import (
@@ -19,7 +18,6 @@ from smore_gnn.data import (
     format_example,
     load_jsonl,
     make_collator,
-    multiple_choice_accuracy,
     tokenize_example,
 )
 from smore_gnn.testing import byte_tokenizer, tiny_llama
@@ -159,46 +157,3 @@ def test_dataset_trains_with_hf_trainer(tmp_path: Path) -> None:
     ).train()
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert not torch.equal(before, model.model.embed_tokens.weight.detach())
-
-
-class LetterModel(nn.Module):
-    """Fake LM: on its i-th call, every position strongly predicts the byte ``favoured[i]``."""
-
-    def __init__(self, tok: PreTrainedTokenizerFast, favoured: list[str]) -> None:
-        super().__init__()
-        self.ids = [tok.convert_tokens_to_ids(c) for c in favoured]
-        self.vocab = len(tok)
-        self.calls: list[tuple[int, ...]] = []
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
-        self.calls.append(tuple(input_ids.shape))
-        logits = torch.zeros(*input_ids.shape, self.vocab)
-        logits[..., self.ids[len(self.calls) - 1]] = 10.0
-        return type("Out", (), {"logits": logits})()
-
-
-def test_multiple_choice_accuracy_with_controlled_logits(
-    tok: PreTrainedTokenizerFast, capsys: pytest.CaptureFixture
-) -> None:
-    records = [
-        {"question": "Pick A", "choices": ["x", "y", "z", "w"], "answer": "A"},
-        {"question": "Pick B", "choices": ["x", "y"], "answer": 1},
-        {"question": "Pick C", "choices": ["x", "y", "z"], "answer": "z"},
-    ]
-    model = LetterModel(tok, ["A", "B", "A"])  # one forward per question (batch_size=1)
-    out = multiple_choice_accuracy(model, tok, records, batch_size=1, progress=False)
-    assert out["predictions"] == [0, 1, 0]
-    assert out["n"] == 3 and out["accuracy"] == pytest.approx(2 / 3, abs=1e-4)
-    assert [shape[0] for shape in model.calls] == [4, 2, 3]  # one row per option
-    assert capsys.readouterr().err == ""
-
-
-def test_multiple_choice_accuracy_is_batch_size_invariant() -> None:
-    model, tok = tiny_llama(seed=3)
-    records = [{**MC, "question": f"What is {i}+{i}?", "answer": i % 3} for i in range(5)]
-    one = multiple_choice_accuracy(model, tok, records, batch_size=1, progress=False)
-    many = multiple_choice_accuracy(model, tok, records, batch_size=4, progress=False)
-    assert one == many
-    assert one["n"] == 5 and len(one["predictions"]) == 5
-    with pytest.raises(ValueError, match="multiple-choice"):
-        multiple_choice_accuracy(model, tok, [SFT], progress=False)

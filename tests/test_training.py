@@ -14,17 +14,10 @@ import torch
 from transformers import TrainerCallback
 
 from smore_gnn.baselines import apply_method, smore_paper_config
-from smore_gnn.data import mc_prompt, multiple_choice_accuracy
 from smore_gnn.model import get_smore_model
 from smore_gnn.save import CONFIG_NAME, adapter_parameters
 from smore_gnn.testing import tiny_llama
-from smore_gnn.training import (
-    answer_text_accuracy,
-    answer_text_example,
-    build_trainer,
-    letter_accuracy,
-    training_arguments,
-)
+from smore_gnn.training import build_trainer, training_arguments
 
 RECORDS = [
     {"question": f"Pick the letter {c}", "choices": ["a", "b", "c", "d"], "answer": i % 4}
@@ -111,53 +104,17 @@ def test_trainer_works_for_lora_without_aux_loss(tmp_path):
     assert log["aux_loss"] == 0 and "routing_entropy" not in log
 
 
-def test_letter_accuracy_matches_multiple_choice_accuracy():
-    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64, seed=3)
-    model = get_smore_model(model, smore_paper_config())
-    records = RECORDS + [{**RECORDS[0], "choices": ["yes", "no"], "answer": 1}]
-    fast = letter_accuracy(model, tokenizer, records, batch_size=5, progress=False)
-    slow = multiple_choice_accuracy(model, tokenizer, records, batch_size=3, progress=False)
-    assert fast["predictions"] == slow["predictions"]
-    assert fast["accuracy"] == slow["accuracy"] and fast["n"] == len(records)
-
-
-def test_answer_text_example_labels_only_the_choice_text():
-    _, tokenizer = tiny_llama()
+def test_answer_text_training_labels_only_the_choice_text(tmp_path):
+    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
     record = {"question": "Which is a fruit?", "choices": ["rock", "pear"], "answer": 1}
-    example = answer_text_example(record, tokenizer, max_length=64)
+    args = training_arguments(str(tmp_path), max_steps=1, disable_tqdm=True)
+    trainer = build_trainer(model, tokenizer, [record], args, max_length=64, answer="text")
+    example = trainer.train_dataset[0]
     labelled = [t for t in example["labels"] if t != -100]
     assert tokenizer.decode(labelled) == " pear"
     assert example["input_ids"][-len(labelled) :] == labelled
-    assert len(answer_text_example(record, tokenizer, max_length=10)["input_ids"]) == 10
     with pytest.raises(ValueError, match="answer must be 'letter' or 'text'"):
         build_trainer(None, tokenizer, [record], None, answer="word")
-
-
-def test_answer_text_accuracy_scores_the_choice_text():
-    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64, seed=5)
-    model = get_smore_model(model, smore_paper_config(rank=[2, 2]))
-    torch.manual_seed(4)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0, 0.3)
-    words = ["ab", "abcd", "b", "x", "yy", "hello there", "z"]
-    records = [
-        {"question": "q" * (1 + i % 5), "choices": words[i % 3 : i % 3 + 2 + i % 3], "answer": 0}
-        for i in range(9)
-    ]
-    result = answer_text_accuracy(model, tokenizer, records, batch_size=4, progress=False)
-    for record, pred, got in zip(records, result["predictions"], result["scores"]):
-        prompt = tokenizer(mc_prompt(record))["input_ids"]
-        scores = []
-        for choice in record["choices"]:  # one unpadded sequence per option, no cache
-            ids = tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
-            with torch.no_grad():
-                logp = model(input_ids=torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
-            scores.append(sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(ids)))
-        assert pred == max(range(len(scores)), key=scores.__getitem__)
-        assert got == pytest.approx(scores, abs=1e-4)
-    assert len(set(result["predictions"])) > 1
 
 
 def _free_port() -> int:

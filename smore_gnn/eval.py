@@ -1,0 +1,298 @@
+"""Multiple-choice evaluation: score each option, predict the best, report accuracy per task.
+
+:func:`evaluate_mc` is the entry point. Two scorings (``answer=``):
+
+* ``"text"``: an option's score is the summed log-probability of its text (``" pear"``) after
+  the prompt that lists the choices (lm-eval-harness style ``acc``); see
+  :func:`answer_text_accuracy`.
+* ``"letter"``: an option's score is the log-probability of its letter (``" B"``) after the
+  prompt; see :func:`letter_accuracy` (one forward per question) and
+  :func:`multiple_choice_accuracy` (one sequence per option; the reference definition).
+
+The prompt is :func:`smore_gnn.data.mc_prompt`. Every scorer batches questions with
+:func:`batches` and puts the model in eval mode for the duration of the call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from smore_gnn import data as mc
+from smore_gnn.model import SMoREModel
+
+__all__ = [
+    "answer_text_accuracy",
+    "batches",
+    "evaluate_mc",
+    "letter_accuracy",
+    "multiple_choice_accuracy",
+]
+
+ANSWERS = ("letter", "text")
+
+
+def batches(
+    records: Sequence[dict[str, Any]], batch_size: int, desc: str = "MC", progress: bool = False
+) -> Iterator[Sequence[dict[str, Any]]]:
+    """Consecutive chunks of ``batch_size`` records (the last may be shorter), with a tqdm bar.
+
+    Raises:
+        ValueError: If ``batch_size < 1``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1 (got {batch_size!r})")
+    for start in tqdm(range(0, len(records), batch_size), desc, disable=not progress):
+        yield records[start : start + batch_size]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _prompt_ids(
+    record: dict[str, Any], tokenizer: Any, max_length: int | None, reserve: int
+) -> list[int]:
+    """Prompt token ids, cut from the left so that ``reserve`` answer tokens still fit."""
+    ids = tokenizer(mc.mc_prompt(record))["input_ids"]
+    if max_length is None:
+        return ids
+    keep = max(1, max_length - reserve)
+    return ids[-keep:]
+
+
+@torch.no_grad()
+def multiple_choice_accuracy(
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict[str, Any]],
+    batch_size: int = 8,
+    progress: bool = False,
+    max_length: int | None = None,
+) -> dict[str, Any]:
+    """Letter scoring, one sequence ``prompt + letter tokens`` per (question, option) pair.
+
+    The option's score is the summed log-probability of its letter tokens; the prediction is
+    the argmax. This is the reference definition that :func:`letter_accuracy` speeds up.
+
+    Returns:
+        ``{"accuracy": float, "n": int, "predictions": list[int]}``.
+    """
+    if records and mc.detect_format(records) != "mc":
+        raise ValueError("expected multiple-choice records {question, choices, answer}, got SFT")
+    device, was_training = _device(model), model.training
+    model.eval()
+    pad, predictions, correct = mc.pad_id_of(tokenizer), [], 0
+    letters = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in mc.LETTERS]
+    reserve = max((len(ids) for ids in letters), default=1)
+    for chunk in batches(records, batch_size, "MC accuracy", progress):
+        seqs, spans, owners = [], [], []
+        for q, record in enumerate(chunk):
+            prompt_ids = _prompt_ids(record, tokenizer, max_length, reserve)
+            for letter_ids in letters[: len(record["choices"])]:
+                full = [*prompt_ids, *letter_ids]
+                seqs.append({"input_ids": full, "attention_mask": [1] * len(full)})
+                spans.append((len(prompt_ids), len(letter_ids)))
+                owners.append(q)
+        batch = mc.collate(seqs, pad)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        logprobs = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1).cpu()
+        scores: list[list[float]] = [[] for _ in chunk]
+        for row, ((offset, n_tok), q) in enumerate(zip(spans, owners, strict=True)):
+            pos = torch.arange(offset - 1, offset - 1 + n_tok)
+            targets = batch["input_ids"][row, offset : offset + n_tok]
+            scores[q].append(float(logprobs[row, pos, targets].sum()))
+        for q, record in enumerate(chunk):
+            pred = max(range(len(scores[q])), key=scores[q].__getitem__)
+            predictions.append(pred)
+            correct += int(pred == mc.answer_index(record))
+    model.train(was_training)
+    n = len(records)
+    return {"accuracy": correct / n if n else 0.0, "n": n, "predictions": predictions}
+
+
+@torch.no_grad()
+def letter_accuracy(
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict[str, Any]],
+    batch_size: int = 16,
+    progress: bool = False,
+    max_length: int | None = None,
+) -> dict[str, Any]:
+    """Letter scoring as :func:`multiple_choice_accuracy` defines it, one forward per question.
+
+    When every answer letter is one token, an option's score is the log-probability of its
+    letter after the shared prompt, so one forward per question gives the same predictions;
+    otherwise this falls back to :func:`multiple_choice_accuracy`.
+    """
+    n_choices = max((len(r["choices"]) for r in records), default=0)
+    letters = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in mc.LETTERS]
+    if any(len(ids) != 1 for ids in letters[:n_choices]):
+        args = (batch_size, progress, max_length)
+        return multiple_choice_accuracy(model, tokenizer, records, *args)
+    letter_ids = torch.tensor([ids[0] for ids in letters[:n_choices]])
+    device, was_training, predictions, correct = _device(model), model.training, [], 0
+    model.eval()
+    for chunk in batches(records, batch_size, "MC accuracy", progress):
+        feats = [
+            {"input_ids": ids, "attention_mask": [1] * len(ids)}
+            for ids in (_prompt_ids(r, tokenizer, max_length, 1) for r in chunk)
+        ]
+        batch = {k: v.to(device) for k, v in mc.collate(feats, mc.pad_id_of(tokenizer)).items()}
+        last = batch["attention_mask"].sum(1) - 1  # [B] position of each prompt's last token
+        keep = torch.unique(last)  # only these positions need the (large) vocabulary head
+        logits = model(**batch, logits_to_keep=keep).logits.float()  # [B, K, V]
+        column = torch.searchsorted(keep, last) if logits.size(1) == keep.numel() else last
+        logprobs = logits[torch.arange(len(chunk)), column].log_softmax(-1).cpu()  # [B, V]
+        for row, record in enumerate(chunk):
+            pred = int(logprobs[row, letter_ids[: len(record["choices"])]].argmax())
+            predictions.append(pred)
+            correct += int(pred == mc.answer_index(record))
+    model.train(was_training)
+    n = len(records)
+    return {"accuracy": correct / n if n else 0.0, "n": n, "predictions": predictions}
+
+
+def _cache_keyword(model: nn.Module) -> str:
+    """The name under which the wrapped HF model's ``forward`` takes a KV cache."""
+    base = model.model if isinstance(model, SMoREModel) else model
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def answer_text_accuracy(
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict[str, Any]],
+    batch_size: int = 16,
+    progress: bool = False,
+    max_length: int | None = None,
+) -> dict[str, Any]:
+    """Score each option by the summed log-probability of its text after the prompt.
+
+    Each prompt runs once (left-padded, explicit positions); its KV cache is shared by the
+    continuations of all its options.
+
+    Returns:
+        ``{"accuracy", "n", "predictions", "scores"}`` (``scores``: per-option log-probs).
+    """
+    device, was_training = _device(model), model.training
+    predictions, correct, pad = [], 0, mc.pad_id_of(tokenizer)
+    key = _cache_keyword(model)
+    all_scores: list[list[float]] = []
+    model.eval()
+    for chunk in batches(records, batch_size, "MC text", progress):
+        options = [mc.choice_ids(r, tokenizer) for r in chunk]
+        reserve = [max(map(len, opts)) for opts in options]
+        prompts = [_prompt_ids(r, tokenizer, max_length, k) for r, k in zip(chunk, reserve)]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        mask = mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, W] left padding: real positions
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                    logits_to_keep=1)  # fmt: skip
+        first = out.logits[:, -1].float().log_softmax(-1)  # [B, V] predicts option token 0
+        owner = torch.tensor([q for q, opts in enumerate(options) for _ in opts], device=device)
+        flat = [o for opts in options for o in opts]  # B * k option token lists
+        span = max(map(len, flat))
+        cont = torch.tensor([o + [pad] * (span - len(o)) for o in flat], device=device)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]  # transformers 5.2x
+        cache.reorder_cache(owner)  # [B * k, ...]: each option continues its own prompt
+        full_mask = torch.cat([mask[owner], torch.ones_like(cont)], dim=1)  # [B * k, W + S]
+        cont_pos = pos[owner, -1:] + 1 + torch.arange(span, device=device)  # [B * k, S]
+        logits = model(input_ids=cont, attention_mask=full_mask, position_ids=cont_pos,
+                       use_cache=True, **{key: cache}).logits  # fmt: skip
+        logp = logits.float().log_softmax(-1)  # [B * k, S, V] predicts option token j + 1
+        scores = []
+        for row, option in enumerate(flat):
+            target = torch.tensor(option, device=device)
+            score = (
+                first[owner[row], target[0]]
+                + logp[row, : len(option) - 1].gather(-1, target[1:, None]).sum()
+            )
+            scores.append(float(score))
+        for q, record in enumerate(chunk):
+            rows = [scores[r] for r in range(len(flat)) if int(owner[r]) == q]
+            pred = max(range(len(rows)), key=rows.__getitem__)
+            all_scores.append(rows)
+            predictions.append(pred)
+            correct += int(pred == mc.answer_index(record))
+    model.train(was_training)
+    n = len(records)
+    result = {"accuracy": correct / n if n else 0.0, "n": n, "predictions": predictions}
+    return {**result, "scores": all_scores}
+
+
+def evaluate_mc(
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict[str, Any]],
+    answer: str = "text",
+    batch_size: int = 16,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Multiple-choice accuracy of ``model`` on ``records``, overall and per task.
+
+    Args:
+        model: A causal LM (plain HF model, ``SMoREModel`` or peft model).
+        tokenizer: Its tokenizer.
+        records: Multiple-choice records ``{question, choices, answer, task (optional)}``.
+        answer: ``"text"`` (score the choice text) or ``"letter"`` (score its letter).
+        batch_size: Questions per forward pass.
+        max_length: If given, prompts lose tokens from the left so that the prompt plus the
+            longest option fits in ``max_length`` tokens; ``None`` keeps whole prompts.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        ``{"accuracy": float, "n": int, "per_task": {task: {"accuracy", "n"}},
+        "predictions": list[int]}``; only records with a ``task`` key enter ``per_task``.
+
+    Raises:
+        ValueError: On an unknown ``answer``, bad ``batch_size``/``max_length``, no records,
+            or a record that is not a valid multiple-choice question (its index is named).
+    """
+    if answer not in ANSWERS:
+        raise ValueError(f"answer must be 'letter' or 'text' (got {answer!r})")
+    if max_length is not None and (isinstance(max_length, bool) or max_length < 2):
+        raise ValueError(f"max_length must be None or an int >= 2 (got {max_length!r})")
+    validate_mc_records(records, "records")
+    score = answer_text_accuracy if answer == "text" else letter_accuracy
+    result = score(model, tokenizer, records, batch_size, progress, max_length)
+    groups: dict[str, list[int]] = {}
+    for record, pred in zip(records, result["predictions"], strict=True):
+        if record.get("task") is not None:
+            groups.setdefault(str(record["task"]), []).append(int(pred == mc.answer_index(record)))
+    per_task = {t: {"accuracy": sum(h) / len(h), "n": len(h)} for t, h in sorted(groups.items())}
+    return {
+        "accuracy": result["accuracy"],
+        "n": result["n"],
+        "per_task": per_task,
+        "predictions": result["predictions"],
+    }
+
+
+def validate_mc_records(records: Sequence[dict[str, Any]], where: str) -> None:
+    """Check that ``records`` are valid multiple-choice questions, naming the first bad one.
+
+    Raises:
+        ValueError: If there are no records or one is not a valid question (``where`` and the
+            record's index are named).
+    """
+    if not records:
+        raise ValueError(f"{where}: expected at least one multiple-choice record, got none")
+    for i, record in enumerate(records):
+        try:
+            if mc.record_format(record) != "mc":
+                raise ValueError("expected a multiple-choice record {question, choices, answer}")
+            mc.answer_index(record)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}[{i}]: {err}") from err
