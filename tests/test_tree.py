@@ -1,4 +1,4 @@
-"""Routing trees as batched PyG graphs (SPEC §4)."""
+"""Routing trees as batched PyG graphs (docs/spec.md §4)."""
 
 import dataclasses
 

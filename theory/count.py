@@ -1,6 +1,6 @@
 """Count distinct adapter outputs over all routing structures, through the real GNN pass.
 
-``dist(x; Theta)`` (SPEC §7) is measured by brute force: every structure of
+``dist(x; Theta)`` (docs/spec.md §7) is measured by brute force: every structure of
 :mod:`theory.enumerate` is pushed, for one token ``x`` repeated ``N`` times, through
 :meth:`smore_gnn.SMoRELinear.propagate_tree` and the final projection ``W_proj`` in one batched
 pass, and the ``N`` outputs are grouped with a tolerance. Parameters are generic (random normal,

@@ -1,4 +1,4 @@
-"""Numerical checks of Propositions 3.1-3.2 and Figures 2-3 of the paper (SPEC §6-7).
+"""Numerical checks of Propositions 3.1-3.2 and Figures 2-3 of the paper (docs/spec.md §6-7).
 
 Every check runs the real adapter (router, tree builder, GNN propagation) in float64 and
 returns a :class:`CheckResult`; none re-derives the propagation it tests.
@@ -181,7 +181,7 @@ def _pair_check(name: str, experts: list[list[list[int]]], differ: dict[str, boo
 
 
 def check_figure3() -> list[CheckResult]:
-    """Figure 3 (SPEC §7.3): same experts per layer, different wiring; relative output gaps.
+    """Figure 3 (docs/spec.md §7.3): same experts per layer, other wiring; relative output gaps.
 
     (a) two layers, children re-partitioned between the two parents ``{0,1},{2,3}`` vs
     ``{0,2},{1,3}``: S'MoRE and S'MoRE* differ, MoMOR does not. (b)/(c) three layers, the
