@@ -1,10 +1,39 @@
-"""Inspect routed sub-trees: expert counts, co-routing, load entropy, tree comparison.
+"""Inspect routed sub-trees: expert counts, co-routing, load entropy, tree comparison, health.
 
 Plain tensor/Python helpers behind :mod:`smore_gnn.viz` and the notebooks (SPEC §4, §7):
-:mod:`~smore_gnn.analysis.routing` (usage statistics, a training-time recorder) and
-:mod:`~smore_gnn.analysis.structures` (which tokens share a routing structure).
+:mod:`~smore_gnn.analysis.routing` (usage statistics, a training-time recorder),
+:mod:`~smore_gnn.analysis.structures` (which tokens share a routing structure),
+:mod:`~smore_gnn.analysis.metrics` (the routing-health metrics, defined once),
+:mod:`~smore_gnn.analysis.information` (entropy, normalised mutual information),
+:mod:`~smore_gnn.analysis.collect` (routings of held-out tokens, padding left out) and
+:mod:`~smore_gnn.analysis.health` (``routing_health`` and its training callback).
 """
 
+from smore_gnn.analysis.collect import (
+    CollectedRouting,
+    adapters_of,
+    collect_routings,
+    text_batches,
+)
+from smore_gnn.analysis.health import (
+    RoutingHealthCallback,
+    health_of,
+    last_forward_health,
+    routing_health,
+    summarize,
+    task_codes,
+)
+from smore_gnn.analysis.information import entropy, mutual_information, normalized_mutual_info
+from smore_gnn.analysis.metrics import (
+    expert_load,
+    gate_spread,
+    layer_health,
+    layer_ids,
+    load_health,
+    module_health,
+    structure_ids,
+    task_expert_counts,
+)
 from smore_gnn.analysis.routing import (
     RoutingRecorder,
     TreeLike,
@@ -41,4 +70,25 @@ __all__ = [
     "find_tree_pairs",
     "num_distinct_structures",
     "structure_summary",
+    "CollectedRouting",
+    "adapters_of",
+    "collect_routings",
+    "text_batches",
+    "routing_health",
+    "health_of",
+    "last_forward_health",
+    "summarize",
+    "task_codes",
+    "RoutingHealthCallback",
+    "entropy",
+    "mutual_information",
+    "normalized_mutual_info",
+    "gate_spread",
+    "expert_load",
+    "load_health",
+    "layer_ids",
+    "structure_ids",
+    "task_expert_counts",
+    "layer_health",
+    "module_health",
 ]

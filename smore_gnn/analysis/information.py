@@ -1,0 +1,80 @@
+"""Entropy and normalised mutual information of categorical labels (small numpy versions).
+
+Used by :mod:`smore_gnn.analysis.health` to measure how much a token's task tells about the
+experts it is routed to. Natural logarithms throughout; the normalisations are scale-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+AVERAGES = ("arithmetic", "geometric")
+
+
+def codes(labels: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """Integer codes ``0..K-1`` of any hashable labels (equal labels, equal codes).
+
+    Rows of a 2-D array are one label each (e.g. a token's sorted expert ids).
+    """
+    array = np.asarray(labels)
+    if array.ndim == 2:
+        return np.unique(array, axis=0, return_inverse=True)[1].reshape(-1)
+    if array.dtype == object or array.ndim != 1:
+        table: dict[Any, int] = {}
+        return np.array([table.setdefault(x, len(table)) for x in labels], dtype=np.int64)
+    return np.unique(array, return_inverse=True)[1].reshape(-1)
+
+
+def entropy(labels: Sequence[Any] | np.ndarray) -> float:
+    """Entropy ``H = -sum_k p_k log p_k`` (nats) of the empirical distribution of ``labels``."""
+    counts = np.bincount(codes(labels)).astype(np.float64)
+    if counts.sum() == 0:
+        return 0.0
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def mutual_information(a: Sequence[Any] | np.ndarray, b: Sequence[Any] | np.ndarray) -> float:
+    """Mutual information ``I(A; B) = sum p(a, b) log(p(a, b) / (p(a) p(b)))`` in nats.
+
+    Raises:
+        ValueError: if ``a`` and ``b`` have different lengths.
+    """
+    ca, cb = codes(a), codes(b)
+    if ca.size != cb.size:
+        raise ValueError(f"a and b must label the same samples (got {ca.size} and {cb.size})")
+    if ca.size == 0:
+        return 0.0
+    ka, kb = int(ca.max()) + 1, int(cb.max()) + 1
+    joint = np.bincount(ca * kb + cb, minlength=ka * kb).reshape(ka, kb).astype(np.float64)
+    joint /= joint.sum()  # [K_a, K_b]
+    pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    mi = float((joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum())
+    return max(mi, 0.0)  # rounding can give -1e-17
+
+
+def normalized_mutual_info(
+    a: Sequence[Any] | np.ndarray, b: Sequence[Any] | np.ndarray, average: str = "arithmetic"
+) -> float:
+    """``I(A; B)`` divided by the mean of ``H(A)`` and ``H(B)``, in ``[0, 1]``.
+
+    ``average="arithmetic"`` divides by ``(H(A) + H(B)) / 2`` (scikit-learn's default, equal
+    to the V-measure); ``"geometric"`` by ``sqrt(H(A) H(B))``. 1 means either label determines
+    the other; 0 means independence. When either side is constant (``H = 0``) there is no
+    information to share and the result is 0 (scikit-learn returns 1 when *both* are constant).
+
+    Raises:
+        ValueError: for an unknown ``average`` or labels of different lengths.
+    """
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES} (got {average!r})")
+    mi = mutual_information(a, b)
+    ha, hb = entropy(a), entropy(b)
+    if ha <= 0.0 or hb <= 0.0:
+        return 0.0
+    norm = (ha + hb) / 2 if average == "arithmetic" else float(np.sqrt(ha * hb))
+    return float(min(max(mi / norm, 0.0), 1.0))
