@@ -1,101 +1,52 @@
-"""Inject S'MoRE adapters into a model: target matching, freezing, routing statistics.
+"""``SMoREModel``: a base model with named S'MoRE adapters, with the API PEFT users know.
 
-Target matching follows HF peft: a string is a regex full-match on the module name; a list
-matches a name exactly or as a dotted suffix. Only ``nn.Linear`` modules are adapted.
+``get_smore_model`` / ``SMoREModel.from_pretrained`` / ``save_pretrained`` /
+``disable_adapter()`` / ``add_adapter`` / ``set_adapter`` / ``delete_adapter`` /
+``print_trainable_parameters`` behave as their ``peft.PeftModel`` namesakes. Merging is
+rejected: routing depends on the input, so no single weight matrix equals the adapter.
+Target matching is peft's (see :mod:`smore_gnn.peft_targets`).
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Iterator, Sequence
+import inspect
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from smore_gnn.analysis import load_entropy
+from smore_gnn import __version__
+from smore_gnn import peft_adapters as adapters_io
 from smore_gnn.config import SMoREConfig
 from smore_gnn.layer import SMoRELinear
+from smore_gnn.peft_adapters import AdapterSpec
+from smore_gnn.peft_mask import bind_inputs, token_mask
+from smore_gnn.peft_routing import routing_statistics
+from smore_gnn.peft_targets import (
+    DEFAULT_TARGET_MODULES,
+    Patterns,
+    default_target_modules,
+    find_target_modules,
+    match_module_name,
+)
+from smore_gnn.save import write_adapter
 
-Patterns = str | Sequence[str]
-# The paper adapts the MLP projections of every block (SPEC §9).
-DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
-    **{
-        t: ["gate_proj", "up_proj", "down_proj"]
-        for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo")
-    },
-    "phi3": ["gate_up_proj", "down_proj"],
-}
-
-
-def match_module_name(name: str, patterns: Patterns) -> bool:
-    """peft's rule: a str is a regex full-match; a list matches exactly or as a dotted suffix."""
-    if isinstance(patterns, str):
-        return re.fullmatch(patterns, name) is not None
-    return any(name == p or name.endswith("." + p) for p in patterns)
-
-
-def default_target_modules(model: nn.Module) -> list[str]:
-    """The paper's targets (``gate_proj``, ``up_proj``, ``down_proj``) for known model types."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in DEFAULT_TARGET_MODULES:
-        raise ValueError(
-            f"No default target_modules for model_type {model_type!r} (known: "
-            f"{sorted(DEFAULT_TARGET_MODULES)}); pass target_modules=[...] explicitly"
-        )
-    return list(DEFAULT_TARGET_MODULES[model_type])
-
-
-def find_target_modules(
-    model: nn.Module, target_modules: Patterns, exclude_modules: Patterns | None = None
-) -> list[str]:
-    """Names of the ``nn.Linear`` modules of ``model`` selected by the patterns, in model order.
-
-    Raises:
-        ValueError: if no ``nn.Linear`` matches; the message lists the patterns and examples.
-    """
-    inside = [n + "." for n, m in model.named_modules() if isinstance(m, SMoRELinear)]
-    linears = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and not any(n.startswith(p) for p in inside)
-    ]
-    names = [n for n in linears if match_module_name(n, target_modules)]
-    if exclude_modules:
-        names = [n for n in names if not match_module_name(n, exclude_modules)]
-    if not names:
-        examples = linears[:3] + linears[-2:] if len(linears) > 5 else linears
-        raise ValueError(
-            f"No nn.Linear module matched target_modules={target_modules!r} "
-            f"(exclude_modules={exclude_modules!r}); example nn.Linear names: {examples}. "
-            "Pass names (exact or dotted suffix, e.g. ['up_proj']) or one regex string"
-        )
-    return names
-
-
-def inject_adapter(
-    model: nn.Module,
-    config: SMoREConfig,
-    target_modules: Patterns | None = None,
-    exclude_modules: Patterns | None = None,
-) -> list[str]:
-    """Replace the target linears of ``model`` in place by ``SMoRELinear`` and freeze the rest.
-
-    Returns:
-        The adapted module names.
-    """
-    if not isinstance(config, SMoREConfig):
-        raise TypeError(f"inject_adapter expects an SMoREConfig (got {type(config).__name__})")
-    target_modules = default_target_modules(model) if target_modules is None else target_modules
-    names = find_target_modules(model, target_modules, exclude_modules)
-    model.requires_grad_(False)
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, SMoRELinear(getattr(parent, child), config))
-    return names
+# The labels an S'MoRE adapter folder may carry (the registry in ``methods.py`` builds on them).
+ADAPTER_METHODS = ("smore", "molre")
+__all__ = [
+    "ADAPTER_METHODS", "DEFAULT_TARGET_MODULES", "Patterns", "SMoREModel", "adapted_modules",
+    "default_target_modules", "find_target_modules", "get_smore_model", "load_adapter",
+    "match_module_name", "routing_statistics", "save_adapter",
+]  # fmt: skip
+_MERGE_REASON = (
+    "S'MoRE adapters cannot be merged into the base weights: each token is routed to its own "
+    "experts, so the update W_proj m_root(x) depends on the input and no single weight matrix "
+    "equals it. Keep the SMoREModel for inference, use disable_adapter() for the base outputs, "
+    "or unload() to get the base model back without the adapters"
+)
 
 
 def adapted_modules(model: nn.Module) -> dict[str, SMoRELinear]:
@@ -103,59 +54,14 @@ def adapted_modules(model: nn.Module) -> dict[str, SMoRELinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, SMoRELinear)}
 
 
-def routing_statistics(
-    layers: dict[str, SMoRELinear], collapse_share: float = 0.9, collapse_entropy: float = 0.3
-) -> dict[str, Any]:
-    """Load and routing entropy of the last forward of every adapted module.
-
-    ``share`` is the fraction of picks each expert got (valid tokens only); ``entropy`` is the
-    entropy of that share normalised by ``log s`` (1 = balanced). A parent picks ``f``
-    *distinct* children, so with ``f > 1`` no expert can exceed ``1/f`` of the picks and the
-    entropy cannot fall below ``log f / log s``; collapse is therefore judged fanout-aware:
-    an expert layer (with ``f < s``) has collapsed when its busiest expert is picked by more
-    than ``collapse_share`` of the routing events (``max_load_share`` = share x f), or when
-    the entropy rescaled to ``[log f, log s] -> [0, 1]`` is below ``collapse_entropy``.
-
-    Returns:
-        ``{"modules": {name: {"load": [[...] per layer], "share": ..., "entropy": [...]}},
-        "mean_entropy", "min_entropy", "max_load_share", "collapsed": [(name, layer), ...]}``.
-    """
-    modules, entropies, shares, collapsed = {}, [], [], []
-    for name, layer in layers.items():
-        routing = layer.last_routing
-        if routing is None:
-            continue
-        load = [t.double() for t in routing.load]  # per layer [s_l]
-        share = [t / t.sum().clamp_min(1) for t in load]
-        ent = [load_entropy(t) if t.numel() > 1 else 1.0 for t in load]
-        modules[name] = {
-            "load": [t.tolist() for t in load],
-            "share": [t.tolist() for t in share],
-            "entropy": ent,
-        }
-        for l, (s, e) in enumerate(zip(share, ent)):
-            f, num = layer.config.fanout[l], s.numel()
-            entropies.append(e)
-            shares.append(min(1.0, float(s.max()) * f))  # share of events picking it
-            if f < num:
-                spread = (e * math.log(num) - math.log(f)) / (math.log(num) - math.log(f))
-                if shares[-1] > collapse_share or spread < collapse_entropy:
-                    collapsed.append((name, l))
-    return {
-        "modules": modules,
-        "mean_entropy": sum(entropies) / len(entropies) if entropies else float("nan"),
-        "min_entropy": min(entropies, default=float("nan")),
-        "max_load_share": max(shares, default=float("nan")),
-        "collapsed": collapsed,
-    }
-
-
 class SMoREModel(nn.Module):
     """A base model whose target linears carry S'MoRE adapters (the peft ``PeftModel`` role).
 
     ``forward``/``generate`` go to the base model; unknown attributes are looked up on it. A
-    forward pre-hook hands the 2-D ``attention_mask`` to every adapter, so padding is left out
-    of the balance statistics.
+    forward pre-hook hands the ``attention_mask`` (keyword or positional; validated, see
+    :mod:`smore_gnn.peft_mask`) to every adapter, so padding is left out of the balance
+    statistics; it stays set until the next forward, so gradient checkpointing recomputes
+    with the same mask.
 
     Args:
         model (nn.Module): the base model, modified in place (adapters injected, base frozen).
@@ -164,6 +70,7 @@ class SMoREModel(nn.Module):
             type's MLP projections, see :data:`DEFAULT_TARGET_MODULES`).
         exclude_modules (str | list[str], optional): patterns left out.
         method (str): recorded in ``adapter_config.json`` (``"smore"`` or ``"molre"``).
+        adapter_name (str): the first adapter's name (peft's ``"default"``).
     """
 
     def __init__(
@@ -173,30 +80,30 @@ class SMoREModel(nn.Module):
         target_modules: Patterns | None = None,
         exclude_modules: Patterns | None = None,
         method: str = "smore",
+        adapter_name: str = "default",
     ):
         super().__init__()
-        self.model, self.smore_config, self.method = model, config, method
-        if target_modules is None:
-            target_modules = default_target_modules(model)
-        if not isinstance(target_modules, str):
-            target_modules = list(target_modules)
-        self.target_modules = target_modules
-        self.exclude_modules = exclude_modules
-        self.adapted_names = inject_adapter(model, config, target_modules, exclude_modules)
-        # a plain dict (not registered): the same modules stay reachable while disabled
-        self.__dict__["_layers"] = {n: model.get_submodule(n) for n in self.adapted_names}
-        self._hooks = [
-            model.register_forward_pre_hook(self._set_mask, with_kwargs=True),
-            model.register_forward_hook(self._clear_mask, always_call=True),
-        ]
+        if isinstance(model, SMoREModel) or adapted_modules(model):
+            raise ValueError(
+                "The model already holds S'MoRE adapters; add another one with "
+                "SMoREModel.add_adapter(name, config) instead of wrapping it again"
+            )
+        self.model = model
+        # plain attributes (not registered): inactive adapters stay out of parameters()
+        self.__dict__.update(peft_config={}, _bank={}, _active=None, _disabled=False)
+        self._signature = inspect.signature(model.forward)
+        model.requires_grad_(False)
+        self.add_adapter(adapter_name, config, target_modules, exclude_modules, method)
+        self.set_adapter(adapter_name)
+        self._hook = model.register_forward_pre_hook(self._set_mask, with_kwargs=True)
 
     # ---- delegation ---------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The base model's forward (adapters included)."""
+        """The base model's forward (active adapter included)."""
         return self.model(*args, **kwargs)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """The base model's ``generate`` (adapters included)."""
+        """The base model's ``generate`` (active adapter included)."""
         return self.model.generate(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -207,32 +114,152 @@ class SMoREModel(nn.Module):
                 raise
             return getattr(self.model, name)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> SMoREModel:
+        super()._apply(fn, recurse)
+        for name, layers in self._bank.items():  # inactive adapters move too (not the base)
+            if name != self._active:
+                for layer in layers.values():
+                    for child_name, child in layer.named_children():
+                        if child_name != "base_layer":
+                            child._apply(fn)
+                    layer._buffers.update(
+                        {k: fn(b) for k, b in layer._buffers.items() if b is not None}
+                    )
+        return self
+
+    def train(self, mode: bool = True) -> SMoREModel:
+        super().train(mode)
+        for layers in self._bank.values():
+            for layer in layers.values():
+                layer.train(mode)
+        return self
+
     # ---- attention mask -----------------------------------------------------------------
     def _set_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        mask, ids = kwargs.get("attention_mask"), kwargs.get("input_ids")
-        ids = args[0] if ids is None and args else ids
-        if ids is None:
-            ids = kwargs.get("inputs_embeds")
-        if not isinstance(mask, Tensor) or mask.dim() != 2:
-            return
-        if ids is not None and ids.dim() >= 2 and mask.size(1) > ids.size(1):
-            mask = mask[:, -ids.size(1) :]  # generation with a KV cache: the newest tokens
-        for layer in self._layers.values():
+        mask = token_mask(bind_inputs(self._signature, args, kwargs))  # [B, T] bool or None
+        for layer in self.adapters().values():
             layer.attention_mask = mask
 
-    def _clear_mask(self, *_: Any) -> None:
-        for layer in self._layers.values():
-            layer.attention_mask = None
+    # ---- named adapters (peft's API) ----------------------------------------------------
+    @property
+    def active_adapter(self) -> str:
+        """The name of the adapter in use."""
+        return self._active
 
-    # ---- adapters -----------------------------------------------------------------------
+    @property
+    def active_adapters(self) -> list[str]:
+        """``[active_adapter]`` (one adapter is active at a time)."""
+        return [self._active]
+
+    def add_adapter(
+        self,
+        adapter_name: str,
+        config: SMoREConfig,
+        target_modules: Patterns | None = None,
+        exclude_modules: Patterns | None = None,
+        method: str = "smore",
+    ) -> None:
+        """Add a new, inactive, frozen adapter (``set_adapter`` activates it, as in peft)."""
+        adapters_io.check_adapter_name(adapter_name, self.peft_config)
+        adapters_io.check_spec(config, method, ADAPTER_METHODS)
+        targets = default_target_modules(self.model) if target_modules is None else target_modules
+        targets = targets if isinstance(targets, str) else list(targets)
+        names = tuple(find_target_modules(self.model, targets, exclude_modules))
+        spec = AdapterSpec(config, method, targets, exclude_modules, names)
+        layers = adapters_io.make_layers(self.model, spec)
+        for layer in layers.values():
+            layer.requires_grad_(False)
+            layer.train(self.training)
+        self.peft_config[adapter_name], self._bank[adapter_name] = spec, layers
+
+    def set_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
+        """Make ``adapter_name`` the active adapter, trainable unless ``inference_mode``."""
+        if adapter_name not in self.peft_config:
+            raise ValueError(
+                f"No adapter named {adapter_name!r} (adapters: {list(self.peft_config)}); "
+                "add_adapter or load_adapter it first"
+            )
+        new = self._bank[adapter_name]
+        if self._active is not None:
+            for name, layer in self._bank[self._active].items():
+                layer.requires_grad_(False)
+                if name not in new:
+                    adapters_io.put(self.model, name, layer.base_layer)
+        for name, layer in new.items():
+            adapters_io.put(self.model, name, layer)
+            layer.requires_grad_(not inference_mode)
+            layer.base_layer.requires_grad_(False)
+            self._flag(layer, self._disabled)
+        self._active = adapter_name
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter; deleting the active one activates the first remaining one."""
+        if adapter_name not in self.peft_config:
+            raise ValueError(
+                f"No adapter named {adapter_name!r} (adapters: {list(self.peft_config)})"
+            )
+        if len(self.peft_config) == 1:
+            raise ValueError(
+                f"Cannot delete {adapter_name!r}, the only adapter; use unload() to get the "
+                "base model back"
+            )
+        if adapter_name == self._active:
+            self.set_adapter(next(n for n in self.peft_config if n != adapter_name))
+        del self.peft_config[adapter_name], self._bank[adapter_name]
+
+    @contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Inside the block the adapters are switched off (a flag in each layer): base outputs."""
+        previous = self._disabled
+        self._disabled = True
+        for layer in self.adapters().values():
+            self._flag(layer, True)
+        try:
+            yield
+        finally:
+            self._disabled = previous
+            for layer in self.adapters().values():
+                self._flag(layer, previous)
+
+    @staticmethod
+    def _flag(layer: SMoRELinear, disabled: bool) -> None:
+        layer.disable_adapters = disabled
+
+    def unload(self) -> nn.Module:
+        """Put the base linears back and return the base model (no merging)."""
+        for name, layer in self._bank[self._active].items():
+            adapters_io.put(self.model, name, layer.base_layer)
+        self._hook.remove()
+        return self.model
+
+    def merge_and_unload(self, *args: Any, **kwargs: Any) -> None:
+        """Rejected: routing depends on the input, see the error."""
+        raise TypeError(_MERGE_REASON)
+
+    def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Rejected: routing depends on the input, see the error."""
+        raise TypeError(_MERGE_REASON)
+
+    # ---- the active adapter -------------------------------------------------------------
+    @property
+    def active_spec(self) -> AdapterSpec:
+        """The :class:`AdapterSpec` of the active adapter."""
+        return self.peft_config[self._active]
+
+    smore_config = property(lambda self: self.active_spec.config, doc="Active config.")
+    method = property(lambda self: self.active_spec.method, doc="Active method label.")
+    target_modules = property(lambda self: self.active_spec.target_modules, doc="Patterns.")
+    exclude_modules = property(lambda self: self.active_spec.exclude_modules, doc="Excluded.")
+    adapted_names = property(lambda self: list(self.active_spec.names), doc="Adapted modules.")
+
     def adapters(self) -> dict[str, SMoRELinear]:
-        """``{module name in the base model: SMoRELinear}``."""
-        return dict(self._layers)
+        """``{module name in the base model: SMoRELinear}`` of the active adapter."""
+        return dict(self._bank[self._active])
 
     def balance_loss(self) -> Tensor:
-        """Sum of the adapters' balance losses from the last forward (with grad)."""
+        """Sum of the active adapter's last-forward balance losses (add it to the loss)."""
         losses = [m.balance_loss for m in self.adapters().values() if m.balance_loss is not None]
-        if not losses:
+        if not losses or self._disabled:
             return torch.zeros(())
         return torch.stack([loss.float() for loss in losses]).sum()
 
@@ -240,32 +267,90 @@ class SMoREModel(nn.Module):
         """:func:`routing_statistics` of the last forward."""
         return routing_statistics(self.adapters(), **kwargs)
 
-    @contextmanager
-    def disable_adapter(self) -> Iterator[None]:
-        """Inside the block the frozen base linears are put back, so outputs are the base's."""
-        layers = self.adapters()
-        try:
-            for name, layer in layers.items():
-                _replace(self.model, name, layer.base_layer)
-            yield
-        finally:
-            for name, layer in layers.items():
-                _replace(self.model, name, layer)
-
     def trainable_parameters(self) -> int:
         """Number of trainable parameters (shared tensors counted once)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def save_adapter(self, directory: str, **kwargs: Any) -> None:
-        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (see ``save.py``)."""
-        from smore_gnn.save import save_adapter
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable parameters, all parameters)`` of the model with the active adapter."""
+        return self.trainable_parameters(), sum(p.numel() for p in self.parameters())
 
+    def print_trainable_parameters(self) -> None:
+        """Print the counts as peft does."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || "
+            f"trainable%: {100 * trainable / total:.4f}"
+        )
+
+    # ---- folders ------------------------------------------------------------------------
+    def save_pretrained(
+        self, save_directory: str | Path, selected_adapters: list[str] | None = None,
+        base_model_name: str | None = None,
+    ) -> None:  # fmt: skip
+        """Write each adapter atomically: ``"default"`` to the folder, others to subfolders."""
+        for name in list(self.peft_config) if selected_adapters is None else selected_adapters:
+            out = Path(save_directory) if name == "default" else Path(save_directory) / name
+            self._write(name, out, base_model_name)
+
+    def _write(self, name: str, directory: str | Path, base_model_name: str | None) -> None:
+        if name not in self.peft_config:
+            raise ValueError(f"No adapter named {name!r} (adapters: {list(self.peft_config)})")
+        spec = self.peft_config[name]
+        adapters_io.check_spec(spec.config, spec.method, ADAPTER_METHODS)  # never unloadable
+        config = getattr(self.model, "config", None)
+        base = base_model_name or getattr(config, "name_or_path", None) or None
+        tensors = adapters_io.adapter_tensors(self._bank[name])
+        write_adapter(directory, spec.to_meta(base, __version__), tensors)
+
+    def save_adapter(self, directory: str | Path, **kwargs: Any) -> None:
+        """The active adapter to ``directory`` (the 0.1 name; see :meth:`save_pretrained`)."""
         save_adapter(self, directory, **kwargs)
 
+    def load_adapter(
+        self, directory: str | Path, adapter_name: str, is_trainable: bool = False
+    ) -> None:
+        """Load a folder as a new named adapter, or into the same-named adapter of equal spec.
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, module)
+        Everything is validated first: on any error the model is left unchanged.
+        """
+        spec, tensors = adapters_io.read_folder(self.model, directory, ADAPTER_METHODS)
+        if adapter_name in self.peft_config:
+            mine = self.peft_config[adapter_name]
+            if (mine.config, sorted(mine.names)) != (spec.config, sorted(spec.names)):
+                raise ValueError(
+                    f"The adapter in {directory} has config {spec.config} on "
+                    f"{len(spec.names)} modules; adapter {adapter_name!r} has {mine.config} "
+                    f"on {len(mine.names)}; load it under a new adapter_name"
+                )
+        else:
+            adapters_io.check_adapter_name(adapter_name, self.peft_config)
+            self.peft_config[adapter_name] = spec
+            self._bank[adapter_name] = adapters_io.make_layers(self.model, spec)
+        trainable = is_trainable and adapter_name == self._active
+        adapters_io.copy_in(self._bank[adapter_name], tensors, trainable)
+
+    @classmethod
+    def from_pretrained(
+        cls, model: nn.Module, directory: str | Path, is_trainable: bool = False,
+        adapter_name: str = "default",
+    ) -> SMoREModel:  # fmt: skip
+        """Wrap the base ``model`` with the adapter saved in ``directory`` (peft's signature).
+
+        Everything is validated before the model is touched: on any error it is unchanged.
+        """
+        if isinstance(model, SMoREModel) or adapted_modules(model):
+            raise ValueError(
+                "from_pretrained expects a base model (this one holds S'MoRE adapters); use "
+                "sm.load_adapter(directory, adapter_name) to add one to an SMoREModel"
+            )
+        spec, tensors = adapters_io.read_folder(model, directory, ADAPTER_METHODS)
+        sm = cls(
+            model, spec.config, list(spec.names), method=spec.method, adapter_name=adapter_name
+        )
+        sm.peft_config[adapter_name] = spec  # the user's patterns, as saved
+        adapters_io.copy_in(sm.adapters(), tensors, is_trainable)
+        return sm
 
 
 def get_smore_model(
@@ -274,6 +359,27 @@ def get_smore_model(
     target_modules: Patterns | None = None,
     exclude_modules: Patterns | None = None,
     method: str = "smore",
+    adapter_name: str = "default",
 ) -> SMoREModel:
     """peft's ``get_peft_model`` for S'MoRE: inject adapters into ``model`` and wrap it."""
-    return SMoREModel(model, config, target_modules, exclude_modules, method)
+    return SMoREModel(model, config, target_modules, exclude_modules, method, adapter_name)
+
+
+def save_adapter(
+    model: SMoREModel, directory: str | Path, base_model_name: str | None = None
+) -> None:
+    """Write the active adapter of ``model`` to ``directory``, atomically (0.1 API)."""
+    if not isinstance(model, SMoREModel):
+        raise TypeError(f"save_adapter expects an SMoREModel (got {type(model).__name__})")
+    model._write(model.active_adapter, directory, base_model_name)
+
+
+def load_adapter(model: nn.Module, directory: str | Path, trainable: bool = False) -> SMoREModel:
+    """Load a saved adapter into a base model, or into the active adapter of an ``SMoREModel``.
+
+    Everything is validated before the model is touched: on any error it is left unchanged.
+    """
+    if isinstance(model, SMoREModel):
+        model.load_adapter(directory, model.active_adapter, is_trainable=trainable)
+        return model
+    return SMoREModel.from_pretrained(model, directory, is_trainable=trainable)

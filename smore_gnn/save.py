@@ -1,14 +1,27 @@
-"""Save and load S'MoRE adapters: ``adapter_config.json`` + ``adapter_model.safetensors``.
+"""The adapter folder: ``adapter_config.json`` + ``adapter_model.safetensors``, saved atomically.
 
 Only adapter tensors are stored, keyed ``<module name>.<parameter name>``. S'MoRE# registers
 one expert bank in every layer; such shared tensors are stored once, under their first name,
-and stay shared after loading. Loading validates the files and the model completely before
-anything is modified.
+and stay shared after loading. Reading validates the files completely before the caller
+touches the model.
+
+A folder is written as a unit (:func:`atomic_folder`): the files go to a hidden sibling
+folder, are flushed to disk, and the sibling is renamed into place; an existing folder is
+renamed aside first and removed last. A reader therefore sees the old adapter or the new one,
+never a mix, and an interrupted save leaves the previous adapter loadable. Other entries of
+an existing folder (``metrics.json``, checkpoints, ...) are carried over by renaming.
+
+Saving and loading a model live with the model (``SMoREModel.save_pretrained`` /
+``SMoREModel.from_pretrained``); this module only knows files.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +30,62 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from smore_gnn import __version__
 from smore_gnn.config import SMoREConfig
 from smore_gnn.layer import SMoRELinear
-from smore_gnn.model import SMoREModel, get_smore_model
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-METHODS = ("smore", "molre")
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+REQUIRED_KEYS = ("method", "smore_config", "adapted_modules", "target_modules")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_folder(directory: str | Path, write: Callable[[Path], Any]) -> None:
+    """Write a folder as a unit: ``write(tmp)`` fills a hidden sibling, which replaces it.
+
+    Steps: write into ``.<name>.saving-<id>``; fsync its files and itself; move the other
+    entries of an existing ``directory`` (those ``write`` did not create) into it; rename
+    ``directory`` aside to ``.<name>.old-<id>``; rename the new folder in; remove the old one.
+    If a step raises, the new folder is removed and the old one is put back.
+    """
+    out = Path(directory).absolute()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"Expected a folder to save the adapter in (got the file {out})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp, old = out.parent / f".{out.name}.saving-{tag}", out.parent / f".{out.name}.old-{tag}"
+    tmp.mkdir()
+    moved: list[str] = []
+    try:
+        write(tmp)
+        for path in sorted(tmp.rglob("*")):
+            if path.is_file():
+                _fsync(path)
+        _fsync(tmp)
+        if out.exists():
+            for entry in sorted(os.listdir(out)):
+                if not (tmp / entry).exists():  # keep what the writer did not replace
+                    os.rename(out / entry, tmp / entry)
+                    moved.append(entry)
+            os.rename(out, old)
+        os.rename(tmp, out)
+    except BaseException:
+        if old.exists() and not out.exists():
+            os.rename(old, out)
+        for entry in moved:
+            if (tmp / entry).exists() and out.exists():
+                os.rename(tmp / entry, out / entry)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def adapter_parameters(layers: dict[str, SMoRELinear]) -> dict[str, nn.Parameter]:
@@ -37,63 +98,67 @@ def adapter_parameters(layers: dict[str, SMoRELinear]) -> dict[str, nn.Parameter
     return params
 
 
-def _base_name(model: nn.Module) -> str | None:
-    config = getattr(model, "config", None)
-    return getattr(config, "name_or_path", None) or None
+def write_adapter(directory: str | Path, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    """Write ``meta`` (JSON) and ``tensors`` (safetensors) as one folder, atomically."""
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    atomic_folder(directory, write)
 
 
-def save_adapter(
-    model: SMoREModel, directory: str | Path, base_model_name: str | None = None
-) -> None:
-    """Write the adapter of ``model`` to ``directory`` (created if needed).
+def _leftover_hint(path: Path) -> str:
+    folder = path.parent.absolute()
+    backups = sorted(folder.parent.glob(f".{folder.name}.old-*")) if folder.parent.is_dir() else []
+    if not backups:
+        return ""
+    return f"; an interrupted save left the previous adapter in {backups[-1]}: rename it back"
+
+
+def read_adapter_config(directory: str | Path, methods: tuple[str, ...]) -> dict[str, Any]:
+    """Parse and check ``adapter_config.json``; ``smore_config`` becomes an ``SMoREConfig``.
 
     Args:
-        model: the adapted model.
-        directory: output folder.
-        base_model_name: recorded as ``base_model_name_or_path`` (default: the base config's).
+        directory: the adapter folder.
+        methods: the method names an S'MoRE folder may carry.
+
+    Raises:
+        FileNotFoundError: no config file.
+        ValueError: a config that is not JSON or lacks a required key or value.
     """
-    if not isinstance(model, SMoREModel):
-        raise TypeError(f"save_adapter expects an SMoREModel (got {type(model).__name__})")
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "method": model.method,
-        "base_model_name_or_path": base_model_name or _base_name(model.model),
-        "target_modules": model.target_modules,
-        "exclude_modules": model.exclude_modules,
-        "adapted_modules": sorted(model.adapted_names),
-        "smore_config": model.smore_config.to_dict(),
-        "smore_gnn_version": __version__,
-    }
-    params = adapter_parameters(model.adapters())
-    tensors = {k: p.detach().cpu().contiguous() for k, p in params.items()}
-    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "method": model.method})
-    (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-
-def read_adapter_config(directory: str | Path) -> dict[str, Any]:
-    """Parse and check ``adapter_config.json`` of an S'MoRE adapter folder."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(
             f"Expected an adapter folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
-            f"(got no {path}); pass the --output-dir of a finetune run"
+            f"(got no {path}){_leftover_hint(path)}; pass the --output-dir of a finetune run"
         )
     try:
         meta = json.loads(path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        missing = [k for k in REQUIRED_KEYS if k not in meta]
+        if missing:
+            raise ValueError(f"missing keys {missing}")
         meta["smore_config"] = SMoREConfig.from_dict(meta["smore_config"])
-        if meta["method"] not in METHODS or not meta["adapted_modules"]:
-            raise ValueError(f"method {meta['method']!r}, modules {meta['adapted_modules']!r}")
-    except (ValueError, TypeError, KeyError) as err:
+        if meta["method"] not in methods:
+            raise ValueError(f"method {meta['method']!r}")
+        names, targets = meta["adapted_modules"], meta["target_modules"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"adapted_modules {names!r}")
+        if not isinstance(targets, str | list):
+            raise ValueError(f"target_modules {targets!r}")
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as err:
         raise ValueError(
-            f"Expected an S'MoRE {CONFIG_NAME} with method in {list(METHODS)}, smore_config and "
-            f"adapted_modules (got an unreadable {path}: {err!r}); re-save the adapter"
+            f"Expected an S'MoRE {CONFIG_NAME} with keys {list(REQUIRED_KEYS)} and method in "
+            f"{list(methods)} (got an unreadable {path}: {err}); re-save the adapter"
         ) from err
     return meta
 
 
-def _read_weights(directory: Path) -> dict[str, Tensor]:
-    path = directory / WEIGHTS_NAME
+def read_weights(directory: str | Path) -> dict[str, Tensor]:
+    """The tensors of ``adapter_model.safetensors`` in ``directory``."""
+    path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"Expected {path} next to {CONFIG_NAME} (missing)")
     try:
@@ -104,22 +169,14 @@ def _read_weights(directory: Path) -> dict[str, Tensor]:
         ) from err
 
 
-def _expected_shapes(
-    model: nn.Module, names: list[str], config: SMoREConfig, adapted: bool
-) -> dict:
-    """Parameter shapes the adapter needs on ``model`` (built on the meta device)."""
+def expected_shapes(base_linears: dict[str, nn.Module | None], config: SMoREConfig) -> dict:
+    """``{"<module>.<param>": shape}`` the adapter needs on these base linears (meta device).
+
+    Raises:
+        ValueError: a module is missing or not an ``nn.Linear``.
+    """
     shapes, cache = {}, {}
-    for name in names:
-        try:
-            base = model.get_submodule(name)
-        except AttributeError:
-            base = None
-        if isinstance(base, SMoRELinear) and not adapted:
-            raise ValueError(
-                f"Expected a base model, but {name!r} already holds an SMoRELinear; pass the "
-                "SMoREModel itself to overwrite its adapter, or a fresh base model"
-            )
-        base = base.base_layer if isinstance(base, SMoRELinear) else base
+    for name, base in base_linears.items():
         if not isinstance(base, nn.Linear):
             raise ValueError(
                 f"The adapter expects an nn.Linear at {name!r} (got "
@@ -135,7 +192,8 @@ def _expected_shapes(
     return shapes
 
 
-def _check_tensors(tensors: dict[str, Tensor], shapes: dict, where: Path) -> None:
+def check_tensors(tensors: dict[str, Tensor], shapes: dict, where: str | Path) -> None:
+    """Raise ``ValueError`` unless ``tensors`` has exactly the keys and shapes of ``shapes``."""
     missing = sorted(set(shapes) - set(tensors))
     unexpected = sorted(set(tensors) - set(shapes))
     wrong = [
@@ -151,43 +209,10 @@ def _check_tensors(tensors: dict[str, Tensor], shapes: dict, where: Path) -> Non
         )
 
 
-def load_adapter(model: nn.Module, directory: str | Path, trainable: bool = False) -> SMoREModel:
-    """Load a saved adapter into ``model`` (a base model, or an ``SMoREModel`` to overwrite).
+def __getattr__(name: str) -> Any:
+    """``save_adapter`` / ``load_adapter`` moved to :mod:`smore_gnn.model` (kept importable)."""
+    if name in ("save_adapter", "load_adapter"):
+        from smore_gnn import model
 
-    Everything is validated before the model is touched: on any error it is left unchanged.
-
-    Args:
-        model: the base model (adapters are injected) or an already adapted ``SMoREModel``
-            with the same configuration (weights are copied in place).
-        directory: folder written by :func:`save_adapter`.
-        trainable: leave the adapter trainable (default: frozen, for inference).
-
-    Returns:
-        The adapted model.
-    """
-    directory = Path(directory)
-    meta = read_adapter_config(directory)
-    config, names = meta["smore_config"], meta["adapted_modules"]
-    tensors = _read_weights(directory)
-    if isinstance(model, SMoREModel):
-        if model.smore_config != config or sorted(model.adapted_names) != names:
-            raise ValueError(
-                f"The adapter in {directory} has config {config} on {len(names)} modules; the "
-                f"SMoREModel has {model.smore_config} on {len(model.adapted_names)}; load it "
-                "into the base model instead"
-            )
-        base = model.model
-    else:
-        base = model
-    adapted = isinstance(model, SMoREModel)
-    _check_tensors(tensors, _expected_shapes(base, names, config, adapted), directory)
-    if not adapted:  # inject on the folder's exact module names, then restore its patterns
-        model = get_smore_model(base, config, names, method=meta["method"])
-        model.target_modules = meta["target_modules"]
-        model.exclude_modules = meta["exclude_modules"]
-    params = adapter_parameters(model.adapters())
-    with torch.no_grad():
-        for key, p in params.items():
-            p.copy_(tensors[key])
-            p.requires_grad_(trainable)
-    return model
+        return getattr(model, name)
+    raise AttributeError(f"module 'smore_gnn.save' has no attribute {name!r}")

@@ -77,7 +77,7 @@ def test_errors_name_the_patterns():
     with pytest.raises(TypeError, match="SMoREConfig"):
         get_smore_model(model, {"rank": 8})
     get_smore_model(model, CFG)
-    with pytest.raises(ValueError, match="No nn.Linear module matched"):  # no double wrapping
+    with pytest.raises(ValueError, match="already holds S.MoRE adapters.*add_adapter"):  # no double wrap
         get_smore_model(model, CFG)
     other, _ = _tiny()
     other.config.model_type = "gpt_unknown"
@@ -97,15 +97,17 @@ def test_logits_equal_base_at_init_and_generate_runs():
         assert torch.equal(sm.generate(**batch, max_new_tokens=4, do_sample=False), greedy)
 
 
-def test_attention_mask_reaches_every_adapter_and_is_cleared():
+def test_attention_mask_reaches_every_adapter_and_stays_for_recomputation():
     model, tokenizer = _tiny()
     sm = get_smore_model(model, CFG)
     batch = _batch(tokenizer)
     sm(**batch)
     valid = int(batch["attention_mask"].sum())  # 13 of 22 positions
-    for layer in sm.adapters().values():
-        assert layer.attention_mask is None
+    for layer in sm.adapters().values():  # kept until the next forward (checkpointing)
+        assert torch.equal(layer.attention_mask, batch["attention_mask"].bool())
         assert float(layer.last_routing.load[-1].sum()) == valid * CFG.fanout[-1]
+    sm(input_ids=batch["input_ids"])  # a forward without a mask clears it
+    assert all(layer.attention_mask is None for layer in sm.adapters().values())
     stats = sm.routing_stats()
     assert set(stats["modules"]) == set(sm.adapted_names)
     assert 0 < stats["min_entropy"] <= stats["mean_entropy"] <= 1
