@@ -9,14 +9,18 @@ come from :meth:`~smore_gnn.experts.ResidualExperts.residuals` (SPEC §10).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smore_gnn.balance_grad import AttachBalanceLoss, in_backward, probe
 from smore_gnn.config import SMoREConfig
 from smore_gnn.conv import SMoREConv
 from smore_gnn.dense import dense_delta
 from smore_gnn.experts import ResidualExperts
+from smore_gnn.masks import check_mask_values, resolve_mask
 from smore_gnn.router import RoutingResult, SMoRERouter
 from smore_gnn.tree import RoutingTree
 
@@ -29,10 +33,21 @@ class SMoRELinear(nn.Module):
         config (SMoREConfig): adapter configuration.
 
     Attributes:
-        balance_loss: the last forward's summed balance loss (a scalar with grad).
+        balance_loss: the last forward's summed balance loss, a scalar to ADD to the loss
+            (see below), or ``None`` before the first forward.
         last_routing: the last forward's :class:`RoutingResult` (detached).
-        attention_mask: optional mask set by the model wrapper; padding (0) is excluded
-            from balance statistics.
+        attention_mask: the padding mask a model wrapper sets for the layers of a model that
+            calls them as ``layer(x)`` (see :meth:`forward`).
+
+    **Balance loss and gradient checkpointing.** Train with ``loss = task_loss +
+    sum(layer.balance_loss)`` (``SMoREModel.balance_loss()`` sums it), in ONE backward call.
+    The layer keeps only a detached value (it can be deep-copied after a training forward);
+    read with autograd on, it is a fresh scalar whose gradient ``g`` reaches the balance
+    loss's graph through the adapter output (:mod:`smore_gnn.balance_grad`). Gradients are
+    then the same without checkpointing and with reentrant or non-reentrant
+    ``torch.utils.checkpoint``, and the loss's scaling (gradient accumulation, ``GradScaler``)
+    applies to the balance term too. Log ``layer.balance_loss.detach()``; a balance loss not
+    added to the loss gets no gradient; no ``retain_graph`` repeats of one backward.
     """
 
     def __init__(self, base_layer: nn.Linear, config: SMoREConfig):
@@ -65,20 +80,33 @@ class SMoRELinear(nn.Module):
         dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
         for module in (self.router, self.experts, self.convs, self.proj):  # not the base layer
             module.to(device=weight.device, dtype=dtype)
-        self.balance_loss: Tensor | None = None
+        self._balance_value: Tensor | None = None  # detached: deepcopy-safe
+        self.register_buffer(
+            "_balance_grad", torch.zeros((), dtype=dtype, device=weight.device), persistent=False
+        )
         self.last_routing: RoutingResult | None = None
-        self.attention_mask: Tensor | None = None
+        self._attention_mask: Tensor | None = None  # the wrapper's mask for this batch
+        self._forward_mask: Tensor | None = None  # the mask the last fresh forward used
+        self.disable_adapters = False  # True: forward returns base_layer(x) (disable_adapter())
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """``w_final_zero`` (SPEC §5), plus Proposition 3.2's construction for ``eq_1_layer``."""
-        self.router.reset_parameters()
+        """``init_method`` (docs/spec.md §5): ``w_final_zero`` (``W_proj = 0``), ``eq_1_layer``
+        (plus Proposition 3.2's construction) or ``normal`` (the authors' default: ``W_proj``
+        Kaiming-uniform like every other weight, so the adapter starts non-zero)."""
+        self.router.reset_parameters()  # keys per config.key_init
         for bank in self.experts:
             bank.reset_parameters()
         for conv in self.convs:
             conv.reset_parameters()
-        nn.init.zeros_(self.proj.weight)
+            if self.config.zero_transition_bias and conv.lin is not None:
+                if conv.lin.bias is not None:  # the authors zero every W_l bias
+                    nn.init.zeros_(conv.lin.bias)
+        if self.config.init_method == "normal":
+            nn.init.kaiming_uniform_(self.proj.weight, a=math.sqrt(5))  # as the authors' W_final
+        else:
+            nn.init.zeros_(self.proj.weight)
         if self.proj.bias is not None:
             nn.init.zeros_(self.proj.bias)
         if self.config.init_method == "eq_1_layer":
@@ -105,28 +133,87 @@ class SMoRELinear(nn.Module):
                 conv.lin.bias.zero_()
 
     def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """``[..., d] -> [..., d_out]``; ``attention_mask`` has shape ``x.shape[:-1]``."""
+        """``[..., d] -> [..., d_out]``: ``base_layer(x)`` plus the adapter delta.
+
+        Args:
+            x: tokens ``[..., d]`` (zero tokens give the base output, an empty tensor).
+            attention_mask: padding mask, 1/True for real tokens and 0/False for padding,
+                bool or integer/float 0/1, of shape ``x.shape[:-1]`` or flat ``[N]``.
+                Padding is routed like any token but left out of every balance statistic.
+                If omitted, the mask set in :attr:`attention_mask` is used (checked the same
+                way; also accepted with ``N`` elements when ``x`` is already flattened to
+                ``[N, d]``). HF's additive or 4-D masks are rejected: ``SMoREModel`` converts
+                them.
+
+        A recomputation inside a backward (checkpointing) reuses the last fresh forward's
+        mask, so it routes as that forward did even if :attr:`attention_mask` changed since.
+
+        Raises:
+            ValueError: ``x`` has the wrong width, or the mask the wrong shape or values.
+            TypeError: the mask is not a bool/integer/float tensor.
+        """
         if x.size(-1) != self.in_features:
             raise ValueError(
                 f"SMoRELinear expected inputs [..., {self.in_features}] (got {tuple(x.shape)})"
             )
+        if self.disable_adapters:  # SMoREModel.disable_adapter(): the base output only
+            return self.base_layer(x)
         result = self.base_layer(x)
         lead = x.shape[:-1]
-        stored = self.attention_mask
-        if attention_mask is None and stored is not None and stored.shape == lead:
-            attention_mask = stored  # set by the model wrapper for this batch
+        fresh = not in_backward()  # False: a checkpoint recomputation
+        stored = self._attention_mask if fresh else self._forward_mask
+        mask = resolve_mask(attention_mask, stored, lead, checked=not fresh)  # [N] bool | None
+        if fresh:
+            self._forward_mask = mask
+            self._balance_grad.zero_()
+        if lead.numel() == 0:  # nothing to route: the base output, no balance loss
+            self._balance_value = self._balance_grad.new_zeros(())
+            self.last_routing = None
+            return result
         flat = x.reshape(-1, self.in_features)  # [N, d]
-        mask = None if attention_mask is None else attention_mask.reshape(-1)
         if self.config.backend == "dense":
             routing = self.router(flat, mask)
             delta = dense_delta(self, flat.to(self.proj.weight.dtype), routing)
-        else:  # one GEMM projects x for the router and for every expert (SPEC §10)
+        else:  # one GEMM projects x for the router and for every expert (docs/spec.md §10)
             u, hidden = self._project(flat.to(self.proj.weight.dtype), with_router=True)
             routing = self.router(flat, mask, u=u)
             delta = self.proj(self._propagate(hidden, RoutingTree.from_routing(routing)))
-        self.balance_loss = routing.balance_loss
+        loss = routing.balance_loss
+        if loss.requires_grad:  # d(loss)/d(loss) = g arrives through the delta
+            delta = AttachBalanceLoss.apply(delta, loss, self._balance_grad)
+        self._balance_value = loss.detach()
         self.last_routing = _detached(routing)
         return result + delta.view(*lead, self.out_features).to(result.dtype)
+
+    @property
+    def attention_mask(self) -> Tensor | None:
+        """The padding mask used when :meth:`forward` gets none; kept until set again.
+
+        A model wrapper sets it before each model forward (``None`` for a batch without one)
+        and should not clear it afterwards: values and dtype are checked here, the shape in
+        the forward.
+        """
+        return self._attention_mask
+
+    @attention_mask.setter
+    def attention_mask(self, mask: Tensor | None) -> None:
+        if mask is not None and mask is not self._attention_mask:
+            check_mask_values(mask, "SMoRELinear.attention_mask")
+        self._attention_mask = mask
+
+    @property
+    def balance_loss(self) -> Tensor | None:
+        """The last forward's balance loss; with autograd on, a scalar to add to the loss.
+
+        Its gradient ``g`` is recorded and applied to the balance loss's graph through the
+        adapter output (see the class docstring), which is what makes checkpointing exact.
+        """
+        value = self._balance_value
+        if value is None or not torch.is_grad_enabled():
+            return value
+        if not any(p.requires_grad for p in self.router.parameters()):
+            return value
+        return probe(value, self._balance_grad)
 
     def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
         """``W_proj m_root`` for tokens ``x`` [N, d] routed as ``routing`` -> [N, d_out]."""

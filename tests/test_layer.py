@@ -187,7 +187,10 @@ def test_attention_mask_attribute_is_used():
     layer.attention_mask = mask
     layer(x)
     assert layer.last_routing.load[0].sum() == explicit == 6 * 4  # 6 tokens x F_0 picks
-    layer.attention_mask = torch.ones(3, 3)  # another batch's mask shape: ignored
+    layer.attention_mask = torch.ones(3, 3)  # another batch's mask: an error, not ignored
+    with pytest.raises(ValueError, match=r"attention_mask .* x.shape\[:-1\] = \(2, 4\)"):
+        layer(x)
+    layer.attention_mask = None
     layer(x)
     assert layer.last_routing.load[0].sum() == 8 * 4
 
