@@ -13,8 +13,8 @@ from smore_gnn.config import SMoREConfig
 def _router_layer_params(cfg: SMoREConfig, in_dim: int, num_experts: int) -> int:
     g = cfg.router_dim
     params = in_dim * g + g + g * g + g + num_experts * g
-    if cfg.gate_type == "noisy_topk":
-        params += in_dim * num_experts + num_experts
+    if cfg.gate_type == "noisy_topk":  # W_noise (no bias unless noise_bias)
+        params += in_dim * num_experts + (num_experts if cfg.noise_bias else 0)
     return params
 
 
@@ -35,11 +35,14 @@ def count_parameters(cfg: SMoREConfig, in_features: int, out_features: int) -> d
     )
     layers = [0] if cfg.shared_pool else range(cfg.num_layers)
     parts["experts"] = sum(cfg.num_experts[l] * _expert_params(cfg, d, l) for l in layers)
-    parts["transitions"] = sum(
-        dims[l + 1] * dims[l] + b * dims[l + 1] for l in range(1, cfg.num_layers)
+    momor = cfg.propagation == "momor"  # the flat mixture has no W_l and no activation
+    parts["transitions"] = (
+        0
+        if momor
+        else sum(dims[l + 1] * dims[l] + b * dims[l + 1] for l in range(1, cfg.num_layers))
     )
     parts["proj"] = out_features * dims[-1] + b * out_features
-    parts["activations"] = cfg.num_layers if cfg.expert_act == "prelu" else 0
+    parts["activations"] = cfg.num_layers if cfg.expert_act == "prelu" and not momor else 0
     parts["total"] = sum(parts.values())
     return parts
 
@@ -78,6 +81,7 @@ def flops_per_token(
     down = sum(2 * d * cfg.num_experts[l] * cfg.rank[l] for l in layers)
     up = sum(2 * s * r * dims[l + 1] for l, (s, r) in enumerate(zip(cfg.num_experts, cfg.rank)))
     transitions = sum(2 * nodes[l] * dims[l] * dims[l + 1] for l in range(1, cfg.num_layers))
+    transitions *= cfg.propagation != "momor"  # the flat mixture has no W_l
     aggregation = sum(2 * nodes[l] * dims[l + 1] for l in range(cfg.num_layers))
     proj = 2 * dims[-1] * out_features
     experts = down + up + transitions + aggregation + proj

@@ -1,45 +1,86 @@
-"""The one validated configuration of an S'MoRE adapter (SPEC §2-5).
+"""The one validated configuration of an S'MoRE adapter (docs/spec.md §2-5).
 
 Layers are 0-indexed from the bottom: layer ``L-1`` is picked by the root, layer 0 holds the
 leaves. Every per-layer list (``num_experts``, ``fanout``, ``rank``) is indexed that way.
+The config is frozen: derive a changed one with ``dataclasses.replace(cfg, field=value)``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from smore_gnn import counting
 
 EXPERT_ACTS = ("identity", "tanh", "relu", "prelu")
 ROUTER_ACTS = ("relu", "gelu", "tanh", "silu", "identity")
 PROPAGATIONS = ("smore", "smore_star", "momor")
 GATE_TYPES = ("noisy_topk", "switch", "dense")
-INIT_METHODS = ("w_final_zero", "eq_1_layer")
+INIT_METHODS = ("w_final_zero", "eq_1_layer", "normal")
+KEY_INITS = ("normal", "uniform")
 BACKENDS = ("gnn", "dense")
 SCATTERS = ("native", "torch_scatter")
 
 
+def _name(value: object) -> str:
+    return f"{value!r} of type {type(value).__name__}"
+
+
 def _choice(name: str, value: object, options: tuple[str, ...]) -> None:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"SMoREConfig.{name} must be a string, one of {list(options)} (got {_name(value)})"
+        )
     if value not in options:
         raise ValueError(f"SMoREConfig.{name} must be one of {list(options)} (got {value!r})")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _int_list(name: str, value: object) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_int(value):
         value = [value]
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
+    if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
         raise TypeError(
             f"SMoREConfig.{name} must be a list of ints, one per expert layer (got {value!r})"
         )
-    return list(value)
+    return [int(v) for v in value]
 
 
-@dataclass
+def _bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"SMoREConfig.{name} must be True or False (got {_name(value)}); write a boolean, "
+            "not a string or a number (in YAML: true/false without quotes)"
+        )
+
+
+def _real(name: str, value: object, what: str) -> float:
+    """A finite float; rejects bool, strings (e.g. YAML's ``1e-3``) and inf/nan."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = "; PyYAML reads 1e-3 as a string: write 1.0e-3" if isinstance(value, str) else ""
+        raise TypeError(f"SMoREConfig.{name} must be {what} (got {_name(value)}){hint}")
+    if not math.isfinite(value):
+        raise ValueError(f"SMoREConfig.{name} must be {what}, a finite number (got {value!r})")
+    return float(value)
+
+
+def _ignored(name: str, value: object, why: str) -> None:
+    warnings.warn(f"SMoREConfig.{name}={value!r} has no effect: {why}", UserWarning, stacklevel=5)
+
+
+@dataclass(frozen=True)
 class SMoREConfig:
     """Hyper-parameters of one S'MoRE adapter; validated once, in ``__post_init__``.
+
+    Frozen: use ``dataclasses.replace(cfg, rank=[4, 4])`` for a changed copy. Options that a
+    setting makes irrelevant (e.g. ``noise_eps`` without the noisy top-k gate) warn.
 
     Example:
         >>> cfg = SMoREConfig(num_experts=[4, 4], fanout=[2, 2], rank=[8, 8])
@@ -59,7 +100,8 @@ class SMoREConfig:
     )
     expert_act: str = field(default="tanh", metadata={"help": f"sigma, one of {EXPERT_ACTS}"})
     propagation: str = field(
-        default="smore", metadata={"help": f"propagation rule (SPEC §5), one of {PROPAGATIONS}"}
+        default="smore",
+        metadata={"help": f"propagation rule (docs/spec.md §5), one of {PROPAGATIONS}"},
     )
     shared_pool: bool = field(
         default=False, metadata={"help": "S'MoRE#: one expert pool shared by all layers"}
@@ -70,9 +112,34 @@ class SMoREConfig:
     down_proj_dim: int | None = field(
         default=32, metadata={"help": "d_down of the token down-projection; None/0: use x"}
     )
-    balance_loss_weight: float = field(default=1e-2, metadata={"help": "w of the balance loss"})
-    noise_eps: float = field(default=1e-2, metadata={"help": "eps added to the noise std"})
-    init_method: str = field(default="w_final_zero", metadata={"help": f"one of {INIT_METHODS}"})
+    balance_loss_weight: float = field(
+        default=1e-2, metadata={"help": "w of the balance loss (the authors' scale)"}
+    )
+    noise_eps: float = field(
+        default=1e-2, metadata={"help": "eps added to the noise std (noisy_topk only)"}
+    )
+    noise_bias: bool = field(
+        default=False,
+        metadata={
+            "help": "noisy_topk: a bias in the noise projection (the authors' has none; "
+            "adapters saved by smore-gnn <= 0.1 have one)"
+        },
+    )
+    init_method: str = field(
+        default="w_final_zero",
+        metadata={
+            "help": f"one of {INIT_METHODS}: W_proj = 0; Prop. 3.2's construction; or "
+            "'normal' (the authors' default: W_proj Kaiming-uniform too)"
+        },
+    )
+    key_init: str = field(
+        default="normal",
+        metadata={"help": "router keys: 'normal' N(0, 1/d_g) or 'uniform' U[0, 1) (the authors')"},
+    )
+    zero_transition_bias: bool = field(
+        default=False,
+        metadata={"help": "start the biases of the W_l at zero (the authors' code does)"},
+    )
     lora_alpha: float | list[float] | None = field(
         default=None, metadata={"help": "residual scale c_l = lora_alpha_l / r_l (None: 1)"}
     )
@@ -80,10 +147,12 @@ class SMoREConfig:
     backend: str = field(default="gnn", metadata={"help": f"forward backend, one of {BACKENDS}"})
     scatter: str = field(default="native", metadata={"help": f"scatter kernel, one of {SCATTERS}"})
 
+    def _set(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)  # normalisation inside the frozen dataclass
+
     def __post_init__(self) -> None:
-        self.num_experts = _int_list("num_experts", self.num_experts)
-        self.fanout = _int_list("fanout", self.fanout)
-        self.rank = _int_list("rank", self.rank)
+        for name in ("num_experts", "fanout", "rank"):
+            self._set(name, _int_list(name, getattr(self, name)))
         n = len(self.num_experts)
         if n == 0:
             raise ValueError("SMoREConfig.num_experts must name at least one layer (got [])")
@@ -108,8 +177,11 @@ class SMoREConfig:
         _choice("propagation", self.propagation, PROPAGATIONS)
         _choice("gate_type", self.gate_type, GATE_TYPES)
         _choice("init_method", self.init_method, INIT_METHODS)
+        _choice("key_init", self.key_init, KEY_INITS)
         _choice("backend", self.backend, BACKENDS)
         _choice("scatter", self.scatter, SCATTERS)
+        for name in ("shared_pool", "noise_bias", "zero_transition_bias", "bias"):
+            _bool(name, getattr(self, name))
         if self.gate_type == "dense" and self.fanout != self.num_experts:
             raise ValueError(
                 f"SMoREConfig.gate_type='dense' routes to every expert, so fanout must equal "
@@ -121,39 +193,74 @@ class SMoREConfig:
                 "SMoREConfig.shared_pool=True needs the same num_experts and rank in every layer "
                 f"(got num_experts={self.num_experts}, rank={self.rank})"
             )
-        if not isinstance(self.router_dim, int) or self.router_dim <= 0:
+        if not _is_int(self.router_dim):
+            raise TypeError(
+                f"SMoREConfig.router_dim must be an int (got {_name(self.router_dim)})"
+            )
+        if self.router_dim <= 0:
             raise ValueError(
                 f"SMoREConfig.router_dim must be a positive int (got {self.router_dim})"
             )
-        if self.down_proj_dim == 0:
-            self.down_proj_dim = None
-        if self.down_proj_dim is not None and (
-            not isinstance(self.down_proj_dim, int) or self.down_proj_dim < 0
-        ):
-            raise ValueError(
-                "SMoREConfig.down_proj_dim must be a positive int or None "
-                f"(got {self.down_proj_dim!r})"
-            )
-        if not (
-            isinstance(self.balance_loss_weight, (int, float)) and self.balance_loss_weight >= 0
-        ):
-            raise ValueError(
-                "SMoREConfig.balance_loss_weight must be a float >= 0 "
-                f"(got {self.balance_loss_weight!r})"
-            )
-        if not self.noise_eps > 0:
-            raise ValueError(f"SMoREConfig.noise_eps must be > 0 (got {self.noise_eps})")
-        if self.lora_alpha is not None:
-            alpha = self.lora_alpha
-            alpha = [alpha] * n if isinstance(alpha, (int, float)) else list(alpha)
-            if len(alpha) != n or not all(isinstance(a, (int, float)) and a > 0 for a in alpha):
-                raise ValueError(
-                    f"SMoREConfig.lora_alpha must be None, a positive float, or {n} positive "
-                    f"floats, one per layer (got {self.lora_alpha!r})"
-                )
-            self.lora_alpha = [float(a) for a in alpha]
+        self._set("router_dim", int(self.router_dim))
+        self._check_down_proj_dim()
+        self._check_floats(n)
+        self._warn_ignored()
 
-    # ---- derived quantities -------------------------------------------------------------
+    def _check_down_proj_dim(self) -> None:
+        dim = self.down_proj_dim
+        if dim is not None and not _is_int(dim):
+            raise TypeError(
+                "SMoREConfig.down_proj_dim must be a positive int, or None/0 to route on x "
+                f"itself (got {_name(dim)})"
+            )
+        if dim is not None and dim < 0:
+            raise ValueError(
+                f"SMoREConfig.down_proj_dim must be a positive int or None (got {dim!r})"
+            )
+        self._set("down_proj_dim", int(dim) if dim else None)
+
+    def _check_floats(self, n: int) -> None:
+        weight = _real("balance_loss_weight", self.balance_loss_weight, "a float >= 0")
+        if weight < 0:
+            raise ValueError(
+                f"SMoREConfig.balance_loss_weight must be a float >= 0 (got {weight})"
+            )
+        self._set("balance_loss_weight", weight)
+        eps = _real("noise_eps", self.noise_eps, "a float > 0")
+        if not eps > 0:
+            raise ValueError(f"SMoREConfig.noise_eps must be > 0 (got {eps})")
+        self._set("noise_eps", eps)
+        if self.lora_alpha is None:
+            return
+        alpha = self.lora_alpha
+        alpha = list(alpha) if isinstance(alpha, (list, tuple)) else [alpha] * n
+        what = f"None, a positive float, or {n} positive floats, one per layer"
+        alpha = [_real("lora_alpha", a, what) for a in alpha]
+        if len(alpha) != n or not all(a > 0 for a in alpha):
+            raise ValueError(f"SMoREConfig.lora_alpha must be {what} (got {self.lora_alpha!r})")
+        self._set("lora_alpha", alpha)
+
+    def _warn_ignored(self) -> None:
+        if self.gate_type != "noisy_topk":
+            if self.noise_eps != 1e-2:
+                _ignored(
+                    "noise_eps", self.noise_eps, f"gate_type={self.gate_type!r} adds no noise"
+                )
+            if self.noise_bias:
+                _ignored("noise_bias", True, f"gate_type={self.gate_type!r} adds no noise")
+        if self.gate_type == "dense" and self.balance_loss_weight != 1e-2:
+            _ignored("balance_loss_weight", self.balance_loss_weight, "the dense gate has none")
+        if self.backend == "dense" and self.scatter != "native":
+            _ignored("scatter", self.scatter, "backend='dense' does not scatter")
+        if self.propagation == "momor" and self.expert_act in ("relu", "prelu"):
+            _ignored("expert_act", self.expert_act, "propagation='momor' applies no activation")
+        if self.zero_transition_bias and (
+            not self.bias or self.num_layers == 1 or self.propagation == "momor"
+        ):
+            _ignored("zero_transition_bias", True, "there is no W_l bias (bias=False, one "
+                     "layer, or propagation='momor')")  # fmt: skip
+
+    # ---- derived quantities (the formulas live in smore_gnn.counting) --------------------
     @property
     def num_layers(self) -> int:
         """L, the number of expert layers."""
@@ -162,20 +269,12 @@ class SMoREConfig:
     @property
     def message_dims(self) -> list[int]:
         """``[d_0, ..., d_L]``: d_0 = 0, d_{l+1} = d_l + s_l r_l (S'MoRE#: d_l = s r, l >= 1)."""
-        if self.shared_pool:
-            return [0] + [self.num_experts[0] * self.rank[0]] * self.num_layers
-        dims = [0]
-        for s, r in zip(self.num_experts, self.rank):
-            dims.append(dims[-1] + s * r)
-        return dims
+        return counting.message_dims(self.num_experts, self.rank, self.shared_pool)
 
     @property
     def nodes_per_layer(self) -> list[int]:
         """``[F_0, ..., F_L]``: F_L = 1 (the root), F_l = f_l F_{l+1}."""
-        nodes = [1]
-        for f in reversed(self.fanout):
-            nodes.insert(0, f * nodes[0])
-        return nodes
+        return counting.nodes_per_layer(self.fanout)
 
     @property
     def residual_scales(self) -> list[float]:
@@ -192,14 +291,10 @@ class SMoREConfig:
     @property
     def num_structures(self) -> int:
         """Gamma_S'MoRE = prod_l C(s_l, f_l)^{F_{l+1}}: routing trees the router can produce."""
-        nodes = self.nodes_per_layer
-        return math.prod(
-            math.comb(s, f) ** nodes[l + 1]
-            for l, (s, f) in enumerate(zip(self.num_experts, self.fanout))
-        )
+        return counting.num_structures(self.num_experts, self.fanout)
 
     def num_parameters(self, in_features: int, out_features: int) -> int:
-        """Trainable parameters of one adapted ``in_features -> out_features`` linear (SPEC §8)."""
+        """Trainable parameters of one adapted ``in_features -> out_features`` linear."""
         from smore_gnn.accounting import count_parameters
 
         return count_parameters(self, in_features, out_features)["total"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.aggr import SumAggregation
@@ -32,8 +34,12 @@ class SMoREConv(MessagePassing):
     score on the edge. Variants (:obj:`propagation`):
 
     * ``"smore_star"``: :math:`\mathbf{z}_n = \mathbf{r}_n + \mathbf{W}\sigma(\mathbf{m}_n)`;
-    * ``"momor"``: :math:`\mathbf{z}_n = [n \text{ first use of } e(n)]\,\sigma(\mathbf{r}_n)
-      + \mathbf{W} \sum_c \mathbf{z}_c`, so the root only sees the *set* of experts per layer.
+    * ``"momor"`` (the flat mixture :math:`\sum_l \sum_{e \in U_l} \mathbf{B}_l^e
+      \mathbf{A}_l^e \mathbf{x}`, docs/spec.md §5): :math:`\mathbf{z}_n = [n \text{ first use
+      of } e(n)]\,\mathbf{r}_n + \mathbf{P} \sum_c \mathbf{z}_c`, no gate scores, no
+      :math:`\sigma`, no :math:`\mathbf{W}`; :math:`\mathbf{P}` puts the :math:`d_l` child
+      coordinates in the last :math:`d_l` of :math:`d_{l+1}` (where Proposition 3.2's
+      :math:`\mathbf{W}_l = [0; I]` puts them). The root sees only the *set* of experts per layer.
 
     A leaf layer has :obj:`in_channels=0` (no children, no :math:`\mathbf{W}`); a root step
     (:obj:`root=True`) only aggregates :math:`\sum_c \alpha_c \mathbf{z}_c`.
@@ -77,9 +83,15 @@ class SMoREConv(MessagePassing):
             raise ValueError(f"Expected scatter in {list(SCATTERS)} (got {scatter!r})")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.propagation, self.root, self.scatter = propagation, root, scatter
-        has_lin = in_channels > 0 and not root
+        if propagation == "momor" and in_channels > out_channels:
+            raise ValueError(
+                f"Expected in_channels <= out_channels for propagation='momor' (got "
+                f"{in_channels} > {out_channels})"
+            )
+        has_lin = in_channels > 0 and not root and propagation != "momor"
         self.lin = nn.Linear(in_channels, out_channels, bias=bias) if has_lin else None
-        self.act = nn.Identity() if root else make_activation(act)
+        plain = root or propagation == "momor"
+        self.act = nn.Identity() if plain else make_activation(act)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -103,15 +115,17 @@ class SMoREConv(MessagePassing):
                 edge_index, x=x, edge_weight=edge_weight, size=(x.size(0), num_parents)
             )
         m = None
-        if self.lin is not None:  # [|V_{l-1}|, d_l] -> [|V_l|, d_l]
+        if self.in_channels > 0:  # [|V_{l-1}|, d_l] -> [|V_l|, d_l]
             size = (x.size(0), residual.size(0))
             m = self.propagate(edge_index, x=x, edge_weight=edge_weight, size=size)
         if self.propagation == "smore":
             return self.act(residual if m is None else residual + self.lin(m))
         if self.propagation == "smore_star":
             return residual if m is None else residual + self.lin(self.act(m))
-        own = self.act(residual) * first_use.reshape(-1, 1).to(residual.dtype)  # momor
-        return own if m is None else own + self.lin(m)
+        own = torch.where(first_use.reshape(-1, 1), residual, 0.0)  # momor: each expert once
+        if m is None:
+            return own
+        return own + F.pad(m, (self.out_channels - self.in_channels, 0))  # [|V_l|, d_{l+1}]
 
     def message(self, x_j: Tensor, edge_weight: Tensor | None) -> Tensor:
         return x_j if edge_weight is None else edge_weight.view(-1, 1).to(x_j.dtype) * x_j

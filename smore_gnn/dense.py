@@ -35,19 +35,17 @@ def _residuals(layer: SMoRELinear, l: int, x: Tensor, experts: Tensor) -> Tensor
 
 
 def _momor_root(layer: SMoRELinear, x: Tensor, routing: RoutingResult) -> Tensor:
-    num_tokens, total = x.size(0), None
+    # The literal flat mixture sum_l sum_{e in U_l} c_l (B_l^e A_l^e x + ...) (docs/spec.md §5),
+    # layer l's d_{l+1} coordinates placed last in d_L (where Prop. 3.2's W = [0; I] puts them).
+    num_tokens, d_last = x.size(0), layer.config.message_dims[-1]
+    total = x.new_zeros(num_tokens, d_last)
     for l, experts in enumerate(routing.experts):
-        conv = layer.convs[l]
         s = layer.config.num_experts[l]
         every = torch.arange(s, device=x.device).expand(num_tokens, s)
         used = torch.zeros(num_tokens, s, dtype=x.dtype, device=x.device)
         used.scatter_(1, experts, 1.0)  # [N, s] multi-hot set U_l
-        own = (conv.act(_residuals(layer, l, x, every)) * used[..., None]).sum(1)  # [N, d_{l+1}]
-        if total is not None:  # every one of the F_l nodes adds W's bias once
-            own = own + F.linear(total, conv.lin.weight)
-            if conv.lin.bias is not None:
-                own = own + experts.size(1) * conv.lin.bias
-        total = own
+        own = (_residuals(layer, l, x, every) * used[..., None]).sum(1)  # [N, d_{l+1}]
+        total[:, d_last - own.size(1) :] += own
     return total
 
 

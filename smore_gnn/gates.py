@@ -1,11 +1,15 @@
-"""The three gates of S'MoRE's router and their balance losses (SPEC §3).
+"""The three gates of S'MoRE's router and their balance losses (docs/spec.md §3).
 
 A *routing event* is one parent choosing its children (the root choosing the top layer counts
 as one). Every gate maps the logits of ``E`` events to ``f`` picked experts and their scores,
 and reduces the valid events (padding excluded) to per-expert ``importance`` and ``load``.
 ``valid`` is an ``[E]`` bool mask, or ``None`` when every event is valid (no masking work).
-Statistics that no loss uses (hard counts; the switch and dense gates' importance) are
-computed outside autograd.
+Padding is removed with ``torch.where``, never by multiplying with 0, so a non-finite value
+in a padding event cannot reach a statistic. Statistics that no loss uses (hard counts; the
+switch and dense gates' importance) are computed outside autograd.
+
+The balance losses are on the scale of the authors' code (ZimpleX/SMoRE-LLM,
+``moe_gates.py``), so a ``balance_loss_weight`` taken from the paper means what it meant there.
 
 References: Shazeer et al. 2017 (noisy top-k, arXiv 1701.06538), Fedus et al. 2021 (switch,
 arXiv 2101.03961).
@@ -13,11 +17,23 @@ arXiv 2101.03961).
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+#: Whether :func:`softmax_rows` runs short CPU rows through the transposed kernel. ``None``
+#: (default) decides per device: on for CPU tensors, off elsewhere. Set it to ``True`` or
+#: ``False`` to force a choice for every device, or set the environment variable
+#: ``SMORE_GNN_TRANSPOSED_SOFTMAX=0`` / ``=1`` before import.
+TRANSPOSED_SOFTMAX: bool | None = {"0": False, "1": True}.get(
+    os.environ.get("SMORE_GNN_TRANSPOSED_SOFTMAX", "")
+)
+#: Rows up to this many experts count as short for :data:`TRANSPOSED_SOFTMAX`.
+TRANSPOSED_SOFTMAX_MAX_EXPERTS = 16
 
 
 @dataclass
@@ -35,24 +51,42 @@ def softmax_rows(logits: Tensor) -> Tensor:
     """``logits.softmax(-1)`` for ``[E, s]`` logits with few experts ``s``.
 
     On CPU the row-wise kernel is slow for short rows (about 3.5x slower for ``s = 4`` than
-    the kernel that reduces over dim 0), so the softmax runs on the transposed view there.
+    the kernel that reduces over dim 0), so there the softmax runs on the transposed view.
+    Other devices keep the row-wise kernel. :data:`TRANSPOSED_SOFTMAX` overrides the choice.
     """
-    if logits.device.type == "cpu" and logits.size(-1) <= 16:
+    if uses_transposed_softmax(logits):
         return logits.t().softmax(dim=0).t()
     return logits.softmax(dim=-1)
 
 
+def uses_transposed_softmax(logits: Tensor) -> bool:
+    """Whether :func:`softmax_rows` takes the transposed kernel for these ``[E, s]`` logits."""
+    use = TRANSPOSED_SOFTMAX
+    if use is None:
+        use = logits.device.type == "cpu"
+    return use and logits.size(-1) <= TRANSPOSED_SOFTMAX_MAX_EXPERTS
+
+
 def cv_squared(x: Tensor) -> Tensor:
-    """Squared coefficient of variation ``var(x) / mean(x)^2`` (population variance)."""
+    """Squared coefficient of variation ``var(x) / mean(x)^2`` with the unbiased variance.
+
+    The authors' ``x.var() / (x.mean()^2 + 1e-10)``; 0 for a single expert.
+    """
     if x.numel() <= 1:
         return x.new_zeros(())
-    return x.var(unbiased=False) / (x.mean() ** 2 + 1e-10)
+    return x.var() / (x.mean() ** 2 + 1e-10)
+
+
+def _keep(values: Tensor, valid: Tensor | None) -> Tensor:
+    # values: [E, ...]; the rows of invalid events become exactly 0 (NaN/inf included)
+    if valid is None:
+        return values
+    return torch.where(valid.view(-1, *[1] * (values.dim() - 1)), values, 0.0)
 
 
 def _per_expert(values: Tensor, experts: Tensor, valid: Tensor | None, num_experts: int) -> Tensor:
     # values, experts: [E, f]; valid: [E] or None -> [s]
-    if valid is not None:
-        values = values * valid[:, None].to(values.dtype)
+    values = _keep(values, valid)
     return values.new_zeros(num_experts).index_add_(0, experts.reshape(-1), values.reshape(-1))
 
 
@@ -62,9 +96,8 @@ def _count(experts: Tensor, valid: Tensor | None, num_experts: int, dtype: torch
     return _per_expert(ones, experts, valid, num_experts)
 
 
-def _masked_sum(values: Tensor, valid: Tensor | None) -> Tensor:
-    # values: [E, s] -> [s], summed over the valid events
-    return (values if valid is None else values * valid[:, None].to(values.dtype)).sum(0)
+def _normal_cdf(z: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
 
 
 def noisy_topk_gate(
@@ -77,9 +110,10 @@ def noisy_topk_gate(
     """Noisy top-k gate (Shazeer et al. 2017) on cosine ``logits`` [E, s].
 
     ``noise_std`` [E, s] is None outside training. Scores are the softmax over the picked
-    (noisy) logits, or the raw logit when ``fanout == 1``. Balance loss
-    ``w * (cv^2(importance) + cv^2(load))`` where load is the smooth probability of each
-    expert being in the top ``f`` when noise is on, else the hard count.
+    (noisy) logits, or the raw logit when ``fanout == 1`` (as the authors': no softmax over a
+    single pick). Balance loss ``w * (cv^2(importance) + cv^2(load))`` (:func:`cv_squared`,
+    unbiased variance) where load is the smooth probability of each expert being in the top
+    ``f`` when noise is on, else the hard count.
     """
     num_experts = logits.size(-1)
     noisy = logits if noise_std is None else logits + torch.randn_like(logits) * noise_std
@@ -94,13 +128,12 @@ def noisy_topk_gate(
         threshold_if_in = top_val[:, fanout : fanout + 1]  # [E, 1]
         threshold_if_out = top_val[:, fanout - 1 : fanout]  # [E, 1]
         is_in = noisy > threshold_if_in
-        normal = torch.distributions.Normal(0.0, 1.0)
         prob = torch.where(
             is_in,
-            normal.cdf((logits - threshold_if_in) / noise_std),
-            normal.cdf((logits - threshold_if_out) / noise_std),
+            _normal_cdf((logits - threshold_if_in) / noise_std),
+            _normal_cdf((logits - threshold_if_out) / noise_std),
         )  # [E, s]
-        load = _masked_sum(prob, valid)
+        load = _keep(prob, valid).sum(0)
     else:
         load = hard_load
     loss = weight * (cv_squared(importance) + cv_squared(load))
@@ -111,8 +144,9 @@ def switch_gate(logits: Tensor, fanout: int, valid: Tensor | None, weight: float
     """Switch gate (Fedus et al. 2021) on dot-product ``logits`` [E, s].
 
     Softmax over all experts, top ``f``, picked scores renormalised when ``f > 1``. Balance
-    loss ``w * s * sum_e frac(e) * mean_prob(e)``, ``frac`` = share of picks that went to
-    ``e`` (sums to 1), so uniform probabilities give exactly ``w``.
+    loss ``w * s * sum_e frac(e) * mean_prob(e)`` with ``frac(e)`` = picks of ``e`` per valid
+    event, so ``frac`` sums to ``f`` over the experts (the authors' ``tokens_per_expert``):
+    uniform probabilities give exactly ``w * f``.
     """
     num_experts = logits.size(-1)
     probs = softmax_rows(logits)  # [E, s]
@@ -124,8 +158,8 @@ def switch_gate(logits: Tensor, fanout: int, valid: Tensor | None, weight: float
         n_valid = valid.sum().clamp(min=1).to(probs.dtype)
     load = _count(experts, valid, num_experts, scores.dtype)
     importance = _per_expert(scores.detach(), experts, valid, num_experts)  # not in the loss
-    frac = load / (fanout * n_valid)
-    mean_prob = _masked_sum(probs, valid) / n_valid
+    frac = load / n_valid  # [s], sums to f
+    mean_prob = _keep(probs, valid).sum(0) / n_valid  # [s], sums to 1
     loss = weight * num_experts * (frac * mean_prob).sum()
     return GateOutput(experts, scores, loss, load, importance)
 

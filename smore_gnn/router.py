@@ -1,8 +1,11 @@
-"""Hierarchical top-down router of S'MoRE (SPEC §3).
+"""Hierarchical top-down router of S'MoRE (docs/spec.md §3).
 
 The root picks ``f_{L-1}`` experts of the top layer; then every picked parent, separately,
 picks its own ``f_l`` children of the layer below from the router input
-``concat(u, key(top ancestor), ..., key(parent))``. All routing math runs in float32.
+``concat(u, key(top ancestor), ..., key(parent))``. Under the cosine (``noisy_topk``) gate the
+keys handed down are the L2-normalised ones, as in the authors' gate; under ``switch`` and
+``dense`` the raw keys. All routing math runs in float32. Padding tokens enter the router as
+zero vectors, so whatever they hold (even NaN) cannot reach a statistic or a gradient.
 """
 
 from __future__ import annotations
@@ -60,17 +63,30 @@ class LayerRouter(nn.Module):
         self.noise_eps, self.act = config.noise_eps, config.router_act
         self.fc1 = nn.Linear(in_dim, config.router_dim)
         self.fc2 = nn.Linear(config.router_dim, config.router_dim)
+        self.key_init = config.key_init
         self.keys = nn.Parameter(torch.empty(num_experts, config.router_dim))
-        self.noise = nn.Linear(in_dim, num_experts) if self.gate_type == "noisy_topk" else None
+        self.noise = None
+        if self.gate_type == "noisy_topk":  # no bias by default, as the authors' noise layer
+            self.noise = nn.Linear(in_dim, num_experts, bias=config.noise_bias)
         self.reset_parameters()
+
+    @property
+    def passed_keys(self) -> Tensor:
+        """``[s, d_g]`` float32 keys handed to the children's routers (unit rows: cosine gate)."""
+        keys = _f32(self.keys)
+        return F.normalize(keys, dim=-1) if self.gate_type == "noisy_topk" else keys
 
     def reset_parameters(self) -> None:
         self.fc1.reset_parameters()
         self.fc2.reset_parameters()
-        nn.init.normal_(self.keys, std=self.keys.size(1) ** -0.5)
+        if self.key_init == "uniform":  # the authors' nn.init.uniform_: U[0, 1)
+            nn.init.uniform_(self.keys)
+        else:
+            nn.init.normal_(self.keys, std=self.keys.size(1) ** -0.5)
         if self.noise is not None:  # zero: training starts with std = softplus(0) + eps
             nn.init.zeros_(self.noise.weight)
-            nn.init.zeros_(self.noise.bias)
+            if self.noise.bias is not None:
+                nn.init.zeros_(self.noise.bias)
 
     def forward(self, h: Tensor, valid: Tensor | None) -> GateOutput:
         # h: [E, in_dim] float32 router input of E routing events; valid: [E] bool or None
@@ -124,7 +140,11 @@ class SMoRERouter(nn.Module):
         num_tokens = x.size(0)
         valid = None if mask is None else mask.reshape(num_tokens).bool()  # None: all valid
         if u is None:
+            if valid is not None:  # no NaN of a padding token may reach D's gradient
+                x = torch.where(valid[:, None], x, 0.0)
             u = _f32(x) if self.down_proj is None else linear32(x, self.down_proj)  # [N, d_u]
+        if valid is not None:  # padding routes as u = 0 (either way u was obtained)
+            u = torch.where(valid[:, None], u, 0.0)
         ancestors = None  # [N, F_{l+1}, keys of the path so far]
         experts, scores, outs = [], [], []
         for l in reversed(range(len(self.layers))):
@@ -143,7 +163,7 @@ class SMoRERouter(nn.Module):
             outs.insert(0, out)
             if l == 0:
                 break  # the leaves pick no children: their keys are not needed
-            keys = _f32(self.layers[l].keys).index_select(0, picked.reshape(-1))
+            keys = self.layers[l].passed_keys.index_select(0, picked.reshape(-1))
             keys = keys.view(num_tokens, parents * f, -1)  # [N, F_l, d_g]
             if ancestors is not None:
                 keys = torch.cat([ancestors.repeat_interleave(f, dim=1), keys], dim=-1)

@@ -32,12 +32,21 @@ def test_smore_star_and_momor_rules_by_hand():
     star = SMoREConv(3, 2, act="relu", propagation="smore_star")
     m = torch.stack([0.5 * x[0] + 2.0 * x[1], x[2] - x[3]])
     torch.testing.assert_close(star(x, res, EDGES, WEIGHT), res + star.lin(torch.relu(m)))
-    momor = SMoREConv(3, 2, act="tanh", propagation="momor")
+
+
+def test_momor_rule_by_hand():
+    """Own residual once per expert (no sigma), children summed without scores and placed in
+    the last d_l coordinates; no parameters at all."""
+    x, res = torch.randn(4, 3), torch.randn(2, 5)
+    momor = SMoREConv(3, 5, act="tanh", propagation="momor")
+    assert sum(p.numel() for p in momor.parameters()) == 0 and momor.lin is None
     first = torch.tensor([True, False])
-    expected = torch.tanh(res) * first[:, None] + momor.lin(
-        torch.stack([x[0] + x[1], x[2] + x[3]])
-    )
+    children = torch.stack([x[0] + x[1], x[2] + x[3]])  # [2, 3], edge weights ignored
+    expected = res * first[:, None].float()
+    expected[:, 2:] += children
     torch.testing.assert_close(momor(x, res, EDGES, WEIGHT, first_use=first), expected)
+    with pytest.raises(ValueError, match="in_channels <= out_channels"):
+        SMoREConv(5, 3, propagation="momor")
 
 
 def test_leaf_and_root_steps():

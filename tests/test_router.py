@@ -1,4 +1,4 @@
-"""Hierarchical routing and the three gates' balance losses (SPEC §3)."""
+"""Hierarchical routing and the three gates' balance losses (docs/spec.md §3)."""
 
 import pytest
 import torch
@@ -42,7 +42,8 @@ def test_children_depend_on_parent_key():
     assert differs.any()  # cousins may differ (and may repeat)
 
 
-def test_switch_uniform_routing_gives_the_weight():
+def test_switch_uniform_routing_gives_weight_times_fanout():
+    """The authors' scale: tokens-per-expert sums to f, so uniform routing gives w * f."""
     cfg = SMoREConfig(
         num_experts=[3, 4],
         fanout=[2, 1],
@@ -56,9 +57,8 @@ def test_switch_uniform_routing_gives_the_weight():
             layer.fc2.weight.zero_()
             layer.fc2.bias.zero_()  # q = 0 -> uniform probabilities
     out = router(torch.randn(9, 4))
-    for loss in out.layer_losses:
-        assert loss.item() == pytest.approx(0.03, rel=1e-6)
-    assert out.balance_loss.item() == pytest.approx(0.06, rel=1e-6)
+    assert [loss.item() for loss in out.layer_losses] == pytest.approx([0.06, 0.03], rel=1e-6)
+    assert out.balance_loss.item() == pytest.approx(0.09, rel=1e-6)
 
 
 def test_switch_loss_hand_computed():
@@ -92,9 +92,10 @@ def test_noisy_topk_loss_hand_computed():
     out = router(torch.randn(4, 4))
     c = 1.0  # cosine of q with key 0; f = 1 -> the score is the raw logit
     assert out.scores[0].flatten().tolist() == pytest.approx([c] * 4)
-    # importance (4c, 0, 0) and load (4, 0, 0): cv^2 = var / mean^2 = 2 each
-    assert out.balance_loss.item() == pytest.approx(0.1 * (2 + 2), rel=1e-5)
-    assert cv_squared(torch.tensor([4.0, 0.0, 0.0])).item() == pytest.approx(2.0)
+    # importance (4c, 0, 0) and load (4, 0, 0): mean 4/3, unbiased var (64/9 + 2 * 16/9) / 2
+    # = 16/3, so cv^2 = 3 each (the population variance would give 2)
+    assert out.balance_loss.item() == pytest.approx(0.1 * (3 + 3), rel=1e-5)
+    assert cv_squared(torch.tensor([4.0, 0.0, 0.0])).item() == pytest.approx(3.0)
 
 
 def test_noisy_topk_scores_softmax_over_picks_and_noise_in_training():
@@ -145,3 +146,57 @@ def test_routing_math_is_float32_for_float64_and_bf16_weights():
     out = router(torch.randn(3, 4, dtype=torch.bfloat16))
     assert out.scores[0].dtype == torch.float32 and out.balance_loss.dtype == torch.float32
     assert isinstance(router.layers[0].fc1, nn.Linear)
+
+
+def _nan_padding_case(gate: str, train: bool):
+    fanout = [3, 2] if gate == "dense" else [2, 1]
+    cfg = SMoREConfig(num_experts=[3, 2], fanout=fanout, rank=[1, 1], gate_type=gate)
+    torch.manual_seed(0)
+    router = SMoRERouter(4, cfg).train(train)
+    with torch.no_grad():  # a noise projection that depends on the input
+        for layer in router.layers:
+            if layer.noise is not None:
+                layer.noise.weight.normal_(0, 0.5)
+    return router
+
+
+def _loss_and_grads(router, x, mask=None):
+    """Balance loss, and the gradients of it plus a fixed function of the valid tokens' scores."""
+    router.zero_grad()
+    torch.manual_seed(1)  # the same router noise in both runs
+    out = router(x, mask)
+    keep = torch.ones(x.size(0), dtype=torch.bool) if mask is None else mask.bool()
+    task = sum(
+        (s[keep] * torch.linspace(-1, 1, s[keep].numel()).view_as(s[keep])).sum()
+        for s in out.scores
+    )  # what a task loss that ignores padding sees
+    (out.balance_loss + task).backward()
+    grads = {n: p.grad.clone() for n, p in router.named_parameters() if p.grad is not None}
+    return out.balance_loss.detach(), grads
+
+
+@pytest.mark.parametrize("gate", ["noisy_topk", "switch", "dense"])
+def test_nan_in_padding_changes_no_loss_and_no_router_gradient(gate):
+    """Issue 12 item 7: padding holding NaN must not influence the loss or any gradient."""
+    x = torch.randn(6, 4)
+    nan_token = torch.full((1, 4), float("nan"))
+    mask = torch.tensor([1, 1, 1, 0, 1, 1, 1])  # the NaN token sits between valid ones
+    padded = torch.cat([x[:3], nan_token, x[3:]])
+    router = _nan_padding_case(gate, train=False)
+    loss, grads = _loss_and_grads(router, padded, mask)
+    ref_loss, ref_grads = _loss_and_grads(router, x)  # the run without that token
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        assert torch.isfinite(grad).all(), name
+        torch.testing.assert_close(grad, ref_grads[name], msg=name)
+    if gate == "noisy_topk":  # training: noise on; compare with a finite padding token
+        router.train()
+        loss, grads = _loss_and_grads(router, padded, mask)
+        ref_loss, ref_grads = _loss_and_grads(router, torch.cat([x[:3], x[:1], x[3:]]), mask)
+        torch.testing.assert_close(loss, ref_loss)
+        assert any(g.abs().sum() > 0 for g in grads.values())
+        for name, grad in grads.items():
+            assert torch.isfinite(grad).all(), name
+            torch.testing.assert_close(grad, ref_grads[name], msg=name)
