@@ -3,16 +3,55 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Relative CPU cost of the two ways of evaluating picked experts (see ``residuals``), fitted
-# on the benchmarks in BENCHMARKS.md: a multiply-add inside one GEMM costs 1, inside the small
-# per-expert batched matmuls ~1.85, and each gathered output element (forward gather plus
-# backward scatter) ~15.
-_BMM_COST, _GATHER_COST = 1.85, 15.0
+
+@dataclass(frozen=True)
+class ResidualCosts:
+    """Relative cost of the two ways :meth:`ResidualExperts.residuals` evaluates picked experts.
+
+    A multiply-add inside one GEMM costs 1; ``bmm`` is one inside the small per-expert batched
+    matmuls, ``gather`` each gathered output element (forward gather plus backward scatter).
+    """
+
+    bmm: float
+    gather: float
+
+
+# Per device type (``tensor.device.type``). Only the CPU entry is measured (fitted on the
+# benchmarks in BENCHMARKS.md). A device type without an entry counts multiply-adds alone
+# (``_UNFITTED``: the fewest FLOPs win, i.e. compute-all-and-gather) until constants are set
+# with :func:`set_residual_costs` (``bench/adapter_speed.py`` times both paths).
+_FITTED = {"cpu": ResidualCosts(bmm=1.85, gather=15.0)}
+_UNFITTED = ResidualCosts(bmm=1.0, gather=0.0)
+RESIDUAL_COSTS: dict[str, ResidualCosts] = dict(_FITTED)
+PATHS = ("auto", "masked", "gather")
+
+
+def residual_costs(device_type: str) -> ResidualCosts:
+    """The cost constants used on ``device_type`` (FLOPs alone when none is set)."""
+    return RESIDUAL_COSTS.get(device_type, _UNFITTED)
+
+
+def set_residual_costs(device_type: str, costs: ResidualCosts | None) -> None:
+    """Override the cost constants of ``device_type`` (``None`` restores the default).
+
+    Example: ``set_residual_costs("cuda", ResidualCosts(bmm=1.0, gather=4.0))``. To force one
+    path on one bank instead, set ``bank.path = "masked"`` or ``"gather"``.
+    """
+    if costs is None:
+        RESIDUAL_COSTS.pop(device_type, None)
+        RESIDUAL_COSTS.update({k: v for k, v in _FITTED.items() if k == device_type})
+        return
+    if not isinstance(costs, ResidualCosts) or costs.bmm <= 0 or costs.gather < 0:
+        raise ValueError(
+            f"Expected ResidualCosts(bmm > 0, gather >= 0) for {device_type!r} (got {costs!r})"
+        )
+    RESIDUAL_COSTS[device_type] = costs
 
 
 class ResidualExperts(nn.Module):
@@ -30,6 +69,7 @@ class ResidualExperts(nn.Module):
         self.lora_A = nn.Linear(in_features, num_experts * rank, bias=bias)
         self.lora_B = nn.Parameter(torch.empty(num_experts, out_features, rank))
         self.lora_B_bias = nn.Parameter(torch.empty(num_experts, out_features)) if bias else None
+        self.path = "auto"  # or "masked" / "gather": force one way of evaluating picked experts
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -48,11 +88,20 @@ class ResidualExperts(nn.Module):
         out = torch.einsum("nsr,sor->nso", h, self.lora_B)  # [N, s, d_out]
         return out if self.lora_B_bias is None else out + self.lora_B_bias
 
-    def use_masked(self, picks: int) -> bool:
-        """Whether :meth:`residuals` takes the one-hot GEMM (True) or compute-all-and-gather."""
+    def use_masked(self, picks: int, device_type: str = "cpu") -> bool:
+        """Whether :meth:`residuals` takes the one-hot GEMM (True) or compute-all-and-gather.
+
+        Decided by :attr:`path` if it is ``"masked"`` or ``"gather"``, else (``"auto"``) by
+        the cost constants of ``device_type`` (:func:`residual_costs`).
+        """
+        if self.path not in PATHS:
+            raise ValueError(f"ResidualExperts.path must be one of {PATHS} (got {self.path!r})")
+        if self.path != "auto":
+            return self.path == "masked"
         s, r = self.num_experts, self.rank
+        costs = residual_costs(device_type)
         masked = picks * (s * r + s)  # multiply-adds per token and output feature
-        return masked <= _BMM_COST * s * r + _GATHER_COST * picks
+        return masked <= costs.bmm * s * r + costs.gather * picks
 
     def residuals(self, hidden: Tensor, experts: Tensor, scale: float = 1.0) -> Tensor:
         """``scale * (B^e hidden_e + b^e)`` of the picked experts, by the cheaper of two ways.
@@ -78,7 +127,7 @@ class ResidualExperts(nn.Module):
         if scale != 1.0:
             weight = weight * scale
             bias = None if bias is None else bias * scale
-        if self.use_masked(k):
+        if self.use_masked(k, hidden.device.type):
             onehot = F.one_hot(experts, s).to(hidden.dtype)  # [N, K, s]
             masked = (hidden.view(n, 1, s, r) * onehot[..., None]).reshape(n * k, s * r)
             weight = weight.reshape(s * r, -1)  # [s r, d_out]

@@ -5,7 +5,7 @@ import torch
 from torch_geometric.utils import scatter
 
 from smore_gnn import SMoREConv
-from smore_gnn.experts import ResidualExperts
+from smore_gnn.experts import ResidualCosts, ResidualExperts, residual_costs, set_residual_costs
 from smore_gnn.gates import softmax_rows
 from tests.conftest import make_layer
 
@@ -40,6 +40,39 @@ def test_both_residual_paths_are_taken():
     bank = ResidualExperts(8, num_experts=4, rank=8, out_features=16)
     assert bank.use_masked(1) and bank.use_masked(2)  # few picks: one-hot GEMM
     assert not bank.use_masked(4) and not bank.use_masked(8)  # many: compute all, gather
+
+
+def test_residual_costs_are_per_device_with_an_override():
+    """Issue 11 item 6: the CPU fit applies to CPU only; other devices can be given theirs."""
+    bank = ResidualExperts(8, num_experts=4, rank=8, out_features=16)
+    # s r = 32: one pick costs 36 multiply-adds one-hot vs 1.85 * 32 + 15 = 74.2 on CPU
+    assert bank.use_masked(1, "cpu") and bank.use_masked(2, "cpu")
+    # unfitted device: multiply-adds alone, 36 > 32, so compute-all wins even for one pick
+    assert residual_costs("cuda") == ResidualCosts(bmm=1.0, gather=0.0)
+    assert not bank.use_masked(1, "cuda")
+    try:
+        set_residual_costs("cuda", ResidualCosts(bmm=1.0, gather=10.0))  # 36 <= 32 + 10
+        assert bank.use_masked(1, "cuda") and not bank.use_masked(2, "cuda")  # 72 > 52
+        assert bank.use_masked(1, "cpu") and bank.use_masked(2, "cpu")  # CPU untouched
+    finally:
+        set_residual_costs("cuda", None)
+    assert not bank.use_masked(1, "cuda")
+    with pytest.raises(ValueError, match="Expected ResidualCosts"):
+        set_residual_costs("cuda", ResidualCosts(bmm=0.0, gather=1.0))
+
+
+@pytest.mark.parametrize("path", ["masked", "gather"])
+def test_forced_residual_path(path):
+    torch.manual_seed(0)
+    bank = ResidualExperts(7, num_experts=3, rank=2, out_features=5).double()
+    x, experts = torch.randn(4, 7, dtype=torch.float64), torch.randint(0, 3, (4, 2))
+    auto = bank.residuals(bank.lora_A(x), experts)
+    bank.path = path
+    assert bank.use_masked(1) == bank.use_masked(3) == (path == "masked")
+    torch.testing.assert_close(bank.residuals(bank.lora_A(x), experts), auto)
+    bank.path = "fast"
+    with pytest.raises(ValueError, match="path must be one of"):
+        bank.residuals(bank.lora_A(x), experts)
 
 
 def test_router_uses_a_given_down_projection():
