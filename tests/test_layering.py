@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "training": ("smore_gnn.training", "smore_gnn.eval", "smore_gnn.optim"),
     "testing": ("smore_gnn.testing",),
-    "cli": ("smore_gnn.cli", "smore_gnn.__main__"),
+    "cli": ("smore_gnn.cli", "smore_gnn.cli_*", "smore_gnn.__main__"),
     "theory": ("theory", "theory.*"),
 }
 
@@ -71,6 +72,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "cli": {"core", "analysis", "viz", "data", "integration", "training", "testing", "cli"},
     "theory": {"core", "analysis", "viz", "theory"},
 }
+
+# What the core may import besides the standard library (torch_scatter: the optional kernel).
+CORE_DEPENDENCIES = {"torch", "torch_geometric", "torch_scatter"}
 
 # Known violations whose owner has not fixed them yet: (importer, imported) -> owner and why.
 # Every entry must still occur (test_allow_list_is_current), so a fix forces its removal.
@@ -238,6 +242,33 @@ def test_allow_list_is_current():
     seen = {(a, b) for a, b, _, _ in EDGES}
     stale = sorted(set(ALLOWED) - seen)
     assert not stale, f"remove these fixed entries from ALLOWED: {stale}"
+
+
+def top_level_imports(source: str) -> set[str]:
+    """Top-level names of every absolute import in ``source`` (inside functions too)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_needs_only_torch_and_pyg():
+    """``pip install smore-gnn`` without extras must be enough for ``SMoRELinear``."""
+    allowed = CORE_DEPENDENCIES | set(sys.stdlib_module_names) | set(PACKAGES)
+    bad = {
+        module: sorted(top_level_imports(path.read_text()) - allowed)
+        for module, path in FILES.items()
+        if layer_of(module) == "core"
+    }
+    bad = {m: names for m, names in bad.items() if names}
+    assert not bad, f"core modules import packages outside torch + PyG: {bad}"
+    assert top_level_imports("import numpy.linalg\nfrom yaml import safe_load\n") == {
+        "numpy",
+        "yaml",
+    }
 
 
 @pytest.mark.parametrize("runtime_only", [False, True])
