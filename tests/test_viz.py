@@ -11,14 +11,17 @@ import torch  # noqa: E402
 from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from smore_gnn.analysis import routing_stats  # noqa: E402
+from smore_gnn.analysis import CollectedRouting, health_of, routing_stats  # noqa: E402
 from smore_gnn.viz import (  # noqa: E402
     draw_routing_tree,
     draw_routing_trees,
+    draw_task_trees,
     plot_coroute_matrix,
     plot_entropy_curve,
     plot_expert_usage,
     plot_gamma_vs_layers,
+    plot_routing_health,
+    plot_task_expert_heatmap,
     tree_layout,
 )
 from tests.conftest import make_layer  # noqa: E402
@@ -142,3 +145,75 @@ def test_plot_gamma_vs_layers(tmp_path):
     ax = plot_gamma_vs_layers(4, 2, max_layers=3, measured=measured).axes[0]
     crosses = [line for line in ax.lines if line.get_marker() == "x"]
     assert [list(line.get_ydata()) for line in crosses] == [[6, 216], [6, 66]]
+
+
+MODULES = ["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"]
+
+
+def collected_of(layer, tasks=("a", "b", "a")) -> CollectedRouting:
+    """The fixture's 6 tokens as 3 sequences of 2 tokens, the same routing in two modules."""
+    return CollectedRouting(
+        trees={name: layer.last_tree for name in MODULES},
+        num_experts={name: [4, 3] for name in MODULES},
+        sequence=torch.arange(TOKENS) // 2,
+        sequence_tasks=None if tasks is None else list(tasks),
+    )
+
+
+def test_plot_task_expert_heatmap(layer, tmp_path):
+    health = health_of(collected_of(layer))
+    fig = plot_task_expert_heatmap(health, path=tmp_path / "h.png")
+    assert (tmp_path / "h.png").exists()
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    assert len(heatmaps) == 4 and len(fig.axes) == 5  # 2 modules x 2 layers + a colour bar
+    for ax, (m, l) in zip(heatmaps, [(0, 0), (0, 1), (1, 0), (1, 1)]):
+        shares = ax.images[0].get_array()
+        assert shares.shape == (2, [4, 3][l])
+        assert shares.sum(1).tolist() == pytest.approx([1.0, 1.0])  # each task's picks
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+        assert ax.get_title().startswith(f"{m}.up_proj, layer {l}: NMI")
+    fig = plot_task_expert_heatmap(health, modules=MODULES[:1], layers=[0], normalize=False)
+    (ax,) = [ax for ax in fig.axes if ax.images]
+    assert int(ax.images[0].get_array().sum()) == TOKENS * 4  # every leaf pick counted
+    with pytest.raises(ValueError, match="max_panels=2"):
+        plot_task_expert_heatmap(health, max_panels=2)
+    with pytest.raises(ValueError, match="not in the health"):
+        plot_task_expert_heatmap(health, modules=["nope"])
+    with pytest.raises(ValueError, match="no task data"):
+        plot_task_expert_heatmap(health_of(collected_of(layer, tasks=None)))
+
+
+def test_plot_routing_health(layer, tmp_path):
+    health = health_of(collected_of(layer))
+    fig = plot_routing_health(health, path=tmp_path / "r.png")
+    assert (tmp_path / "r.png").exists()
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels == ["median score spread", "busiest-expert share", "load entropy / log s",
+                      "task NMI (whole tree)"]  # fmt: skip
+    spread, share, entropy, nmi = fig.axes
+    top = health["modules"][MODULES[0]]["layers"][1]["top_share"]
+    (line,) = [line for line in share.lines if line.get_label() == "layer 1"]
+    assert list(line.get_ydata()) == [top, top]  # one point per module
+    assert len(share.lines) == 4  # two layers, each with its uniform level
+    assert [line.get_label() for line in nmi.lines] == ["tasks", "shuffled tasks"]
+    assert "task NMI" in fig.get_suptitle()
+    bare = plot_routing_health(health_of(collected_of(layer, tasks=None)))
+    assert len(bare.axes) == 3
+    with pytest.raises(TypeError, match="routing_health"):
+        plot_routing_health({"summary": {}})
+
+
+def test_draw_task_trees(layer, tmp_path):
+    tasks = ["a", "a", "b", "b", "a", "a"]
+    fig = draw_task_trees(layer.last_tree, tasks, token_labels=list("uvwxyz"),
+                          path=tmp_path / "t.png")  # fmt: skip
+    assert (tmp_path / "t.png").exists()
+    assert len(fig.axes) == 2 and all(drawn(ax) == (7, 6) for ax in fig.axes)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("a\ntoken 0 'u'") and titles[1].startswith("b\ntoken 2 'w'")
+    fig = draw_task_trees(layer.last_tree, tasks, per_task=2)
+    assert 3 <= len(fig.axes) <= 4  # b has two tokens, a at most two structures shown
+    with pytest.raises(ValueError, match="token_labels"):
+        draw_task_trees(layer.last_tree, tasks, token_labels=["x"])
+    with pytest.raises(ValueError, match="token_tasks"):
+        draw_task_trees(layer.last_tree, ["a"])

@@ -33,6 +33,7 @@ from smore_gnn.analysis.metrics import (
     module_health,
     structure_ids,
     task_expert_counts,
+    typical_tokens,
 )
 from smore_gnn.analysis.routing import (
     RoutingRecorder,
@@ -89,6 +90,7 @@ __all__ = [
     "layer_ids",
     "structure_ids",
     "task_expert_counts",
+    "typical_tokens",
     "layer_health",
     "module_health",
 ]

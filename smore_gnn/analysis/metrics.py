@@ -30,6 +30,7 @@ All functions read a :class:`~smore_gnn.tree.RoutingTree` whose tokens are the o
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -218,6 +219,38 @@ def module_health(
         out["task_nmi_tree"] = _nmi(tasks, ids)
     if shuffled is not None:
         out["task_nmi_tree_shuffled"] = _nmi(shuffled, ids)
+    return out
+
+
+def typical_tokens(
+    tree: RoutingTree, token_tasks: Sequence[str], per_task: int = 1
+) -> dict[str, list[tuple[int, float]]]:
+    """Per task, tokens whose routed tree has the task's most frequent structures.
+
+    Args:
+        tree: routed sub-trees of ``N`` tokens.
+        token_tasks: each token's task (``N`` entries).
+        per_task: structures per task, most frequent first (ties: first seen).
+
+    Returns:
+        ``{task (sorted): [(token, share of the task's tokens with that structure), ...]}``;
+        the token is the first one with the structure.
+    """
+    if len(token_tasks) != tree.num_tokens:
+        raise ValueError(
+            f"token_tasks has {len(token_tasks)} entries for {tree.num_tokens} tokens"
+        )
+    if per_task < 1:
+        raise ValueError(f"per_task must be >= 1 (got {per_task})")
+    ids = structure_ids(tree).tolist()
+    out = {}
+    for task in sorted(set(token_tasks)):
+        tokens = [i for i, t in enumerate(token_tasks) if t == task]
+        counts = Counter(ids[i] for i in tokens)
+        first = {}
+        for i in tokens:
+            first.setdefault(ids[i], i)
+        out[task] = [(first[k], n / len(tokens)) for k, n in counts.most_common(per_task)]
     return out
 
 

@@ -1,9 +1,10 @@
-"""Pictures of S'MoRE routing: routed sub-trees, expert usage, co-routing, Figure 2.
+"""Pictures of S'MoRE routing: routed sub-trees, expert usage, co-routing, Figure 2, health.
 
 Every function returns a pyplot-free :class:`matplotlib.figure.Figure` (safe under any
 backend, nothing is shown or kept alive by pyplot) and saves it when given ``path``.
 """
 
+from smore_gnn.viz.health import draw_task_trees, plot_routing_health, plot_task_expert_heatmap
 from smore_gnn.viz.stats import (
     plot_coroute_matrix,
     plot_entropy_curve,
@@ -20,4 +21,7 @@ __all__ = [
     "plot_coroute_matrix",
     "plot_entropy_curve",
     "plot_gamma_vs_layers",
+    "plot_task_expert_heatmap",
+    "plot_routing_health",
+    "draw_task_trees",
 ]
