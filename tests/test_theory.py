@@ -10,6 +10,7 @@ import torch
 from torch_geometric.utils import to_networkx
 
 from smore_gnn import RoutingTree
+from tests.test_counting import HAND  # (s, f, Gamma_S'MoRE, MoMOR bound, S'MoRE*) by hand
 from theory import cli
 from theory.closed_form import (
     figure2_values,
@@ -33,15 +34,6 @@ from theory.propositions import (
     check_rewiring,
 )
 
-# (num_experts, fanout) bottom first; hand-computed (Gamma_S'MoRE, MoMOR bound, S'MoRE*).
-HAND = [
-    ([4], [2], 6, 6, 6),
-    ([4, 4], [2, 2], 216, 66, 126),  # 6 * 6^2; 6 * (C(4,2)+C(4,3)+C(4,4)); 6 * C(7, 2)
-    ([4, 4, 4], [2, 2, 2], 279_936, 726, 48_006),  # 6^7; 6 * 11 * 11; 6 * C(127, 2)
-    ([3, 4], [2, 1], 12, 12, 12),  # F = [2, 1, 1]: C(3,2) * 4; 4 * C(3,2); 4 * C(3, 1)
-    ([5, 3], [2, 2], 300, 75, 165),  # 10^2 * 3; 3 * (10+10+5); 3 * C(11, 2)
-    ([2, 2, 2], [1, 1, 1], 8, 8, 8),
-]
 SMALL = [
     ([2], [1]),
     ([5], [3]),
@@ -60,6 +52,7 @@ SMALL = [
 
 @pytest.mark.parametrize("num_experts, fanout, smore, momor, star", HAND)
 def test_closed_forms_against_hand_values(num_experts, fanout, smore, momor, star):
+    """theory's names for the formulas of smore_gnn.counting, and the enumeration's count."""
     assert gamma_smore(num_experts, fanout) == smore
     assert gamma_momor_bound(num_experts, fanout) == momor
     assert gamma_smore_star(num_experts, fanout) == star
