@@ -1,6 +1,12 @@
+"""SMoREConfig: derived quantities, validation of every field, frozen state, warnings."""
+
+import dataclasses
+import math
+import warnings
+
 import pytest
 
-from smore_gnn import SMoREConfig
+from smore_gnn import SMoREConfig, counting
 
 
 def test_defaults_and_derived():
@@ -69,6 +75,7 @@ def test_json_round_trip(tmp_path):
         (dict(num_experts=[4.0, 4]), TypeError, "num_experts must be a list of ints"),
         (dict(rank="8"), TypeError, "rank must be a list of ints"),
         (dict(router_dim=0), ValueError, "router_dim must be a positive int"),
+        (dict(key_init="zeros"), ValueError, "key_init must be one of"),
         (dict(down_proj_dim=-3), ValueError, "down_proj_dim must be a positive int or None"),
         (dict(balance_loss_weight=-1.0), ValueError, "balance_loss_weight must be a float >= 0"),
         (dict(noise_eps=0.0), ValueError, "noise_eps must be > 0"),
@@ -89,3 +96,108 @@ def test_dense_gate_accepts_full_fanout():
 def test_unknown_field_in_dict():
     with pytest.raises(ValueError, match=r"unknown fields \['experts'\]"):
         SMoREConfig.from_dict({"experts": 3})
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        # bool fields take only True/False: strings and ints are rejected, naming the fix
+        (dict(shared_pool="false"), TypeError, r"shared_pool must be True or False \(got 'false'"),
+        (dict(bias="false"), TypeError, r"bias must be True or False .*not a string"),
+        (dict(bias=0), TypeError, r"bias must be True or False \(got 0 of type int\)"),
+        (dict(noise_bias=1), TypeError, "noise_bias must be True or False"),
+        (dict(zero_transition_bias="yes"), TypeError, "zero_transition_bias must be True"),
+        # floats reject bool, strings (YAML's 1e-3) and inf/nan
+        (dict(lora_alpha=math.inf), ValueError, "lora_alpha must be .*finite"),
+        (dict(lora_alpha=[1.0, math.nan]), ValueError, "lora_alpha must be .*finite"),
+        (dict(lora_alpha=True), TypeError, "lora_alpha must be .*got True of type bool"),
+        (dict(lora_alpha="16"), TypeError, "lora_alpha must be"),
+        (dict(balance_loss_weight=math.inf), ValueError, "balance_loss_weight .*finite"),
+        (dict(balance_loss_weight=math.nan), ValueError, "balance_loss_weight .*finite"),
+        (dict(balance_loss_weight="1e-3"), TypeError, "write 1.0e-3"),
+        (dict(balance_loss_weight=False), TypeError, "balance_loss_weight must be a float"),
+        (dict(noise_eps=math.inf), ValueError, "noise_eps must be a float > 0, a finite"),
+        (dict(noise_eps=True), TypeError, "noise_eps must be a float > 0"),
+        (dict(noise_eps=math.nan), ValueError, "noise_eps"),
+        # ints reject bool (and floats)
+        (dict(router_dim=True), TypeError, r"router_dim must be an int \(got True"),
+        (dict(router_dim=8.0), TypeError, "router_dim must be an int"),
+        (dict(down_proj_dim=True), TypeError, "down_proj_dim must be a positive int"),
+        (dict(down_proj_dim="32"), TypeError, "down_proj_dim must be a positive int"),
+        (dict(rank=[8, True]), TypeError, "rank must be a list of ints"),
+        (dict(fanout=True), TypeError, "fanout must be a list of ints"),
+        # string choices reject other types with a TypeError
+        (dict(gate_type=1), TypeError, "gate_type must be a string"),
+        (dict(init_method=None), TypeError, "init_method must be a string"),
+    ],
+)
+def test_every_field_is_type_checked(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        SMoREConfig(**kwargs)
+
+
+def test_numbers_are_normalised():
+    cfg = SMoREConfig(balance_loss_weight=1, noise_eps=1, lora_alpha=2, down_proj_dim=0)
+    assert isinstance(cfg.balance_loss_weight, float) and isinstance(cfg.noise_eps, float)
+    assert cfg.lora_alpha == [2.0, 2.0] and cfg.down_proj_dim is None
+    assert SMoREConfig(num_experts=(4, 4), fanout=(2, 2), rank=(8, 8)).rank == [8, 8]
+
+
+def test_config_is_frozen_and_replace_revalidates():
+    cfg = SMoREConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.rank = [4, 4]
+    changed = dataclasses.replace(cfg, rank=[4, 4], down_proj_dim=0)
+    assert changed.rank == [4, 4] and changed.down_proj_dim is None and cfg.rank == [8, 8]
+    assert changed.message_dims == [0, 16, 32]
+    with pytest.raises(ValueError, match=r"fanout\[0\] must lie in"):
+        dataclasses.replace(cfg, num_experts=[1, 4])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            dict(gate_type="switch", noise_eps=0.1),
+            "noise_eps=0.1 has no effect: gate_type='switch'",
+        ),
+        (dict(gate_type="switch", noise_bias=True), "noise_bias=True has no effect"),
+        (
+            dict(num_experts=[2, 2], fanout=[2, 2], gate_type="dense", balance_loss_weight=0.5),
+            "balance_loss_weight=0.5 has no effect: the dense gate has none",
+        ),
+        (dict(backend="dense", scatter="torch_scatter"), "scatter='torch_scatter' has no effect"),
+        (dict(propagation="momor", expert_act="relu"), "expert_act='relu' has no effect"),
+        (dict(zero_transition_bias=True, bias=False), "zero_transition_bias=True has no effect"),
+        (
+            dict(num_experts=[4], fanout=[2], rank=[8], zero_transition_bias=True),
+            "zero_transition_bias=True has no effect",
+        ),
+    ],
+)
+def test_ignored_options_warn(kwargs, match):
+    with pytest.warns(UserWarning, match=match):
+        SMoREConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        dict(gate_type="switch"),  # noise_eps left at its default
+        dict(propagation="momor", expert_act="identity"),
+        dict(init_method="normal", key_init="uniform", zero_transition_bias=True),
+        dict(noise_bias=True, noise_eps=0.1),
+    ],
+)
+def test_used_options_do_not_warn(kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SMoREConfig(**kwargs)
+
+
+def test_derived_counts_come_from_counting():
+    cfg = SMoREConfig(num_experts=[3, 4, 5], fanout=[1, 2, 3], rank=[2, 3, 4], shared_pool=False)
+    assert cfg.nodes_per_layer == counting.nodes_per_layer(cfg.fanout)
+    assert cfg.num_structures == counting.num_structures(cfg.num_experts, cfg.fanout)
+    assert cfg.message_dims == counting.message_dims(cfg.num_experts, cfg.rank)
