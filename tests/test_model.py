@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from smore_gnn import SMoREConfig, SMoRELinear
-from smore_gnn.baselines import count_adapter_parameters, smore_paper_config
+from smore_gnn.methods import get_method, smore_paper_config
 from smore_gnn.model import (
     find_target_modules,
     get_smore_model,
@@ -46,9 +46,27 @@ def test_match_module_name_follows_peft():
     assert not match_module_name("model.layers.0.mlp.up_proj", "up_proj")  # regex: full match
 
 
+def test_matching_is_peft_s_own_rule():
+    """find_target_modules selects what a peft LoraConfig with the same patterns selects."""
+    from peft import LoraConfig, get_peft_model
+
+    cases = [["up_proj", "o_proj"], r".*\.1\..*_proj", ["model.layers.0.mlp.down_proj"]]
+    for targets, exclude in [(c, None) for c in cases] + [
+        (["up_proj", "down_proj"], r".*\.0\..*")
+    ]:
+        ours = find_target_modules(_tiny()[0], targets, exclude)
+        config = LoraConfig(r=2, target_modules=targets, exclude_modules=exclude)
+        lora = get_peft_model(_tiny()[0], config)
+        theirs = [n.removeprefix("base_model.model.") for n, m in lora.named_modules()
+                  if hasattr(m, "lora_A") and isinstance(m.base_layer, nn.Linear)]  # fmt: skip
+        assert ours == theirs, (targets, exclude)
+    with pytest.raises(TypeError, match="target_modules must be a regex string or a list"):
+        find_target_modules(_tiny()[0], 3)
+
+
 def test_injection_targets_mlp_and_freezes_the_rest():
     model, _ = _tiny()
-    expected = count_adapter_parameters("smore", model, None, CFG)
+    expected = get_method("smore").count(model, None, CFG)
     sm = get_smore_model(model, CFG)
     assert sm.adapted_names == [
         f"model.layers.{i}.mlp.{p}" for i in (0, 1) for p in ("gate_proj", "up_proj", "down_proj")
@@ -77,7 +95,7 @@ def test_errors_name_the_patterns():
     with pytest.raises(TypeError, match="SMoREConfig"):
         get_smore_model(model, {"rank": 8})
     get_smore_model(model, CFG)
-    with pytest.raises(ValueError, match="already holds S.MoRE adapters.*add_adapter"):  # no double wrap
+    with pytest.raises(ValueError, match="already holds S.MoRE adapters.*add_adapter"):
         get_smore_model(model, CFG)
     other, _ = _tiny()
     other.config.model_type = "gpt_unknown"

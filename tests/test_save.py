@@ -1,16 +1,22 @@
-"""adapter_config.json + adapter_model.safetensors: exact round trip, shared pools, errors."""
+"""adapter_config.json + adapter_model.safetensors: exact round trip, shared pools, errors,
+atomic re-save (issue 12 #1), failed loads change nothing (#10), unknown methods refused (#15)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from smore_gnn import SMoREConfig, SMoRELinear
-from smore_gnn.model import SMoREModel, get_smore_model
-from smore_gnn.save import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
+from smore_gnn import save as folder
+from smore_gnn.model import SMoREModel, get_smore_model, load_adapter, save_adapter
+from smore_gnn.save import CONFIG_NAME, WEIGHTS_NAME
 from smore_gnn.testing import tiny_llama
 
 
@@ -121,3 +127,139 @@ def test_wrong_targets_for_an_adapted_model(tmp_path):
         load_adapter(other.model, tmp_path)
     with pytest.raises(TypeError, match="SMoREModel"):
         save_adapter(other.model, tmp_path)
+
+
+# ---- atomic folder save (issue 12 #1) ---------------------------------------------------
+
+
+def _logits(model, tokenizer):
+    batch = tokenizer(["hello world", "hi"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model.eval()(**batch).logits
+
+
+def _other_weights(sm):
+    with torch.no_grad():
+        for p in sm.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+
+
+@pytest.mark.parametrize("fail_at", ["write", "rename 1", "rename 2", "rename 3"])
+def test_failed_resave_keeps_the_old_adapter_and_other_files(tmp_path, monkeypatch, fail_at):
+    """Re-saving moves metrics.json over (rename 1), puts the old folder aside (rename 2) and
+    the new one in (rename 3); a failure at any step leaves the old adapter in place."""
+    out = tmp_path / "adapter"
+    sm, tokenizer = _adapted(out)
+    (out / "metrics.json").write_text("{}")
+    expected = _logits(SMoREModel.from_pretrained(_tiny()[0], out), tokenizer)
+    _other_weights(sm)
+    calls, rename = [], os.rename
+
+    def failing_rename(src, dst):
+        calls.append(1)
+        if fail_at == f"rename {len(calls)}":
+            raise OSError("disk full")
+        rename(src, dst)
+
+    def failing_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(folder.os, "rename", failing_rename)
+    if fail_at == "write":
+        monkeypatch.setattr(folder, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        sm.save_pretrained(out)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temp folder left
+    assert (out / "metrics.json").read_text() == "{}"
+    assert torch.equal(_logits(SMoREModel.from_pretrained(_tiny()[0], out), tokenizer), expected)
+    sm.save_pretrained(out)  # a retry replaces it
+    assert torch.equal(
+        _logits(SMoREModel.from_pretrained(_tiny()[0], out), tokenizer), _logits(sm, tokenizer)
+    )
+    assert (out / "metrics.json").read_text() == "{}"
+
+
+_KILLED_SAVE = """
+import os, sys, torch
+from smore_gnn import save as folder
+from smore_gnn.model import SMoREModel
+from smore_gnn.testing import tiny_llama
+out, kill_at = sys.argv[1], int(sys.argv[2])
+sm = SMoREModel.from_pretrained(tiny_llama(hidden_size=32, intermediate_size=64)[0], out)
+with torch.no_grad():
+    for p in sm.parameters():
+        p.add_(1.0)
+calls, rename = [], os.rename
+def killed(src, dst):
+    calls.append(1)
+    if len(calls) == kill_at:
+        os._exit(9)  # like SIGKILL: no cleanup runs
+    rename(src, dst)
+folder.os.rename = killed
+sm.save_pretrained(out)
+"""
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3])
+def test_killed_resave_never_leaves_a_mix(tmp_path, kill_at):
+    out = tmp_path / "adapter"
+    _, tokenizer = _adapted(out)
+    (out / "metrics.json").write_text("{}")
+    expected = _logits(SMoREModel.from_pretrained(_tiny()[0], out), tokenizer)
+    run = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(out), str(kill_at)], check=False)
+    assert run.returncode == 9
+    if kill_at < 3:  # killed before the old folder moved: it is intact
+        loaded = SMoREModel.from_pretrained(_tiny()[0], out)
+        assert torch.equal(_logits(loaded, tokenizer), expected)
+    else:  # killed between the two renames: no folder, and the error says where the old one is
+        with pytest.raises(FileNotFoundError, match=r"previous adapter in .*\.adapter\.old-"):
+            SMoREModel.from_pretrained(_tiny()[0], out)
+        (backup,) = tmp_path.glob(".adapter.old-*")
+        os.rename(backup, out)
+        loaded = SMoREModel.from_pretrained(_tiny()[0], out)
+        assert torch.equal(_logits(loaded, tokenizer), expected)
+
+
+def test_save_into_a_file_path_is_refused(tmp_path):
+    sm, _ = _adapted(tmp_path / "a")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="Expected a folder"):
+        sm.save_pretrained(tmp_path / "file")
+
+
+# ---- failed loads change nothing (#10), unknown methods (#15) ---------------------------
+
+
+def test_config_without_target_modules_fails_before_injection_and_retry_works(tmp_path):
+    sm, tokenizer = _adapted(tmp_path)
+    good = (tmp_path / CONFIG_NAME).read_text()
+    meta = json.loads(good)
+    del meta["target_modules"]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
+    model, _ = _tiny()
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"missing keys \['target_modules'\]"):
+        SMoREModel.from_pretrained(model, tmp_path)
+    assert not any(isinstance(m, SMoRELinear) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for bad in ({"target_modules": 3}, {"adapted_modules": []}, {"method": "mixlora"}):
+        (tmp_path / CONFIG_NAME).write_text(json.dumps({**json.loads(good), **bad}))
+        with pytest.raises(ValueError, match="unreadable"):
+            SMoREModel.from_pretrained(model, tmp_path)
+    (tmp_path / CONFIG_NAME).write_text(good)
+    loaded = SMoREModel.from_pretrained(model, tmp_path)  # the retry on the same model works
+    assert torch.equal(_logits(loaded, tokenizer), _logits(sm, tokenizer))
+
+
+def test_unknown_method_is_refused_at_build_and_at_save(tmp_path):
+    model, _ = _tiny()
+    with pytest.raises(ValueError, match=r"method must be one of \['smore', 'molre'\]"):
+        get_smore_model(model, SMoREConfig(rank=[2, 2]), method="mixlora")
+    assert not any(isinstance(m, SMoRELinear) for m in model.modules())
+    sm = get_smore_model(model, SMoREConfig(rank=[2, 2]))
+    sm.peft_config["default"] = replace(sm.peft_config["default"], method="mixlora")
+    with pytest.raises(ValueError, match="method must be one of"):
+        sm.save_pretrained(tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,276 @@
+"""The PEFT-style API on SMoREModel (issue 11 #1) and what HF passes to it (issue 12 #3, #4, #6).
+
+The done-when test: wrap -> train one step -> save_pretrained -> from_pretrained -> equal
+logits; two named adapters switched with set_adapter; disable_adapter() gives base logits.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from peft.utils import register_peft_method
+
+from smore_gnn import SMoREConfig, SMoRELinear
+from smore_gnn.model import SMoREModel, get_smore_model
+from smore_gnn.save import CONFIG_NAME
+
+try:
+    from smore_gnn.testing import byte_tokenizer, tiny_llama
+except ImportError:  # before smore_gnn.testing existed
+    from smore_gnn.loading import byte_tokenizer, tiny_llama  # noqa: F401
+
+CFG = SMoREConfig(num_experts=[4, 4], fanout=[2, 2], rank=[4, 4], gate_type="switch")
+CFG_B = SMoREConfig(num_experts=[3], fanout=[2], rank=[2], gate_type="switch")
+
+
+def _tiny(seed: int = 0):
+    return tiny_llama(hidden_size=32, intermediate_size=64, seed=seed)
+
+
+def _batch(tokenizer):
+    return tokenizer(["hello world", "hi"], return_tensors="pt", padding=True)
+
+
+def _logits(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _train_step(sm, batch, lr=0.5):
+    sm.train()
+    params = [p for p in sm.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr)
+    out = sm(**batch, labels=batch["input_ids"])
+    (out.loss + sm.balance_loss()).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_done_when_peft_style_round_trip(tmp_path, capsys):
+    model, tokenizer = _tiny()
+    batch = _batch(tokenizer)
+    base = _logits(model, batch)
+    sm = get_smore_model(model, CFG)
+    sm.print_trainable_parameters()
+    trainable, total = sm.get_nb_trainable_parameters()
+    assert capsys.readouterr().out.startswith(f"trainable params: {trainable:,d} || all params")
+    _train_step(sm, batch)
+    tuned = _logits(sm, batch)
+    assert not torch.equal(tuned, base)  # the step moved W_proj away from zero
+    sm.save_pretrained(tmp_path)
+    loaded = SMoREModel.from_pretrained(_tiny()[0], tmp_path)
+    assert torch.equal(_logits(loaded, batch), tuned)
+    assert loaded.trainable_parameters() == 0
+    trainable_again = SMoREModel.from_pretrained(_tiny()[0], tmp_path, is_trainable=True)
+    assert trainable_again.trainable_parameters() == trainable
+    with sm.disable_adapter():
+        assert torch.equal(_logits(sm, batch), base)
+    assert torch.equal(_logits(sm, batch), tuned)
+
+
+def test_two_named_adapters_switch_and_save_separately(tmp_path):
+    model, tokenizer = _tiny()
+    batch = _batch(tokenizer)
+    base = _logits(model, batch)
+    sm = get_smore_model(model, CFG)
+    sm.add_adapter("b", CFG_B, target_modules=["up_proj"])
+    assert sm.active_adapter == "default" and list(sm.peft_config) == ["default", "b"]
+    assert all(not p.requires_grad for layer in sm._bank["b"].values() for p in layer.parameters())
+    _train_step(sm, batch)
+    logits_a = _logits(sm, batch)
+    sm.set_adapter("b")
+    assert sm.adapted_names == ["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"]
+    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # a's slot is freed
+    _train_step(sm, batch)
+    logits_b = _logits(sm, batch)
+    assert not torch.equal(logits_a, logits_b) and not torch.equal(logits_b, base)
+    sm.save_pretrained(tmp_path)  # default at the top, "b" in a subfolder (as peft)
+    assert (tmp_path / CONFIG_NAME).is_file() and (tmp_path / "b" / CONFIG_NAME).is_file()
+    sm.set_adapter("default")
+    assert torch.equal(_logits(sm, batch), logits_a)
+    again = SMoREModel.from_pretrained(_tiny()[0], tmp_path)
+    again.load_adapter(tmp_path / "b", "b")
+    assert torch.equal(_logits(again, batch), logits_a)
+    again.set_adapter("b")
+    assert torch.equal(_logits(again, batch), logits_b)
+    with again.disable_adapter():
+        assert torch.equal(_logits(again, batch), base)
+    again.delete_adapter("b")
+    assert again.active_adapter == "default" and torch.equal(_logits(again, batch), logits_a)
+    with pytest.raises(ValueError, match="only adapter"):
+        again.delete_adapter("default")
+
+
+def test_adapter_name_and_set_adapter_errors():
+    sm = get_smore_model(_tiny()[0], CFG)
+    for bad in ("", "a.b", 3):
+        with pytest.raises(ValueError, match="adapter_name must be"):
+            sm.add_adapter(bad, CFG)
+    with pytest.raises(ValueError, match="already exists"):
+        sm.add_adapter("default", CFG)
+    with pytest.raises(ValueError, match=r"No adapter named 'x' \(adapters: \['default'\]\)"):
+        sm.set_adapter("x")
+    with pytest.raises(ValueError, match="method must be one of"):
+        sm.add_adapter("lora", CFG, method="lora")
+
+
+def test_disable_adapter_flips_a_flag_without_swapping_modules():
+    model, tokenizer = _tiny()
+    sm = get_smore_model(model, CFG)
+    layer = model.model.layers[0].mlp.up_proj
+    calls = []
+    layer.register_forward_hook(lambda *_: calls.append(1))  # survives: no module swapping
+    with sm.disable_adapter():
+        assert model.model.layers[0].mlp.up_proj is layer and layer.disable_adapters
+        sm(**_batch(tokenizer))
+        assert float(sm.balance_loss()) == 0.0
+    assert not layer.disable_adapters and calls == [1]
+
+
+def test_merge_is_rejected_with_the_reason():
+    sm = get_smore_model(_tiny()[0], CFG)
+    for call in (sm.merge_and_unload, sm.merge_adapter):
+        with pytest.raises(TypeError, match="routed to its own experts.*depends on the input"):
+            call()
+    base = sm.unload()
+    assert not any(isinstance(m, SMoRELinear) for m in base.modules())
+
+
+def test_peft_register_peft_method_cannot_host_smore():
+    """peft 0.21 only registers names already in its PeftType enum (no patching allowed)."""
+    with pytest.raises(ValueError, match="Unknown PEFT type SMORE.*PeftType"):
+        register_peft_method(name="smore", config_cls=object, model_cls=SMoREModel)
+
+
+# ---- masks as HF passes them (issue 12 #6) ----------------------------------------------
+
+
+def test_positional_and_bool_masks_keep_padding_out_of_the_statistics():
+    model, tokenizer = _tiny()
+    sm = get_smore_model(model, CFG)
+    batch = _batch(tokenizer)
+    valid = int(batch["attention_mask"].sum())
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    for call in (
+        lambda: sm(ids, mask),  # the mask as the 2nd positional argument
+        lambda: sm(input_ids=ids, attention_mask=mask.bool()),
+        lambda: sm(input_ids=ids, attention_mask=mask.float()),
+    ):
+        call()
+        for layer in sm.adapters().values():
+            assert float(layer.last_routing.load[-1].sum()) == valid * CFG.fanout[-1]
+    sm(ids)
+    layer = next(iter(sm.adapters().values()))
+    assert float(layer.last_routing.load[-1].sum()) == ids.numel() * CFG.fanout[-1]
+
+
+def test_bad_masks_are_rejected_with_the_fix():
+    model, tokenizer = _tiny()
+    sm = get_smore_model(model, CFG)
+    batch = _batch(tokenizer)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    additive = (1.0 - mask.float()) * torch.finfo(torch.float32).min
+    with pytest.raises(ValueError, match=r"0/1 or bools.*additive.*\(mask == 0\)"):
+        sm(input_ids=ids, attention_mask=additive)
+    with pytest.raises(ValueError, match="2-D attention_mask.*4-D"):
+        sm(input_ids=ids, attention_mask=mask[:, None, None, :].bool())
+    with pytest.raises(ValueError, match="not transposed"):
+        sm(input_ids=ids, attention_mask=mask.T)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        sm(input_ids=ids, attention_mask=mask.tolist())
+
+
+def test_generate_with_padding_and_cache_routes_new_tokens_only():
+    model, tokenizer = _tiny()
+    batch = _batch(tokenizer)
+    with torch.no_grad():
+        greedy = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    sm = get_smore_model(model, CFG)
+    with torch.no_grad():
+        assert torch.equal(sm.generate(**batch, max_new_tokens=3, do_sample=False), greedy)
+
+
+# ---- gradient checkpointing (issue 12 #3, #4) -------------------------------------------
+
+
+def _grads(checkpointing: str | None, gate: str) -> dict[str, torch.Tensor]:
+    model, tokenizer = _tiny()
+    torch.manual_seed(0)
+    sm = get_smore_model(model, SMoREConfig(rank=[4, 4], gate_type=gate))
+    with torch.no_grad():
+        for p in sm.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    if checkpointing is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the transformers 5 alias
+            sm.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"}
+            )
+    sm.train()
+    batch = _batch(tokenizer)
+    calls = []
+    model.model.layers[0].mlp.up_proj.register_forward_hook(lambda *_: calls.append(1))
+    torch.manual_seed(1)
+    out = sm(**batch, labels=batch["input_ids"])
+    balance = sm.balance_loss()
+    (out.loss + balance).backward()
+    assert float(balance.detach()) > 0
+    assert len(calls) == (1 if checkpointing is None else 2)  # recomputed in the backward
+    return {n: p.grad for n, p in sm.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("gate", ["switch", "noisy_topk"])
+@pytest.mark.parametrize("mode", ["reentrant", "non_reentrant"])
+def test_gradient_checkpointing_gives_the_same_gradients(mode, gate):
+    plain, checkpointed = _grads(None, gate), _grads(mode, gate)
+    assert plain.keys() == checkpointed.keys()
+    router = [n for n in plain if ".router." in n]
+    assert router and all(plain[n] is not None and plain[n].abs().sum() > 0 for n in router)
+    for name, grad in plain.items():
+        assert checkpointed[name] is not None, name
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+# ---- folders of smore-gnn 0.1 still load ------------------------------------------------
+
+
+def _save_like_0_1(sm, directory):
+    """The 0.1 writer (save.save_adapter before the atomic save), kept as a fixture."""
+    from safetensors.torch import save_file
+
+    from smore_gnn.save import WEIGHTS_NAME, adapter_parameters
+
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "method": "smore",
+        "base_model_name_or_path": None,
+        "target_modules": ["gate_proj", "up_proj", "down_proj"],
+        "exclude_modules": None,
+        "adapted_modules": sorted(sm.adapted_names),
+        "smore_config": sm.smore_config.to_dict(),
+        "smore_gnn_version": "0.1.0",
+    }
+    params = adapter_parameters(sm.adapters())
+    tensors = {k: p.detach().cpu().contiguous() for k, p in params.items()}
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "method": "smore"})
+    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def test_folders_written_by_0_1_still_load(tmp_path):
+    model, tokenizer = _tiny()
+    batch = _batch(tokenizer)
+    sm = get_smore_model(model, CFG)
+    _train_step(sm, batch)
+    _save_like_0_1(sm, tmp_path / "old")
+    loaded = SMoREModel.from_pretrained(_tiny()[0], tmp_path / "old")
+    assert torch.equal(_logits(loaded, batch), _logits(sm, batch))
+    loaded.save_pretrained(tmp_path / "new")  # today's format is the 0.1 format
+    old, new = (json.loads((tmp_path / d / CONFIG_NAME).read_text()) for d in ("old", "new"))
+    assert {k: v for k, v in old.items() if k != "smore_gnn_version"} == {
+        k: v for k, v in new.items() if k != "smore_gnn_version"
+    }
