@@ -1,4 +1,4 @@
-"""Tests for smore_gnn.wordnet: parsing, the question builder and the bundled copy."""
+"""Tests for smore_gnn.datasets.wordnet: parsing, the question builder and the bundled copy."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from smore_gnn import wordnet
 from smore_gnn.data import detect_format, load_jsonl
-from smore_gnn.wordnet import (
+from smore_gnn.datasets import load_bundled, wordnet
+from smore_gnn.datasets.__main__ import main
+from smore_gnn.datasets.wordnet import (
     NOUN_CATEGORIES,
     TYPES,
     build_wordnet_mc,
-    load_bundled_wordnet_mc,
     parse_data_file,
     write_bundled,
 )
+from smore_gnn.wordnet import load_bundled_wordnet_mc
 
 WORDNET = Path(wordnet.DEFAULT_WORDNET_DIR)
 needs_wordnet = pytest.mark.skipif(
@@ -96,31 +97,51 @@ def test_answers_are_right_and_distractors_wrong(built: tuple[list[dict], list[d
 
 
 def test_bundled_copy_loads_with_expected_sizes_and_disjoint_synsets() -> None:
-    train, test = load_bundled_wordnet_mc("train"), load_bundled_wordnet_mc("test")
+    train, test = load_bundled("wordnet", "train"), load_bundled("wordnet", "test")
     check_records(train, 2000)
     check_records(test, 500)
     assert not {r["synset"] for r in train} & {r["synset"] for r in test}
     with pytest.raises(ValueError, match="'train' or 'test'"):
-        load_bundled_wordnet_mc("validation")
+        load_bundled("wordnet", "validation")
+    with pytest.raises(ValueError, match="'multitask', 'wordnet'"):
+        load_bundled("wordnet_mc", "train")
+
+
+def test_old_import_path_returns_the_same_records() -> None:
+    for split in ("train", "test"):
+        assert load_bundled_wordnet_mc(split) == load_bundled("wordnet", split)
 
 
 def test_bundled_copy_ships_licence_and_stays_small() -> None:
-    folder = Path(wordnet.__file__).parent / "resources" / "wordnet_mc"
+    folder = Path(wordnet.__file__).parents[1] / "resources" / "wordnet_mc"
     assert "WordNet 3.0 Copyright 2006 by Princeton University" in (folder / "LICENSE").read_text()
-    assert "python -m smore_gnn.wordnet" in (folder / "README.md").read_text()
+    assert "python -m smore_gnn.datasets build wordnet" in (folder / "README.md").read_text()
     assert sum(p.stat().st_size for p in folder.iterdir()) < 1.5e6
 
 
 @needs_wordnet
 def test_bundled_copy_is_reproducible() -> None:
     train, test = build_wordnet_mc(WORDNET, n_train=2000, n_test=500, seed=0)
-    assert train == load_bundled_wordnet_mc("train")
-    assert test == load_bundled_wordnet_mc("test")
+    assert train == load_bundled("wordnet", "train")
+    assert test == load_bundled("wordnet", "test")
 
 
 @needs_wordnet
 def test_main_writes_the_bundle(tmp_path: Path) -> None:
-    wordnet.main(["--out", str(tmp_path), "--n-train", "9", "--n-test", "6", "--seed", "2"])
+    main(
+        [
+            "build",
+            "wordnet",
+            "--out",
+            str(tmp_path),
+            "--n-train",
+            "9",
+            "--n-test",
+            "6",
+            "--seed",
+            "2",
+        ]
+    )
     assert len(load_jsonl(tmp_path / "train.jsonl")) == 9
     assert len(load_jsonl(tmp_path / "test.jsonl")) == 6
     assert "Princeton" in (tmp_path / "LICENSE").read_text()

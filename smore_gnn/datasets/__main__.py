@@ -1,0 +1,43 @@
+"""Regenerate the bundled data sets from the Debian packages.
+
+python -m smore_gnn.datasets build multitask --out smore_gnn/resources/multitask_mc
+python -m smore_gnn.datasets build wordnet --out smore_gnn/resources/wordnet_mc
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from smore_gnn.datasets import multitask, wordnet
+from smore_gnn.datasets.dictd import DEFAULT_DICTD_DIR
+
+DEFAULTS = {"wordnet": (2000, 500), "multitask": (multitask.N_TRAIN, multitask.N_TEST)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``build <name> --out DIR [...]`` and write the data set there."""
+    parser = argparse.ArgumentParser(prog="python -m smore_gnn.datasets", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build a data set from the Debian files")
+    build.add_argument("name", choices=sorted(DEFAULTS))
+    build.add_argument("--out", required=True, help="output directory")
+    build.add_argument("--wordnet-dir", default=wordnet.DEFAULT_WORDNET_DIR)
+    build.add_argument("--dictd-dir", default=DEFAULT_DICTD_DIR)
+    build.add_argument("--n-train", type=int, default=None, help="(multitask: per task)")
+    build.add_argument("--n-test", type=int, default=None, help="(multitask: per task)")
+    build.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    n_train = DEFAULTS[args.name][0] if args.n_train is None else args.n_train
+    n_test = DEFAULTS[args.name][1] if args.n_test is None else args.n_test
+    if args.name == "wordnet":
+        wordnet.write_bundled(args.out, args.wordnet_dir, n_train, n_test, args.seed)
+    else:
+        multitask.write_bundled(
+            args.out, args.dictd_dir, args.wordnet_dir, n_train, n_test, args.seed
+        )
+    per_task = " per task" if args.name == "multitask" else ""
+    print(f"wrote {args.name} ({n_train} train + {n_test} test{per_task}) to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""The multi-task multiple-choice benchmark: seven task families from Debian data files.
+
+Tasks: ``wordnet`` (WordNet 3.0 relations, :mod:`smore_gnn.datasets.wordnet`), ``elements``
+(symbols, atomic numbers, weights, order; ``dict-elements``), ``acronyms`` (expansions;
+``dict-vera``), ``en_fr`` / ``en_de`` / ``en_es`` (English word translation;
+``dict-freedict-eng-*``) and ``computing`` (FOLDOC definition -> term; ``dict-foldoc``).
+
+Splits are by headword: a key's hash (with the seed) puts it in train or test for every task,
+so no headword is asked in both. Distractors come from the answers of the same task, kind and
+split (see :mod:`smore_gnn.datasets.families`). Build-time code: run
+``python -m smore_gnn.datasets build multitask --out DIR``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from smore_gnn.data import mc_prompt
+from smore_gnn.datasets import families, sources, wordnet, write_jsonl
+from smore_gnn.datasets.dictd import DEFAULT_DICTD_DIR, DictdDatabase
+from smore_gnn.datasets.families import Item
+
+TASKS = ("wordnet", "elements", "acronyms", "en_fr", "en_de", "en_es", "computing")
+N_TRAIN, N_TEST = 580, 145  # per task; elements has fewer train questions (103 elements)
+TEST_FRACTION = 0.25  # share of headwords that go to test (before sampling)
+N_CHOICES = 4
+MAX_PROMPT_CHARS = 170  # mc_prompt length; keeps prompt + answer well under 64 SmolLM2 tokens
+# Debian package of each task; their copyright files ship beside the data.
+PACKAGES = {
+    "wordnet": "wordnet-base",
+    "elements": "dict-elements",
+    "acronyms": "dict-vera",
+    "en_fr": "dict-freedict-eng-fra",
+    "en_de": "dict-freedict-eng-deu",
+    "en_es": "dict-freedict-eng-spa",
+    "computing": "dict-foldoc",
+}
+LICENCES = {
+    "wordnet-base": "WordNet 3.0 licence (Princeton University, permissive)",
+    "dict-elements": "public domain (Jay F. Kominek); Debian packaging GPL-3",
+    "dict-vera": "GNU FDL 1.1 or later (Oliver Heidelbach)",
+    "dict-freedict-eng-fra": "GPL-2+ (FreeDict contributors)",
+    "dict-freedict-eng-deu": "GPL-3+ (Frank Richter, Einhard Leichtfuß; from Ding)",
+    "dict-freedict-eng-spa": "GPL-2+ (FreeDict contributors)",
+    "dict-foldoc": "GNU FDL 1.1 or later (Denis Howe, FOLDOC)",
+}
+
+
+def in_test(key: str, seed: int, fraction: float = TEST_FRACTION) -> bool:
+    """Whether headword ``key`` (case-folded) belongs to the test split for ``seed``."""
+    digest = hashlib.sha256(f"{seed}:{key.casefold()}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
+def _distractors(item: Item, pool: dict[str, list[str]], rng: random.Random) -> list[str] | None:
+    """``N_CHOICES - 1`` distinct wrong answers, from the finest shared group to any answer."""
+    banned = {item.answer.casefold(), *(x.casefold() for x in item.exclude)}
+    out: list[str] = []
+    for candidates in [pool[f"{level}:{g}"] for level, g in enumerate(item.groups)] + [pool["*"]]:
+        for _ in range(40 if candidates else 0):
+            word = candidates[rng.randrange(len(candidates))]
+            if word.casefold() not in banned:
+                out.append(word)
+                banned.add(word.casefold())
+                if len(out) == N_CHOICES - 1:
+                    return out
+    return None
+
+
+def _interleave_types(items: list[Item], rng: random.Random) -> list[Item]:
+    """Shuffle each question type, then alternate types so any prefix is balanced."""
+    by_type: dict[str, list[Item]] = {}
+    for item in items:
+        by_type.setdefault(item.type, []).append(item)
+    lists = [by_type[t] for t in sorted(by_type)]
+    for values in lists:
+        rng.shuffle(values)
+    return [v[i] for i in range(max(map(len, lists), default=0)) for v in lists if i < len(v)]
+
+
+def records_for_split(items: Sequence[Item], n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Up to ``n`` records from one task's items of one split, with distractors drawn there."""
+    pools: dict[str, dict[str, set[str]]] = {}  # kind -> "level:group" or "*" -> answers
+    for item in items:
+        pool = pools.setdefault(item.kind, {})
+        for name in ["*", *(f"{level}:{g}" for level, g in enumerate(item.groups))]:
+            pool.setdefault(name, set()).add(item.answer)
+    sorted_pools = {kind: {k: sorted(v) for k, v in p.items()} for kind, p in pools.items()}
+    records = []
+    for item in _interleave_types(list(items), rng):
+        if len(records) == n:
+            break
+        wrong = _distractors(item, sorted_pools[item.kind], rng)
+        if wrong is None:
+            continue
+        choices = [item.answer, *wrong]
+        rng.shuffle(choices)
+        record = dict(
+            question=item.question,
+            choices=choices,
+            answer=choices.index(item.answer),
+            task=item.task,
+            type=item.type,
+            key=item.key,
+        )
+        if len(mc_prompt(record)) <= MAX_PROMPT_CHARS:
+            records.append(record)
+    return records
+
+
+def split_items(
+    items: Sequence[Item], n_train: int, n_test: int, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split one or more tasks' items by headword and sample up to n per task and split."""
+    train, test = [], []
+    tasks = sorted({item.task for item in items})
+    for task in tasks:
+        for is_test, n, out in ((False, n_train, train), (True, n_test, test)):
+            chosen = [i for i in items if i.task == task and in_test(i.key, seed) == is_test]
+            rng = random.Random(f"{seed}:{task}:{'test' if is_test else 'train'}")
+            out.extend(records_for_split(chosen, n, rng))
+    return train, test
+
+
+def dictd_items(dictd_dir: str | Path = DEFAULT_DICTD_DIR) -> list[Item]:
+    """Question items of every dictd task (all but ``wordnet``), parsed from ``dictd_dir``."""
+    elements = sources.parse_elements(DictdDatabase.open("elements", dictd_dir, errors="replace"))
+    items = families.element_items(elements)
+    items += families.acronym_items(sources.parse_acronyms(DictdDatabase.open("vera", dictd_dir)))
+    words = {}
+    for task, code in (("en_fr", "fra"), ("en_es", "spa"), ("en_de", "deu")):
+        db = DictdDatabase.open(f"freedict-eng-{code}", dictd_dir)
+        words[task] = sources.parse_translations(db)
+    everyday = set(words["en_fr"]) | set(words["en_es"])  # German: 460k entries, keep common ones
+    for task in families.LANGUAGES:
+        german = task == "en_de"
+        items += families.translation_items(
+            task, words[task], everyday if german else None, german
+        )
+    foldoc = sources.parse_foldoc(DictdDatabase.open("foldoc", dictd_dir))
+    return items + families.computing_items(foldoc)
+
+
+def wordnet_records(
+    wordnet_dir: str | Path, n_train: int, n_test: int, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The WordNet family (split by synset by its own builder), short prompts only."""
+    extra = [round(n * 1.3) + 10 for n in (n_train, n_test)]  # room for the length filter
+    out = []
+    for records, n in zip(
+        wordnet.build_wordnet_mc(wordnet_dir, *extra, seed=seed), (n_train, n_test)
+    ):
+        kept = [
+            dict(
+                question=r["question"],
+                choices=r["choices"],
+                answer=r["answer"],
+                task="wordnet",
+                type=r["type"],
+                key=r["synset"],
+            )
+            for r in records
+            if len(mc_prompt(r)) <= MAX_PROMPT_CHARS
+        ]
+        out.append(kept[:n])
+    return out[0], out[1]
+
+
+def build_multitask(
+    dictd_dir: str | Path = DEFAULT_DICTD_DIR,
+    wordnet_dir: str | Path = wordnet.DEFAULT_WORDNET_DIR,
+    n_train: int = N_TRAIN,
+    n_test: int = N_TEST,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Build the train/test records of all seven tasks (``n_*`` per task, fewer if short).
+
+    Returns:
+        ``(train, test)`` lists of ``{question, choices, answer, task, type, key}`` records
+        (4 choices, ``answer`` the right index), shuffled; deterministic for a seed.
+
+    Raises:
+        FileNotFoundError: If a Debian data file is missing (the package is named).
+        ValueError: If a size is negative.
+    """
+    if n_train < 0 or n_test < 0:
+        raise ValueError(f"expected n_train, n_test >= 0, got {n_train}, {n_test}")
+    train, test = split_items(dictd_items(dictd_dir), n_train, n_test, seed)
+    wn_train, wn_test = wordnet_records(wordnet_dir, n_train, n_test, seed)
+    train, test = train + wn_train, test + wn_test
+    seen = {r["question"] for r in train}
+    test = [r for r in test if r["question"] not in seen]  # belt and braces: no shared question
+    rng = random.Random(seed)
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return train, test
+
+
+def _counts(records: Sequence[dict[str, Any]]) -> str:
+    counts = Counter(r["task"] for r in records)
+    return ", ".join(f"{task} {counts[task]}" for task in TASKS if task in counts)
+
+
+def write_bundled(
+    out_dir: str | Path,
+    dictd_dir: str | Path = DEFAULT_DICTD_DIR,
+    wordnet_dir: str | Path = wordnet.DEFAULT_WORDNET_DIR,
+    n_train: int = N_TRAIN,
+    n_test: int = N_TEST,
+    seed: int = 0,
+    doc_dir: str | Path = "/usr/share/doc",
+) -> None:
+    """Write ``train.jsonl``, ``test.jsonl``, ``README.md``, ``LICENSES.md`` and ``licenses/``."""
+    train, test = build_multitask(dictd_dir, wordnet_dir, n_train, n_test, seed)
+    out = Path(out_dir)
+    (out / "licenses").mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "test.jsonl", test)
+    lines = [
+        "# Sources and licences",
+        "",
+        "| task | Debian package | licence | copyright file |",
+        "|---|---|---|---|",
+    ]
+    for task, package in PACKAGES.items():
+        copyright_file = Path(doc_dir) / package / "copyright"
+        name = f"licenses/{package}.copyright" if copyright_file.is_file() else "(not found)"
+        if copyright_file.is_file():
+            shutil.copyfile(copyright_file, out / name)
+        lines.append(f"| {task} | {package} | {LICENCES[package]} | {name} |")
+    lines += [
+        "",
+        "Each JSONL record is derived from the source of its `task` and is redistributed",
+        "under that source's licence (full texts in the copyright files).",
+    ]
+    (out / "LICENSES.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    command = (
+        f"python -m smore_gnn.datasets build multitask --out {out_dir} "
+        f"--n-train {n_train} --n-test {n_test} --seed {seed}"
+    )
+    (out / "README.md").write_text(
+        f"Multi-task multiple-choice questions ({len(train)} train + {len(test)} test), built "
+        f"from Debian data files by `{command}`.\n\nTrain per task: {_counts(train)}.\n"
+        f"Test per task: {_counts(test)}.\nSources and licences: LICENSES.md.\n",
+        encoding="utf-8",
+    )
