@@ -1,274 +1,271 @@
 """``smore-gnn``: fine-tune (``finetune``), evaluate (``eval``) and inspect routing (``inspect``).
 
 Settings come from a YAML file (``--config``, keys as the long flags with ``_``), overridden by
-explicit flags. See ``smore_gnn/configs/demo.yaml``.
+explicit flags; see :mod:`smore_gnn.cli_args` and ``smore_gnn/configs/demo.yaml``. Every
+input is validated before a model is loaded or a training step runs. A user error prints one
+line naming the input and the fix and exits with code 2; a traceback means a bug.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-DEFAULTS: dict[str, Any] = dict(
-    model="smollm2", method="smore", data=None, eval_data=None, adapter=None, n_train=480,
-    n_test=200, max_length=64, batch_size=8, grad_accum=1, epochs=1.0, max_steps=-1, lr=1e-3,
-    warmup=0.1, seed=0, output_dir="runs/finetune", target_modules=None, lora_rank=None,
-    match_budget=True, eval_before=True, eval_batch_size=16, logging_steps=10, smore={},
-    prompt=None, module=None, token=-1, png=None, progress=True, answer="letter", threads=None,
-)  # fmt: skip
-_TYPES = dict(n_train=int, n_test=int, max_length=int, batch_size=int, grad_accum=int,
-              epochs=float, max_steps=int, lr=float, warmup=float, seed=int, lora_rank=int,
-              eval_batch_size=int, logging_steps=int, token=int, threads=int)  # fmt: skip
+from smore_gnn.cli_args import COMMANDS, UsageError, parse
+
+BUNDLED = ("wordnet", "multitask")
 
 
-_SMORE_HELP = 'SMoREConfig fields as JSON, e.g. \'{"gate_type": "noisy_topk"}\''
+@contextmanager
+def user_input(name: str) -> Iterator[None]:
+    """Turn the ValueError/TypeError/OSError of reading input ``name`` into a UsageError."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, TypeError, OSError) as err:
+        raise UsageError(f"{name}: {err}") from err
 
 
-def load_settings(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """DEFAULTS, then the YAML file, then the non-None ``overrides`` (flags)."""
-    settings = dict(DEFAULTS)
-    if config:
-        data = yaml.safe_load(Path(config).read_text()) or {}
-        unknown = sorted(set(data) - set(DEFAULTS))
-        if not isinstance(data, dict) or unknown:
-            raise ValueError(
-                f"Config {config} has unknown keys {unknown}; known keys: {sorted(DEFAULTS)}"
-            )
-        settings.update(data)
-    smore = {**settings["smore"], **(overrides.pop("smore", None) or {})}
-    settings.update({k: v for k, v in overrides.items() if v is not None}, smore=smore)
-    if settings["method"] not in ("smore", "molre", "lora"):
-        raise ValueError(f"method must be smore, molre or lora (got {settings['method']!r})")
-    if settings["answer"] not in ("letter", "text"):
-        raise ValueError(f"answer must be 'letter' or 'text' (got {settings['answer']!r})")
-    return settings
+def _bundled(name: str, split: str) -> list[dict]:
+    try:
+        from smore_gnn.datasets import load_bundled
+    except ModuleNotFoundError:  # before smore_gnn.datasets: the WordNet copy only
+        if name != "wordnet":
+            raise ValueError(f"bundled data {name!r} is not available; use 'wordnet'") from None
+        from smore_gnn.wordnet import load_bundled_wordnet_mc as load
+
+        return load(split)
+    return load_bundled(name, split)
 
 
-def load_model(spec: str, seed: int = 0) -> tuple[Any, Any]:
-    """``"tiny"``: a random tiny Llama (smoke tests); anything else: ``loading.load_model...``."""
-    from smore_gnn.loading import load_model_and_tokenizer
-    from smore_gnn.testing import tiny_llama
+def load_split(args: Any, n_train: int) -> tuple[list[dict], list[dict]]:
+    """Train and multiple-choice test records (bundled by name, or validated JSONL files)."""
+    from smore_gnn.data import read_dataset, split_train_test
+    from smore_gnn.eval import validate_mc_records
 
-    return tiny_llama(seed=seed) if spec == "tiny" else load_model_and_tokenizer(spec)
+    def read(value: str, split: str, flag: str) -> list[dict]:
+        with user_input(flag):
+            return _bundled(value, split) if value in BUNDLED else read_dataset(value)
 
-
-def load_records(s: dict[str, Any]) -> tuple[list[dict], list[dict]]:
-    """Train and multiple-choice test records: bundled WordNet, or JSONL (test held out)."""
-    from smore_gnn.data import detect_format, load_jsonl
-    from smore_gnn.wordnet import load_bundled_wordnet_mc
-
-    if s["data"] is None:
-        train, test = load_bundled_wordnet_mc("train"), load_bundled_wordnet_mc("test")
-    else:
-        train, test = load_jsonl(s["data"]), []
-    if s["eval_data"]:
-        test = load_jsonl(s["eval_data"])
-    elif s["data"] is not None and s["n_test"] > 0 and detect_format(train) == "mc":
-        train, test = train[: -s["n_test"]], train[-s["n_test"] :]  # hold the tail out
-    return train[: s["n_train"]], test[: s["n_test"]]
-
-
-def build_adapted(s: dict[str, Any], model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
-    """Adapt ``model`` with ``s["method"]``; also report every method's size at S'MoRE's budget."""
-    from smore_gnn.baselines import (
-        apply_method,
-        count_adapter_parameters,
-        match_parameters,
-        molre_config,
-        smore_paper_config,
-    )
-
-    targets, smore = s["target_modules"], smore_paper_config(**s["smore"])
-    budget = count_adapter_parameters("smore", model, targets, smore)
-    report = {"smore": {"rank": smore.rank[0], "trainable_parameters": budget}}
-    for method in ("molre", "lora"):
-        match = match_parameters(method, model, targets, budget)
-        report[method] = {"rank": match.rank, "trainable_parameters": match.num_parameters}
-    spec: Any = {"smore": smore, "molre": molre_config(), "lora": s["lora_rank"] or 8}[s["method"]]
-    if s["method"] != "smore" and s["match_budget"] and not s["lora_rank"]:
-        spec = match_parameters(s["method"], model, targets, budget).spec
-    torch.manual_seed(s["seed"])
-    return apply_method(s["method"], model, spec, targets), report
+    data = args.data or "wordnet"
+    train = read(data, "train", "--data") if n_train else []
+    test = read(args.eval_data, "test", "--eval-data") if args.eval_data else None
+    if test is None and data in BUNDLED:
+        test = read(data, "test", "--data")
+    elif test is None and not n_train:
+        train = read(data, "train", "--data")
+    with user_input("--data"):
+        train, test = split_train_test(train, test, n_train or len(train), args.n_test)
+    if test:
+        with user_input("--eval-data" if args.eval_data else "--data"):
+            validate_mc_records(test, "test questions")
+    return (train[:n_train] if n_train else []), test
 
 
-def format_routing_tree(layer: Any, token: int) -> str:
-    """The routed sub-tree of ``token`` in ``layer.last_routing``, indented root first."""
-    routing = layer.last_routing
-    top = len(routing.experts) - 1
-
-    def lines(l: int, j: int, depth: int) -> list[str]:
-        e, a = int(routing.experts[l][token, j]), float(routing.scores[l][token, j])
-        out = [f"{'  ' * depth}layer {l}  expert {e}  score {a:.3f}"]
-        if l > 0:
-            f = routing.fanout[l - 1]
-            for child in range(j * f, (j + 1) * f):
-                out += lines(l - 1, child, depth + 1)
-        return out
-
-    result = ["root"]
-    for j in range(routing.experts[top].size(1)):
-        result += lines(top, j, 1)
-    return "\n".join(result)
+def check_writable(directory: str) -> Path:
+    """Create ``directory`` if needed and prove it writable (UsageError otherwise)."""
+    path = Path(directory)
+    with user_input("--output-dir"):
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    return path
 
 
-def inspect_routing(s: dict[str, Any], model: Any, tokenizer: Any, prompt: str) -> str:
-    """Route ``prompt``; print and draw one token's tree in one adapted module."""
-    from smore_gnn.viz import draw_routing_tree
-
-    names = model.adapted_names
-    module = s["module"] if s["module"] is not None else len(names) // 2
-    name = names[int(module)] if str(module).lstrip("-").isdigit() else module
-    if name not in names:
-        raise ValueError(f"--module must be an index or one of {names[:3]}... (got {module!r})")
-    batch = tokenizer(prompt, return_tensors="pt")
-    model.eval()
-    with torch.no_grad():
-        model(**batch)
-    ids = batch["input_ids"][0]
-    token = s["token"] % len(ids)
-    layer = model.adapters()[name]
-    piece = tokenizer.decode(ids[token : token + 1])
-    text = f"{name}, token {token} ({piece!r}):\n{format_routing_tree(layer, token)}"
-    png = s["png"] or str(Path(s["output_dir"]) / "routing_tree.png")
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    draw_routing_tree(layer.last_tree, token=token, path=png, show_scores=True,
-                      title=f"{name}\ntoken {token} {piece!r}")  # fmt: skip
-    return f"{text}\nrouting tree drawn to {png}"
+def set_threads(requested: int | None) -> None:
+    """``smore_gnn.runtime.choose_threads`` (prints its choice) when available."""
+    try:
+        from smore_gnn.runtime import choose_threads
+    except ModuleNotFoundError:
+        if requested:
+            torch.set_num_threads(requested)
+        print(f"torch threads: {torch.get_num_threads()}", flush=True)
+        return
+    choose_threads(requested, verbose=True)
 
 
-def _accuracy(s: dict[str, Any], model: Any, tokenizer: Any, test: list[dict]) -> float | None:
-    """Letter-scored (``answer: letter``) or choice-text-scored (``answer: text``) accuracy."""
+def load_model(args: Any) -> tuple[Any, Any]:
+    """``"tiny"``: a random tiny Llama (smoke tests); else ``loading.load_model_and_tokenizer``."""
+    torch.manual_seed(args.seed)
+    with user_input("--model"):
+        if args.model == "tiny":
+            from smore_gnn.testing import tiny_llama
+
+            return tiny_llama(seed=args.seed)
+        from smore_gnn.loading import load_model_and_tokenizer
+
+        return load_model_and_tokenizer(args.model)
+
+
+def load_adapter(model: Any, directory: str, trainable: bool = False) -> Any:
+    """Any method's adapter folder into ``model``."""
+    from smore_gnn.methods import load_any
+
+    with user_input("--adapter"):
+        return load_any(model, directory, is_trainable=trainable)
+
+
+def accuracy(args: Any, model: Any, tokenizer: Any, test: list[dict]) -> dict | None:
+    """:func:`smore_gnn.eval.evaluate_mc` on ``test`` (``None`` without test questions)."""
     from smore_gnn.eval import evaluate_mc
 
     if not test:
         return None
-    bs, progress = s["eval_batch_size"], s["progress"]
-    return evaluate_mc(model, tokenizer, test, s["answer"], bs, progress=progress)["accuracy"]
+    return evaluate_mc(model, tokenizer, test, args.answer, args.eval_batch_size,
+                       progress=args.progress)  # fmt: skip
 
 
-def finetune(s: dict[str, Any]) -> dict[str, Any]:
-    """Base accuracy, fine-tuning, tuned accuracy, adapter + metrics + routing-tree PNG."""
+def draw_routing(args: Any, model: Any, tokenizer: Any, prompt: str, out: Path) -> str:
+    """Print one token's routing tree and draw it to ``args.png`` (default: in ``out``)."""
+    from smore_gnn.tree_text import route_prompt
+    from smore_gnn.viz import draw_routing_tree
+
+    with user_input("--module/--token/--prompt"):
+        routed = route_prompt(model, tokenizer, prompt, args.module, args.token)
+    png = Path(args.png or out / "routing_tree.png")
+    with user_input("--png"):
+        png.parent.mkdir(parents=True, exist_ok=True)
+    draw_routing_tree(routed.layer.last_tree, token=routed.token, path=str(png), show_scores=True,
+                      title=f"{routed.name}\ntoken {routed.token} {routed.piece!r}")  # fmt: skip
+    return f"{routed.text}\nrouting tree drawn to {png}"
+
+
+def finetune(args: Any) -> dict[str, Any]:
+    """Validate everything, score the base model, train, save the adapter, score again."""
+    from smore_gnn.data import SFTDataset, format_example
+    from smore_gnn.methods import build_for_budget, method_of, save_any, trainable_parameters
     from smore_gnn.training import build_trainer, training_arguments
 
-    start, out = time.time(), Path(s["output_dir"])
-    torch.manual_seed(s["seed"])
-    model, tokenizer = load_model(s["model"], s["seed"])
-    train, test = load_records(s)
-    base_acc = _accuracy(s, model, tokenizer, test) if s["eval_before"] else None
-    print(f"base accuracy: {base_acc} on {len(test)} questions")
-    model, report = build_adapted(s, model)
-    args = training_arguments(
-        str(out / "trainer"), per_device_train_batch_size=s["batch_size"],
-        gradient_accumulation_steps=s["grad_accum"], num_train_epochs=s["epochs"],
-        max_steps=s["max_steps"], learning_rate=s["lr"], warmup_steps=s["warmup"],
-        seed=s["seed"], logging_steps=s["logging_steps"], disable_tqdm=not s["progress"],
+    start, out = time.time(), check_writable(args.output_dir)
+    train, test = load_split(args, args.n_train)
+    set_threads(args.threads)
+    model, tokenizer = load_model(args)
+    with user_input("--data/--max-length"):
+        dataset = SFTDataset(train, tokenizer, args.max_length, answer=args.answer)
+    if args.adapter:  # continue training the saved adapter (its own method and config)
+        model, report = load_adapter(model, args.adapter, trainable=True), None
+    else:
+        from smore_gnn.model import find_target_modules
+
+        with user_input("--target-modules"):
+            targets = args.target_modules
+            find_target_modules(model, targets) if targets is not None else None
+    base = accuracy(args, model, tokenizer, test) if args.eval_before else None
+    print(f"base accuracy: {base and base['accuracy']} on {len(test)} questions")
+    if not args.adapter:
+        model, report = build_for_budget(
+            args.method or "smore", model, args.smore_config, args.target_modules,
+            lora_rank=args.lora_rank, match_budget=args.match_budget, seed=args.seed,
+        )  # fmt: skip
+    method = method_of(model).name
+    training = training_arguments(
+        str(out / "trainer"), per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, num_train_epochs=args.epochs,
+        max_steps=args.max_steps, learning_rate=args.lr, warmup_steps=args.warmup,
+        seed=args.seed, logging_steps=args.logging_steps, disable_tqdm=not args.progress,
     )  # fmt: skip
-    trainer = build_trainer(model, tokenizer, train, args, s["max_length"], answer=s["answer"])
+    trainer = build_trainer(model, tokenizer, dataset, training, args.max_length,
+                            answer=args.answer, router_lr_scale=args.router_lr_scale)  # fmt: skip
     t_train = time.time()
     result = trainer.train()
     t_train = time.time() - t_train
-    tuned_acc = _accuracy(s, model, tokenizer, test)
-    out.mkdir(parents=True, exist_ok=True)
-    if s["method"] == "lora":
-        model.save_pretrained(str(out))  # peft's adapter_config.json + adapter_model.safetensors
-    else:
-        model.save_adapter(str(out))
+    save_any(model, out)  # before any post-training evaluation: nothing trained is lost
+    print(f"adapter saved to {out}", flush=True)
+    tuned = accuracy(args, model, tokenizer, test)
     metrics = {
-        "model": s["model"], "method": s["method"], "answer": s["answer"],
-        "base_accuracy": base_acc, "tuned_accuracy": tuned_acc,
+        "model": args.model, "method": method, "adapter": args.adapter, "answer": args.answer,
+        "base_accuracy": base and base["accuracy"], "tuned_accuracy": tuned and tuned["accuracy"],
         "n_train": len(train), "n_test": len(test),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "budget_report": report, "train_steps": result.global_step,
-        "train_loss": result.training_loss, "train_time_s": round(t_train, 1),
-        "log_history": trainer.state.log_history,
+        "trainable_parameters": trainable_parameters(model), "budget_report": report,
+        "train_steps": result.global_step, "train_loss": result.training_loss,
+        "train_time_s": round(t_train, 1), "log_history": trainer.state.log_history,
     }  # fmt: skip
-    if s["method"] != "lora":
-        prompt = s["prompt"] or _first_prompt(test or train)
-        print(inspect_routing({**s, "output_dir": str(out)}, model, tokenizer, prompt))
+    if tuned and tuned["per_task"]:
+        metrics["per_task"] = {"base": base and base["per_task"], "tuned": tuned["per_task"]}
+    if hasattr(model, "routing_stats"):
+        prompt = args.prompt or format_example((test or train)[0])[0]
+        print(draw_routing(args, model, tokenizer, prompt, out))
         metrics["routing"] = {k: v for k, v in model.routing_stats().items() if k != "modules"}
     metrics["wall_time_s"] = round(time.time() - start, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    (out / "finetune_config.yaml").write_text(yaml.safe_dump(s, sort_keys=True))
-    print(f"{s['method']}: base accuracy {base_acc} -> tuned accuracy {tuned_acc} "
-          f"({metrics['trainable_parameters']:,} trainable parameters, "
-          f"{metrics['wall_time_s']:.0f} s); adapter and metrics.json in {out}")  # fmt: skip
+    settings = {k: v for k, v in asdict(args).items() if k != "smore_config"}
+    (out / "finetune_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=True))
+    m = metrics
+    print(f"{m['method']}: base accuracy {m['base_accuracy']} -> tuned accuracy "
+          f"{m['tuned_accuracy']} ({m['trainable_parameters']:,} trainable parameters, "
+          f"{m['wall_time_s']:.0f} s); adapter and metrics.json in {out}")  # fmt: skip
     return metrics
 
 
-def _first_prompt(records: list[dict]) -> str:
-    from smore_gnn.data import format_example
-
-    return format_example(records[0])[0]
-
-
-def evaluate(s: dict[str, Any]) -> dict[str, Any]:
+def evaluate(args: Any) -> dict[str, Any]:
     """Multiple-choice accuracy of the base model plus an optional saved adapter."""
-    from smore_gnn.baselines import load_method_adapter
-
-    model, tokenizer = load_model(s["model"], s["seed"])
-    if s["adapter"]:
-        model = load_method_adapter(model, s["adapter"])
-    _, test = load_records({**s, "n_train": 0})
-    result = {
-        "model": s["model"],
-        "adapter": s["adapter"],
-        "n_test": len(test),
-        "answer": s["answer"],
-    }
-    result["accuracy"] = _accuracy(s, model, tokenizer, test)
+    _, test = load_split(args, 0)
+    if not test:
+        raise UsageError("--data: eval needs multiple-choice questions (got SFT records or none)")
+    set_threads(args.threads)
+    model, tokenizer = load_model(args)
+    if args.adapter:
+        model = load_adapter(model, args.adapter)
+    scores = accuracy(args, model, tokenizer, test)
+    result = {"model": args.model, "adapter": args.adapter, "n_test": len(test),
+              "answer": args.answer, "accuracy": scores["accuracy"],
+              "per_task": scores["per_task"]}  # fmt: skip
     print(json.dumps(result))
     return result
 
 
-def inspect(s: dict[str, Any]) -> str:
-    """Route a prompt through an adapted model (a saved adapter, or a fresh one)."""
-    from smore_gnn.save import load_adapter
+def inspect(args: Any) -> str:
+    """Route a prompt through an adapted model (a saved adapter, or a fresh S'MoRE one)."""
+    from smore_gnn.methods import build_for_budget
 
-    model, tokenizer = load_model(s["model"], s["seed"])
-    if s["adapter"]:
-        model = load_adapter(model, s["adapter"])
+    set_threads(args.threads)
+    model, tokenizer = load_model(args)
+    if args.adapter:
+        model = load_adapter(model, args.adapter)
+        if not hasattr(model, "routing_stats"):
+            raise UsageError(
+                f"--adapter: {args.adapter} holds a LoRA adapter, which has no routing; "
+                "pass an S'MoRE or MoLRE adapter"
+            )
     else:
-        model, _ = build_adapted({**s, "method": "smore"}, model)
-    text = inspect_routing(s, model, tokenizer, s["prompt"] or "The cat sat on the")
+        with user_input("--target-modules"):
+            model, _ = build_for_budget("smore", model, args.smore_config, args.target_modules,
+                                        seed=args.seed)  # fmt: skip
+    text = draw_routing(args, model, tokenizer, args.prompt or "The cat sat on the",
+                        Path(args.output_dir))  # fmt: skip
     print(text)
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``smore-gnn`` argument parser (every default lives in :data:`DEFAULTS`)."""
-    parser = argparse.ArgumentParser(prog="smore-gnn", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, helptext in (("finetune", "fine-tune and evaluate"), ("eval", "MC accuracy"),
-                           ("inspect", "print and draw a token's routing tree")):  # fmt: skip
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--config", help="YAML file of settings (keys as the flags)")
-        for key in DEFAULTS:
-            flag = "--" + key.replace("_", "-")
-            if key == "smore":
-                p.add_argument(flag, type=json.loads, default=None, help=_SMORE_HELP)
-            elif isinstance(DEFAULTS[key], bool):
-                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-            else:
-                p.add_argument(flag, type=_TYPES.get(key, str), default=None)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``smore-gnn`` console script."""
-    args = vars(build_parser().parse_args(argv))
-    command, config = args.pop("command"), args.pop("config")
-    if isinstance(args.get("target_modules"), str):
-        args["target_modules"] = args["target_modules"].split(",")
-    settings = load_settings(config, args)
-    if settings["threads"]:  # 1 avoids stalls when other processes share a small CPU
-        torch.set_num_threads(settings["threads"])
-    {"finetune": finetune, "eval": evaluate, "inspect": inspect}[command](settings)
+    """Entry point of the ``smore-gnn`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        command, args, ignored = parse(argv)
+        if ignored:
+            print(f"smore-gnn {command}: not using config keys {', '.join(ignored)} "
+                  "(settings of other commands)", flush=True)  # fmt: skip
+        {"finetune": finetune, "eval": evaluate, "inspect": inspect}[command](args)
+    except UsageError as err:
+        message = " ".join(str(err).split())
+        where = f"smore-gnn {argv[0]}" if argv and argv[0] in COMMANDS else "smore-gnn"
+        print(f"{where}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smore-gnn: interrupted; the output folder keeps the adapter of the last "
+              "completed save, if any (saves are atomic)", file=sys.stderr)  # fmt: skip
+        return 130
     return 0
 
 

@@ -1,7 +1,7 @@
 """Fine-tuning with the HF ``Trainer``: LM loss + balance loss, routing statistics, resuming.
 
-``SMoRETrainer`` adds the adapters' summed balance loss (SPEC §3) to the language-model loss,
-logs ``lm_loss``, ``aux_loss``, ``routing_entropy`` and ``max_load_share`` next to ``loss``,
+``SMoRETrainer`` adds the adapters' summed balance loss (docs/spec.md §3) to the language-model
+loss, logs ``lm_loss``, ``aux_loss``, ``routing_entropy`` and ``max_load_share`` next to ``loss``,
 and saves/resumes checkpoints as adapter files (see :mod:`smore_gnn.save`). It works for any
 model; only an ``SMoREModel`` has an auxiliary loss and routing statistics.
 """
@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainingArguments
 
 from smore_gnn import data as mc
-from smore_gnn.baselines import auxiliary_loss
-from smore_gnn.model import SMoREModel
-from smore_gnn.save import CONFIG_NAME, load_adapter, save_adapter
+from smore_gnn.methods import auxiliary_loss
+from smore_gnn.model import SMoREModel, load_adapter, save_adapter
+from smore_gnn.save import CONFIG_NAME
 
 _STATS = ("lm_loss", "aux_loss", "routing_entropy", "max_load_share")
 
@@ -36,7 +36,7 @@ def _param_groups_function() -> Any:
 
 
 def training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
-    """``TrainingArguments`` with the paper's schedule (SPEC §9) and safe defaults for adapters.
+    """``TrainingArguments``: the paper's schedule (docs/spec.md §9), safe defaults for adapters.
 
     Defaults: lr 1e-4, cosine schedule, 10% warmup, no reporting integrations, no checkpoints,
     ``ddp_find_unused_parameters=False`` (every adapter parameter gets a gradient, see the
@@ -163,7 +163,7 @@ class SMoRETrainer(Trainer):
 def build_trainer(
     model: nn.Module,
     tokenizer: Any,
-    train_records: Sequence[dict[str, Any]],
+    train_records: Sequence[dict[str, Any]] | mc.SFTDataset,
     args: TrainingArguments,
     max_length: int = 256,
     callbacks: list | None = None,
@@ -172,10 +172,15 @@ def build_trainer(
 ) -> SMoRETrainer:
     """An :class:`SMoRETrainer` on the tokenized records (SFT or multiple choice).
 
+    ``train_records`` may also be an already tokenized :class:`smore_gnn.data.SFTDataset`
+    (then ``max_length`` and ``answer`` are its own).
+
     ``answer="text"`` trains multiple-choice records to answer with the choice text instead
     of its letter (see :func:`smore_gnn.data.format_example`).
     """
-    dataset = mc.SFTDataset(train_records, tokenizer, max_length=max_length, answer=answer)
+    dataset = train_records
+    if not isinstance(dataset, mc.SFTDataset):
+        dataset = mc.SFTDataset(train_records, tokenizer, max_length=max_length, answer=answer)
     return SMoRETrainer(
         model=model,
         args=args,

@@ -1,6 +1,6 @@
 """Worker for ``tests/test_training.py::test_ddp_two_processes`` (run by ``torchrun``).
 
-Trains a tiny Llama with S'MoRE on 2 CPU processes (gloo). Each rank sees 2-byte sequences,
+Trains a tiny Llama with S'MoRE on 2 CPU processes (gloo). Each rank sees 3-token sequences,
 so with 8 experts and fanout 1 most experts get no token on a rank: DDP must still reduce
 every gradient (``ddp_find_unused_parameters=False``). Each rank writes its final adapter
 checksum and logs to ``<out>/rank<r>.json``.
@@ -35,7 +35,7 @@ def main(out_dir: str) -> None:
         logging_steps=1,
         disable_tqdm=True,
     )
-    trainer = build_trainer(model, tokenizer, records, args, max_length=2)
+    trainer = build_trainer(model, tokenizer, records, args, max_length=3)
     params = adapter_parameters(model.adapters())
     init = float(sum(p.detach().double().sum() for p in params.values()))
     trainer.train()

@@ -10,34 +10,72 @@ import torch
 import yaml
 
 from smore_gnn import SMoREConfig
-from smore_gnn.cli import DEFAULTS, format_routing_tree, load_settings, main
+from smore_gnn.cli import main
+from smore_gnn.cli_args import EvalArgs, FinetuneArgs, UsageError, parse
+from smore_gnn.testing import tiny_llama
+from smore_gnn.tree_text import format_routing_tree
 
-TINY = ["--model", "tiny", "--n-train", "16", "--n-test", "8", "--max-steps", "2",
-        "--batch-size", "4", "--no-progress", "--smore", '{"rank": [2, 2]}']  # fmt: skip
+TINY = ["--model", "tiny", "--n-train", "16", "--n-test", "8", "--max-steps", "2", "--batch-size",
+        "4", "--max-length", "160", "--no-progress", "--smore", '{"rank": [2, 2]}']  # fmt: skip
 
 
 def test_demo_config_is_valid():
     path = resources.files("smore_gnn").joinpath("configs", "demo.yaml")
-    settings = load_settings(str(path), {})
-    assert settings["model"] == "smollm2" and settings["method"] == "smore"
-    cfg = SMoREConfig(**settings["smore"])
+    command, args, ignored = parse(["finetune", "--config", str(path)])
+    assert command == "finetune" and isinstance(args, FinetuneArgs) and ignored == []
+    assert args.model == "smollm2" and args.method == "smore" and args.answer == "text"
+    assert args.lr == 1e-3 and args.threads == 1 and args.n_train == 640
+    cfg = args.smore_config
+    assert isinstance(cfg, SMoREConfig)
     assert cfg.down_proj_dim == 32 and cfg.router_dim == 32 and cfg.expert_act == "tanh"
 
 
 def test_settings_precedence_and_errors(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"lr": 0.5, "n_train": 7, "smore": {"rank": [2, 2]}}))
-    settings = load_settings(str(path), {"lr": 0.1, "n_train": None, "smore": {"fanout": [1, 1]}})
-    assert settings["lr"] == 0.1 and settings["n_train"] == 7
-    assert settings["smore"] == {"rank": [2, 2], "fanout": [1, 1]}
-    assert settings["n_test"] == DEFAULTS["n_test"]
+    _, args, _ = parse(["finetune", "--config", str(path), "--lr", "0.1"])
+    assert args.lr == 0.1 and args.n_train == 7 and args.smore == {"rank": [2, 2]}
+    assert args.n_test == FinetuneArgs().n_test and args.smore_config.rank == [2, 2]
+    _, args, _ = parse(["finetune", "--config", str(path), "--smore", '{"fanout": [1, 1]}'])
+    assert args.smore == {"fanout": [1, 1]}  # a flag replaces the whole mapping
     path.write_text("learning_rate: 0.1\n")
-    with pytest.raises(ValueError, match=r"unknown keys \['learning_rate'\]"):
-        load_settings(str(path), {})
-    with pytest.raises(ValueError, match="method must be smore, molre or lora"):
-        load_settings(None, {"method": "mixlora"})
-    with pytest.raises(ValueError, match="answer must be 'letter' or 'text'"):
-        load_settings(None, {"answer": "word"})
+    with pytest.raises(UsageError, match=r"unknown keys \['learning_rate'\]"):
+        parse(["finetune", "--config", str(path)])
+    with pytest.raises(UsageError, match=r"method must be one of \['smore', 'molre', 'lora'\]"):
+        parse(["finetune", "--method", "mixlora"])
+    with pytest.raises(UsageError, match="answer must be 'letter' or 'text'"):
+        parse(["eval", "--answer", "word"])
+
+
+def test_yaml_values_are_converted_by_their_field_type(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text('progress: "false"\nlr: 1e-3\nn_test: "12"\ntarget_modules: up_proj,down_proj')
+    _, args, _ = parse(["finetune", "--config", str(path)])
+    assert args.progress is False and args.lr == 0.001 and args.n_test == 12
+    assert args.target_modules == ["up_proj", "down_proj"]
+    for bad, field in (("progress: maybe", "progress"), ("n_train: 1.5", "n_train"),
+                       ("lr: fast", "lr"), ("model: 3", "model"), ("seed: null", "seed"),
+                       ("lr: .inf", "lr"), ("target_modules: [1]", "target_modules")):  # fmt: skip
+        path.write_text(bad + "\n")
+        with pytest.raises(UsageError, match=rf"\b{field}\b"):
+            parse(["finetune", "--config", str(path)])
+
+
+def test_eval_with_a_finetune_config_says_which_keys_it_does_not_use(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("n_test: 3\nlr: 0.5\nsmore: {rank: [2, 2]}\nmodel: tiny\n")
+    command, args, ignored = parse(["eval", "--config", str(path)])
+    assert isinstance(args, EvalArgs) and args.n_test == 3 and ignored == ["lr", "smore"]
+
+
+def test_threads_flag_is_applied_and_printed(tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        argv = ["eval", "--model", "tiny", "--n-test", "2", "--no-progress", "--threads", "1"]
+        assert main(argv) == 0
+        assert "torch threads: 1" in capsys.readouterr().out and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_finetune_eval_inspect_round_trip(tmp_path, capsys):
@@ -56,7 +94,7 @@ def test_finetune_eval_inspect_round_trip(tmp_path, capsys):
     assert evaluated["accuracy"] == metrics["tuned_accuracy"]
     png = tmp_path / "tree.png"
     args = ["--model", "tiny", "--adapter", str(out), "--prompt", "a cat", "--module", "0"]
-    main(["inspect", *args, "--token", "2", "--png", str(png)])
+    assert main(["inspect", *args, "--token", "2", "--png", str(png)]) == 0
     text = capsys.readouterr().out
     assert "model.layers.0.mlp.gate_proj, token 2 ('c')" in text and png.is_file()
 
@@ -69,7 +107,7 @@ def test_finetune_baselines_on_jsonl(tmp_path, method, answer, capsys):
     out = tmp_path / method
     argv = ["finetune", *TINY, "--method", method, "--data", str(data), "--n-test", "4"]
     argv += ["--answer", answer]
-    main([*argv, "--output-dir", str(out), "--no-eval-before"])
+    assert main([*argv, "--output-dir", str(out), "--no-eval-before"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_train"] == 8 and metrics["n_test"] == 4 and metrics["base_accuracy"] is None
     assert metrics["answer"] == answer and metrics["tuned_accuracy"] is not None
@@ -79,9 +117,20 @@ def test_finetune_baselines_on_jsonl(tmp_path, method, answer, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_test"] == 4
 
 
+def test_eval_reports_per_task_accuracy(tmp_path, capsys):
+    data = tmp_path / "mc.jsonl"
+    rows = [{"question": f"q{i}", "choices": ["x", "y"], "answer": i % 2, "task": "ab"[i % 2]}
+            for i in range(6)]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["eval", "--model", "tiny", "--data", str(data), "--n-test", "6", "--no-progress"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["per_task"]) == {"a", "b"}
+    assert sum(t["n"] for t in result["per_task"].values()) == result["n_test"] == 6
+
+
 def test_format_routing_tree_lists_every_node():
     from smore_gnn.model import get_smore_model
-    from smore_gnn.testing import tiny_llama
 
     model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
     sm = get_smore_model(model, SMoREConfig(num_experts=[3, 4], fanout=[2, 3], rank=[2, 2]))
