@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: test demo bench bench-quality bench-compile lint format figures verify clean
+.PHONY: test test-scatter demo bench bench-quality bench-compile lint format figures verify clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow" -n 2
 
+# The optional torch-scatter kernel (scatter="torch_scatter"). It compiles against the installed
+# torch (about 6 min on 2 cores, once: pip caches the built wheel), hence --no-build-isolation
+# (its setup.py imports torch) and a target of its own, so `make test` stays fast.
+SCATTER_STAMP := $(VENV)/.scatter-installed
+$(SCATTER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[scatter]'
+	touch $(SCATTER_STAMP)
+
+test-scatter: $(SCATTER_STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_scatter.py
+
 demo: $(STAMP)
 	$(VENV)/bin/smore-gnn finetune --config smore_gnn/configs/demo.yaml $(DEMO_ARGS)
 
@@ -44,6 +55,11 @@ bench-compile: $(STAMP)
 
 figures: $(STAMP)
 	$(PY) scripts/make_figures.py
+
+# Runs every notebook at its default size and prints each wall time (SMORE_NOTEBOOK_SIZE=full: longer).
+.PHONY: notebooks
+notebooks: $(STAMP)
+	$(PY) scripts/run_notebooks.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

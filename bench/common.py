@@ -61,6 +61,17 @@ def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     return round(statistics.median(a / b for a, b in zip(times[num], times[den])), 3)
 
 
+def use_threads(requested: int | None) -> int:
+    """Set this benchmark's torch threads and print the choice (``None``: the machine default).
+
+    Goes through :func:`smore_gnn.runtime.choose_threads`: 1 thread on <= 2 physical cores, else
+    physical cores - 1, so a benchmark measures the same setting a user gets by default.
+    """
+    from smore_gnn.runtime import choose_threads
+
+    return choose_threads(requested)
+
+
 def machine_info() -> dict[str, object]:
     """Where and with what the figures were measured."""
     import peft

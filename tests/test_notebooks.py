@@ -1,4 +1,5 @@
-"""Every notebook runs end to end at test size and writes its figures; none is committed run."""
+"""Every notebook (``notebooks/*.ipynb``) runs end to end at test size, writes its figures and is
+committed without outputs. ``make notebooks`` (scripts/run_notebooks.py) runs the default size."""
 
 from __future__ import annotations
 
@@ -31,15 +32,20 @@ FIGURES = {
         "03_logged_routing.png",
         "03_tree_before_after.png",
         "03_load_after.png",
+        "03_health_before.png",
+        "03_health_after.png",
+        "03_task_experts.png",
     ],
 }
 
-
-def test_every_notebook_is_listed():
-    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(FIGURES)
+NAMES = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 
 
-@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_the_three_tutorial_notebooks_exist():
+    assert set(FIGURES) <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_notebook_is_committed_without_outputs(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
@@ -48,7 +54,7 @@ def test_notebook_is_committed_without_outputs(name):
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
-@pytest.mark.parametrize("name", sorted(FIGURES))
+@pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_and_writes_its_figures(name, tmp_path, monkeypatch):
     out = tmp_path / "figures"
     monkeypatch.setenv("SMORE_NOTEBOOK_SIZE", "test")
@@ -65,6 +71,6 @@ def test_notebook_runs_and_writes_its_figures(name, tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
     prefix = nb.cells[0].outputs[0]["text"].strip()
     assert Path(prefix).resolve() == Path(sys.prefix).resolve()  # the kernel runs in our venv
-    for figure in FIGURES[name]:
+    for figure in FIGURES.get(name, []):  # notebooks not listed: running without error
         path = out / figure
         assert path.is_file() and path.stat().st_size > 1000, f"{name} did not write {figure}"
