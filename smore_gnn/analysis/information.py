@@ -31,10 +31,31 @@ def codes(labels: Sequence[Any] | np.ndarray) -> np.ndarray:
 def entropy(labels: Sequence[Any] | np.ndarray) -> float:
     """Entropy ``H = -sum_k p_k log p_k`` (nats) of the empirical distribution of ``labels``."""
     counts = np.bincount(codes(labels)).astype(np.float64)
-    if counts.sum() == 0:
-        return 0.0
-    p = counts[counts > 0] / counts.sum()
+    return _entropy_of(counts / counts.sum()) if counts.sum() > 0 else 0.0
+
+
+def _joint(a: Sequence[Any] | np.ndarray, b: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """The empirical joint distribution ``p(a, b)``: ``[K_a, K_b]`` float64 (empty: ``[0, 0]``)."""
+    ca, cb = codes(a), codes(b)
+    if ca.size != cb.size:
+        raise ValueError(f"a and b must label the same samples (got {ca.size} and {cb.size})")
+    if ca.size == 0:
+        return np.zeros((0, 0))
+    ka, kb = int(ca.max()) + 1, int(cb.max()) + 1
+    joint = np.bincount(ca * kb + cb, minlength=ka * kb).reshape(ka, kb).astype(np.float64)
+    return joint / joint.sum()
+
+
+def _entropy_of(p: np.ndarray) -> float:
+    p = p[p > 0]
     return float(-(p * np.log(p)).sum())
+
+
+def _mi_of(joint: np.ndarray) -> float:
+    pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    mi = float((joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum())
+    return max(mi, 0.0)  # rounding can give -1e-17
 
 
 def mutual_information(a: Sequence[Any] | np.ndarray, b: Sequence[Any] | np.ndarray) -> float:
@@ -43,18 +64,7 @@ def mutual_information(a: Sequence[Any] | np.ndarray, b: Sequence[Any] | np.ndar
     Raises:
         ValueError: if ``a`` and ``b`` have different lengths.
     """
-    ca, cb = codes(a), codes(b)
-    if ca.size != cb.size:
-        raise ValueError(f"a and b must label the same samples (got {ca.size} and {cb.size})")
-    if ca.size == 0:
-        return 0.0
-    ka, kb = int(ca.max()) + 1, int(cb.max()) + 1
-    joint = np.bincount(ca * kb + cb, minlength=ka * kb).reshape(ka, kb).astype(np.float64)
-    joint /= joint.sum()  # [K_a, K_b]
-    pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
-    nz = joint > 0
-    mi = float((joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum())
-    return max(mi, 0.0)  # rounding can give -1e-17
+    return _mi_of(_joint(a, b))
 
 
 def normalized_mutual_info(
@@ -72,9 +82,9 @@ def normalized_mutual_info(
     """
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES} (got {average!r})")
-    mi = mutual_information(a, b)
-    ha, hb = entropy(a), entropy(b)
+    joint = _joint(a, b)
+    ha, hb = _entropy_of(joint.sum(1)), _entropy_of(joint.sum(0))
     if ha <= 0.0 or hb <= 0.0:
         return 0.0
     norm = (ha + hb) / 2 if average == "arithmetic" else float(np.sqrt(ha * hb))
-    return float(min(max(mi / norm, 0.0), 1.0))
+    return float(min(max(_mi_of(joint) / norm, 0.0), 1.0))

@@ -107,10 +107,25 @@ def load_health(load: Tensor | Sequence[float], fanout: int) -> dict[str, Any]:
     }
 
 
+def row_ids(rows: Tensor) -> Tensor:
+    """Ids of the distinct rows of a non-negative ``[M, k]`` integer tensor: ``[M]`` long.
+
+    Rows are packed into one int64 key each (base ``max + 1``) when that fits, since
+    ``torch.unique(dim=0)`` is slow on CPU.
+    """
+    rows = rows.long()
+    if rows.numel() == 0:
+        return torch.zeros(rows.size(0), dtype=torch.long, device=rows.device)
+    base, width = int(rows.max()) + 1, rows.size(1)
+    if width * math.log2(max(base, 2)) < 62:
+        weights = base ** torch.arange(width, dtype=torch.long, device=rows.device)  # [k]
+        return torch.unique((rows * weights).sum(1), return_inverse=True)[1]
+    return torch.unique(rows, dim=0, return_inverse=True)[1]
+
+
 def layer_ids(tree: RoutingTree, layer: int) -> Tensor:
     """Per token, an id of the multiset of experts it uses in ``layer``: ``[N]`` long."""
-    picked = tree.experts[layer].long().sort(dim=1).values  # [N, F_l], order-free
-    return torch.unique(picked, dim=0, return_inverse=True)[1]
+    return row_ids(tree.experts[layer].long().sort(dim=1).values)  # [N, F_l], order-free
 
 
 def structure_ids(tree: RoutingTree) -> Tensor:
@@ -128,9 +143,9 @@ def structure_ids(tree: RoutingTree) -> Tensor:
         if l < tree.num_layers:
             own = tree.experts[l].long()[..., None]  # [N, F_l, 1]
         else:
-            own = kids.new_full((n, 1, 1), -1)  # the root
+            own = kids.new_zeros((n, 1, 1))  # the root
         rows = torch.cat([own, kids], dim=-1).reshape(-1, f + 1)  # [N * F_l, 1 + f]
-        labels = torch.unique(rows, dim=0, return_inverse=True)[1].reshape(n, -1)
+        labels = row_ids(rows).reshape(n, -1)
     return labels[:, 0]
 
 
@@ -178,16 +193,18 @@ def layer_health(
         "spread_mean": float(spread.mean()) if spread.numel() else 0.0,
         **load_health(expert_load(tree.experts[layer], num_experts), f),
     }
+    ids = None
     if tasks is not None:
         experts = tree.experts[layer]
         num_tasks = int(tasks.max()) + 1 if tasks.numel() else 0
         picks_tasks = tasks[:, None].expand_as(experts).reshape(-1)
-        out["task_nmi"] = _nmi(tasks, layer_ids(tree, layer))
+        ids = layer_ids(tree, layer)
+        out["task_nmi"] = _nmi(tasks, ids)
         out["task_nmi_picks"] = _nmi(picks_tasks, experts.reshape(-1))
         counts = task_expert_counts(experts, tasks, num_tasks, num_experts)
         out["task_expert_counts"] = counts.tolist()
     if shuffled is not None:
-        out["task_nmi_shuffled"] = _nmi(shuffled, layer_ids(tree, layer))
+        out["task_nmi_shuffled"] = _nmi(shuffled, layer_ids(tree, layer) if ids is None else ids)
     return out
 
 
