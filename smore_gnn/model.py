@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from smore_gnn import __version__
 from smore_gnn import peft_adapters as adapters_io
 from smore_gnn.config import SMoREConfig
 from smore_gnn.layer import SMoRELinear
-from smore_gnn.peft_adapters import AdapterSpec
+from smore_gnn.peft_adapters import ADAPTER_METHODS, AdapterSpec, adapted_modules
+from smore_gnn.peft_folders import AdapterFolders
 from smore_gnn.peft_mask import bind_inputs, token_mask
 from smore_gnn.peft_routing import routing_statistics
 from smore_gnn.peft_targets import (
@@ -32,10 +32,7 @@ from smore_gnn.peft_targets import (
     find_target_modules,
     match_module_name,
 )
-from smore_gnn.save import write_adapter
 
-# The labels an S'MoRE adapter folder may carry (the registry in ``methods.py`` builds on them).
-ADAPTER_METHODS = ("smore", "molre")
 __all__ = [
     "ADAPTER_METHODS", "DEFAULT_TARGET_MODULES", "Patterns", "SMoREModel", "adapted_modules",
     "default_target_modules", "find_target_modules", "get_smore_model", "load_adapter",
@@ -49,12 +46,7 @@ _MERGE_REASON = (
 )
 
 
-def adapted_modules(model: nn.Module) -> dict[str, SMoRELinear]:
-    """``{name: SMoRELinear}`` of every adapter inside ``model``."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, SMoRELinear)}
-
-
-class SMoREModel(nn.Module):
+class SMoREModel(AdapterFolders, nn.Module):
     """A base model whose target linears carry S'MoRE adapters (the peft ``PeftModel`` role).
 
     ``forward``/``generate`` go to the base model; unknown attributes are looked up on it. A
@@ -189,7 +181,7 @@ class SMoREModel(nn.Module):
             adapters_io.put(self.model, name, layer)
             layer.requires_grad_(not inference_mode)
             layer.base_layer.requires_grad_(False)
-            self._flag(layer, self._disabled)
+            layer.disable_adapters = self._disabled
         self._active = adapter_name
 
     def delete_adapter(self, adapter_name: str) -> None:
@@ -213,17 +205,13 @@ class SMoREModel(nn.Module):
         previous = self._disabled
         self._disabled = True
         for layer in self.adapters().values():
-            self._flag(layer, True)
+            layer.disable_adapters = True
         try:
             yield
         finally:
             self._disabled = previous
             for layer in self.adapters().values():
-                self._flag(layer, previous)
-
-    @staticmethod
-    def _flag(layer: SMoRELinear, disabled: bool) -> None:
-        layer.disable_adapters = disabled
+                layer.disable_adapters = previous
 
     def unload(self) -> nn.Module:
         """Put the base linears back and return the base model (no merging)."""
@@ -236,9 +224,7 @@ class SMoREModel(nn.Module):
         """Rejected: routing depends on the input, see the error."""
         raise TypeError(_MERGE_REASON)
 
-    def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
-        """Rejected: routing depends on the input, see the error."""
-        raise TypeError(_MERGE_REASON)
+    merge_adapter = merge_and_unload
 
     # ---- the active adapter -------------------------------------------------------------
     @property
@@ -282,75 +268,6 @@ class SMoREModel(nn.Module):
             f"trainable params: {trainable:,d} || all params: {total:,d} || "
             f"trainable%: {100 * trainable / total:.4f}"
         )
-
-    # ---- folders ------------------------------------------------------------------------
-    def save_pretrained(
-        self, save_directory: str | Path, selected_adapters: list[str] | None = None,
-        base_model_name: str | None = None,
-    ) -> None:  # fmt: skip
-        """Write each adapter atomically: ``"default"`` to the folder, others to subfolders."""
-        for name in list(self.peft_config) if selected_adapters is None else selected_adapters:
-            out = Path(save_directory) if name == "default" else Path(save_directory) / name
-            self._write(name, out, base_model_name)
-
-    def _write(self, name: str, directory: str | Path, base_model_name: str | None) -> None:
-        if name not in self.peft_config:
-            raise ValueError(f"No adapter named {name!r} (adapters: {list(self.peft_config)})")
-        spec = self.peft_config[name]
-        adapters_io.check_spec(spec.config, spec.method, ADAPTER_METHODS)  # never unloadable
-        config = getattr(self.model, "config", None)
-        base = base_model_name or getattr(config, "name_or_path", None) or None
-        tensors = adapters_io.adapter_tensors(self._bank[name])
-        write_adapter(directory, spec.to_meta(base, __version__), tensors)
-
-    def save_adapter(self, directory: str | Path, **kwargs: Any) -> None:
-        """The active adapter to ``directory`` (the 0.1 name; see :meth:`save_pretrained`)."""
-        save_adapter(self, directory, **kwargs)
-
-    def load_adapter(
-        self, directory: str | Path, adapter_name: str, is_trainable: bool = False
-    ) -> None:
-        """Load a folder as a new named adapter, or into the same-named adapter of equal spec.
-
-        Everything is validated first: on any error the model is left unchanged.
-        """
-        spec, tensors = adapters_io.read_folder(self.model, directory, ADAPTER_METHODS)
-        if adapter_name in self.peft_config:
-            mine = self.peft_config[adapter_name]
-            if (mine.config, sorted(mine.names)) != (spec.config, sorted(spec.names)):
-                raise ValueError(
-                    f"The adapter in {directory} has config {spec.config} on "
-                    f"{len(spec.names)} modules; adapter {adapter_name!r} has {mine.config} "
-                    f"on {len(mine.names)}; load it under a new adapter_name"
-                )
-        else:
-            adapters_io.check_adapter_name(adapter_name, self.peft_config)
-            self.peft_config[adapter_name] = spec
-            self._bank[adapter_name] = adapters_io.make_layers(self.model, spec)
-        trainable = is_trainable and adapter_name == self._active
-        adapters_io.copy_in(self._bank[adapter_name], tensors, trainable)
-
-    @classmethod
-    def from_pretrained(
-        cls, model: nn.Module, directory: str | Path, is_trainable: bool = False,
-        adapter_name: str = "default",
-    ) -> SMoREModel:  # fmt: skip
-        """Wrap the base ``model`` with the adapter saved in ``directory`` (peft's signature).
-
-        Everything is validated before the model is touched: on any error it is unchanged.
-        """
-        if isinstance(model, SMoREModel) or adapted_modules(model):
-            raise ValueError(
-                "from_pretrained expects a base model (this one holds S'MoRE adapters); use "
-                "sm.load_adapter(directory, adapter_name) to add one to an SMoREModel"
-            )
-        spec, tensors = adapters_io.read_folder(model, directory, ADAPTER_METHODS)
-        sm = cls(
-            model, spec.config, list(spec.names), method=spec.method, adapter_name=adapter_name
-        )
-        sm.peft_config[adapter_name] = spec  # the user's patterns, as saved
-        adapters_io.copy_in(sm.adapters(), tensors, is_trainable)
-        return sm
 
 
 def get_smore_model(

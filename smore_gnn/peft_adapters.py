@@ -19,6 +19,14 @@ from smore_gnn.config import SMoREConfig
 from smore_gnn.layer import SMoRELinear
 from smore_gnn.peft_targets import Patterns, base_linears, check_patterns
 
+# The labels an S'MoRE adapter folder may carry (the registry in ``methods.py`` builds on them).
+ADAPTER_METHODS = ("smore", "molre")
+
+
+def adapted_modules(model: nn.Module) -> dict[str, SMoRELinear]:
+    """``{name: SMoRELinear}`` of every adapter inside ``model``."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, SMoRELinear)}
+
 
 @dataclass(frozen=True)
 class AdapterSpec:

@@ -12,7 +12,7 @@ never a mix, and an interrupted save leaves the previous adapter loadable. Other
 an existing folder (``metrics.json``, checkpoints, ...) are carried over by renaming.
 
 Saving and loading a model live with the model (``SMoREModel.save_pretrained`` /
-``SMoREModel.from_pretrained``); this module only knows files.
+``SMoREModel.from_pretrained``, :mod:`smore_gnn.peft_folders`); this module only knows files.
 """
 
 from __future__ import annotations
@@ -207,12 +207,3 @@ def check_tensors(tensors: dict[str, Tensor], shapes: dict, where: str | Path) -
             f"({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)}), wrong shapes "
             f"{wrong[:3]} ({len(wrong)}); load it into the base model it was trained on"
         )
-
-
-def __getattr__(name: str) -> Any:
-    """``save_adapter`` / ``load_adapter`` moved to :mod:`smore_gnn.model` (kept importable)."""
-    if name in ("save_adapter", "load_adapter"):
-        from smore_gnn import model
-
-        return getattr(model, name)
-    raise AttributeError(f"module 'smore_gnn.save' has no attribute {name!r}")
