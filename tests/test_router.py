@@ -200,3 +200,21 @@ def test_nan_in_padding_changes_no_loss_and_no_router_gradient(gate):
         for name, grad in grads.items():
             assert torch.isfinite(grad).all(), name
             torch.testing.assert_close(grad, ref_grads[name], msg=name)
+
+
+def test_padding_routes_as_u_zero_whether_or_not_u_is_given():
+    """The GNN path hands the router a precomputed ``u``; the dense path does not. Padding
+    must route the same on both (as ``u = 0``), so the two backends agree on masked batches."""
+    cfg = SMoREConfig(num_experts=[3, 4], fanout=[2, 2], rank=[1, 1], gate_type="switch")
+    router = SMoRERouter(5, cfg)
+    x = torch.randn(6, 5)
+    mask = torch.tensor([1, 0, 1, 1, 0, 1])
+    own = router(x, mask)
+    given = router(x, mask, u=router.down_proj(x))
+    for a, b in zip(own.experts + own.scores, given.experts + given.scores):
+        torch.testing.assert_close(a, b)
+    zero = router(torch.zeros(1, 5), None, u=torch.zeros(1, cfg.down_proj_dim))
+    for l in range(cfg.num_layers):  # each padding token routed exactly like u = 0
+        assert (
+            own.experts[l][1].tolist() == own.experts[l][4].tolist() == zero.experts[l][0].tolist()
+        )
