@@ -55,9 +55,15 @@ def atomic_folder(directory: str | Path, write: Callable[[Path], Any]) -> None:
     ``directory`` aside to ``.<name>.old-<id>``; rename the new folder in; remove the old one.
     If a step raises, the new folder is removed and the old one is put back.
     """
-    out = Path(directory).absolute()
+    out = Path(os.path.abspath(directory))
     if out.exists() and not out.is_dir():
         raise ValueError(f"Expected a folder to save the adapter in (got the file {out})")
+    cwd = Path.cwd()
+    if out == cwd or out in cwd.parents:
+        raise ValueError(
+            f"Expected a folder other than the working directory or its parents (got {out}); "
+            "the save replaces the folder as a whole: pass a subfolder such as ./adapter"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp, old = out.parent / f".{out.name}.saving-{tag}", out.parent / f".{out.name}.old-{tag}"

@@ -222,11 +222,17 @@ def test_killed_resave_never_leaves_a_mix(tmp_path, kill_at):
         assert torch.equal(_logits(loaded, tokenizer), expected)
 
 
-def test_save_into_a_file_path_is_refused(tmp_path):
+def test_save_into_a_file_or_the_working_directory_is_refused(tmp_path, monkeypatch):
     sm, _ = _adapted(tmp_path / "a")
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="Expected a folder"):
         sm.save_pretrained(tmp_path / "file")
+    monkeypatch.chdir(tmp_path / "a")
+    for where in (".", "..", tmp_path / "a"):
+        with pytest.raises(ValueError, match="other than the working directory.*subfolder"):
+            sm.save_pretrained(where)
+    sm.save_pretrained("sub")
+    assert (tmp_path / "a" / "sub" / CONFIG_NAME).is_file()
 
 
 # ---- failed loads change nothing (#10), unknown methods (#15) ---------------------------
