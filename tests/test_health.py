@@ -27,6 +27,7 @@ from smore_gnn.analysis import (
     structure_ids,
     summarize,
     text_batches,
+    token_texts,
     tree_signature,
 )
 from smore_gnn.tree import RoutingTree
@@ -261,6 +262,9 @@ def test_routing_health_end_to_end_on_a_tiny_llama():
     texts = ["The cat sat.", "2 + 2 = 4", "Bonjour le monde, salut", "H: hydrogen"] * 3
     tasks = ["animals", "math", "french", "chemistry"] * 3
     batches = text_batches(tokenizer, texts, batch_size=5)
+    assert [len(b["input_ids"]) for b in batches] == [5, 5, 2]
+    pieces = token_texts(tokenizer, batches)  # byte tokenizer: one character a token
+    assert "".join(pieces) == "".join(texts)
     health = routing_health(smore, batches, tasks, seed=3)
     assert smore.training and all(p.grad is None for p in smore.parameters())
     json.dumps(health, allow_nan=False)  # JSON-ready

@@ -20,6 +20,7 @@ from smore_gnn.viz import (  # noqa: E402
     plot_entropy_curve,
     plot_expert_usage,
     plot_gamma_vs_layers,
+    plot_health_history,
     plot_routing_health,
     plot_task_expert_heatmap,
     tree_layout,
@@ -217,3 +218,19 @@ def test_draw_task_trees(layer, tmp_path):
         draw_task_trees(layer.last_tree, tasks, token_labels=["x"])
     with pytest.raises(ValueError, match="token_tasks"):
         draw_task_trees(layer.last_tree, ["a"])
+
+
+def test_plot_health_history(layer, tmp_path):
+    summary = health_of(collected_of(layer))["summary"]
+    history = [{"step": s, **summary} for s in (0, 5, 10)]
+    fig = plot_health_history(history, path=tmp_path / "hh.png")
+    assert (tmp_path / "hh.png").exists() and len(fig.axes) == 4
+    spread, share, _, nmi = fig.axes
+    assert list(spread.lines[0].get_xdata()) == [0, 5, 10]
+    assert [line.get_label() for line in share.lines] == ["max_top_share", "median_top_share"]
+    assert [line.get_label() for line in nmi.lines] == ["task_nmi", "task_nmi_shuffled"]
+    assert list(nmi.lines[1].get_ydata()) == [summary["task_nmi_shuffled"]] * 3
+    bare = health_of(collected_of(layer, tasks=None))["summary"]
+    assert len(plot_health_history([{"step": 0, **bare}]).axes) == 3
+    with pytest.raises(ValueError, match="empty"):
+        plot_health_history([])

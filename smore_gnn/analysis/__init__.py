@@ -14,6 +14,7 @@ from smore_gnn.analysis.collect import (
     adapters_of,
     collect_routings,
     text_batches,
+    token_texts,
 )
 from smore_gnn.analysis.health import (
     RoutingHealthCallback,
@@ -75,6 +76,7 @@ __all__ = [
     "adapters_of",
     "collect_routings",
     "text_batches",
+    "token_texts",
     "routing_health",
     "health_of",
     "last_forward_health",

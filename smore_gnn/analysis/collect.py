@@ -209,3 +209,12 @@ def text_batches(
         )
         batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     return batches
+
+
+def token_texts(tokenizer: Any, batches: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Each valid token's text, in the order :func:`collect_routings` keeps the tokens."""
+    texts = []
+    for index, batch in enumerate(batches):
+        ids, mask = _batch_mask(batch, index)
+        texts += [tokenizer.decode([int(i)]) for i in ids[mask.bool()].tolist()]
+    return texts

@@ -4,7 +4,12 @@ Every function returns a pyplot-free :class:`matplotlib.figure.Figure` (safe und
 backend, nothing is shown or kept alive by pyplot) and saves it when given ``path``.
 """
 
-from smore_gnn.viz.health import draw_task_trees, plot_routing_health, plot_task_expert_heatmap
+from smore_gnn.viz.health import (
+    draw_task_trees,
+    plot_health_history,
+    plot_routing_health,
+    plot_task_expert_heatmap,
+)
 from smore_gnn.viz.stats import (
     plot_coroute_matrix,
     plot_entropy_curve,
@@ -23,5 +28,6 @@ __all__ = [
     "plot_gamma_vs_layers",
     "plot_task_expert_heatmap",
     "plot_routing_health",
+    "plot_health_history",
     "draw_task_trees",
 ]

@@ -173,6 +173,49 @@ def plot_routing_health(
     return save(fig, path)
 
 
+def plot_health_history(
+    history: Sequence[Mapping[str, Any]],
+    path: str | Path | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Routing-health summaries over training (:attr:`RoutingHealthCallback.history`).
+
+    Panels: median score spread; top-layer busiest share (max and median over modules);
+    mean load entropy; and, when logged, the task NMI next to its shuffled control.
+
+    Args:
+        history: ``[{"step", **summary}]`` as :class:`~smore_gnn.analysis.RoutingHealthCallback`
+            records it.
+        path: save the figure there when given.
+        title: figure title.
+
+    Returns:
+        The matplotlib :class:`Figure`: 3 axes, or 4 with task NMI.
+    """
+    if not history:
+        raise ValueError("history is empty; train with RoutingHealthCallback first")
+    steps = [h["step"] for h in history]
+    panels = [
+        ("median score spread", ["median_spread"]),
+        ("top-layer busiest share", ["max_top_share", "median_top_share"]),
+        ("load entropy / log s", ["mean_load_entropy"]),
+    ]
+    if "task_nmi" in history[0]:
+        panels.append(("task NMI (whole tree)", ["task_nmi", "task_nmi_shuffled"]))
+    fig, axes = grid(len(panels), 2 if len(panels) == 4 else 3, (4.2, 2.5))
+    for ax, (label, keys) in zip(axes, panels):
+        for key in keys:
+            if key in history[0]:
+                style = "s--" if key.endswith("shuffled") else "o-"
+                ax.plot(steps, [h[key] for h in history], style, ms=3, lw=1, label=key)
+        ax.set_ylabel(label)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7, frameon=False)
+    if title is not None:
+        fig.suptitle(title)
+    return save(fig, path)
+
+
 def draw_task_trees(
     tree: TreeLike,
     token_tasks: Sequence[str],
