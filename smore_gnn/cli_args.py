@@ -27,8 +27,9 @@ class UsageError(ValueError):
     """A user error in the command line, config file or inputs: one line, exit code 2."""
 
 
-def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
+def _opt(default: Any, text: str) -> Any:
+    """A dataclass field with a default and the ``--help`` text."""
+    return field(default=default, metadata={"help": text})
 
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:
@@ -40,11 +41,11 @@ def _check(ok: bool, name: str, value: Any, expected: str) -> None:
 class CommonArgs:
     """Settings every sub-command takes."""
 
-    config: str | None = _help("YAML file of settings (keys as the flags with _)", default=None)
-    model: str = _help("HF directory, .gguf file, 'smollm2' or 'tiny' (random)", default="smollm2")
-    seed: int = _help("random seed", default=0)
-    threads: int | None = _help("torch threads (default: smore_gnn.runtime's)", default=None)
-    progress: bool = _help("show progress bars", default=True)
+    config: str | None = _opt(None, "YAML file of settings (keys as the flags with _)")
+    model: str = _opt("smollm2", "HF directory, .gguf file, 'smollm2' or 'tiny' (random)")
+    seed: int = _opt(0, "random seed")
+    threads: int | None = _opt(None, "torch threads; unset: 1 on <= 2 cores, else cores - 1")
+    progress: bool = _opt(True, "show progress bars")
 
     def __post_init__(self) -> None:
         _check(self.threads is None or self.threads >= 1, "threads", self.threads, ">= 1 or null")
@@ -55,27 +56,25 @@ class CommonArgs:
 class DataArgs:
     """Data and scoring settings (finetune and eval)."""
 
-    data: str | None = _help("JSONL file, or 'wordnet'/'multitask' (null: wordnet)", default=None)
-    eval_data: str | None = _help("JSONL test file (default: tail of --data)", default=None)
-    n_test: int = _help("test questions", default=200)
-    answer: str = _help("'text' (score the choice text) or 'letter'", default="letter")
-    eval_batch_size: int = _help("questions per scoring forward", default=16)
-    max_length: int = _help("max tokens of a training example", default=64)
+    data: str | None = _opt(None, "JSONL file, or bundled 'wordnet' (if unset) / 'multitask'")
+    eval_data: str | None = _opt(None, "JSONL test file; unset: the tail of a --data file")
+    n_test: int = _opt(200, "test questions")
+    answer: str = _opt("letter", "'text' (score the choice text) or 'letter'")
+    eval_batch_size: int = _opt(16, "questions per scoring forward")
 
     def __post_init__(self) -> None:
         _check(self.n_test >= 0, "n_test", self.n_test, ">= 0")
         _check(self.answer in ("letter", "text"), "answer", self.answer, "'letter' or 'text'")
         _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, ">= 1")
-        _check(self.max_length >= 2, "max_length", self.max_length, ">= 2")
 
 
 @dataclass
 class AdapterArgs:
     """How a fresh adapter is built (finetune, inspect without --adapter)."""
 
-    adapter: str | None = _help("saved adapter folder", default=None)
-    smore: dict | str | None = _help("SMoREConfig fields, e.g. '{\"rank\": [4, 4]}'", default=None)
-    target_modules: list[str] | None = _help("adapted linears (default: MLP)", default=None)
+    adapter: str | None = _opt(None, "saved adapter folder (finetune: continue training it)")
+    smore: dict | str | None = _opt(None, "SMoREConfig fields, e.g. '{\"rank\": [4, 4]}'")
+    target_modules: list[str] | None = _opt(None, "adapted linears; unset: the MLP projections")
     smore_config: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -119,30 +118,31 @@ class AdapterArgs:
 class RoutingArgs:
     """Which routing tree to print and draw (finetune, inspect)."""
 
-    prompt: str | None = _help("prompt routed (default: the first test question)", default=None)
-    module: str | None = _help("adapted module: index or name (default: middle)", default=None)
-    token: int = _help("token whose tree is drawn (-1: last)", default=-1)
-    png: str | None = _help("routing tree PNG (default: in output_dir)", default=None)
-    output_dir: str = _help("where outputs are written", default="runs/finetune")
+    prompt: str | None = _opt(None, "prompt routed; unset: the first test question")
+    module: str | None = _opt(None, "adapted module: index or name; unset: the middle one")
+    token: int = _opt(-1, "token whose tree is drawn (-1: last)")
+    png: str | None = _opt(None, "routing tree PNG; unset: in output_dir")
+    output_dir: str = _opt("runs/finetune", "where outputs are written")
 
 
 @dataclass
 class FinetuneArgs(CommonArgs, DataArgs, RoutingArgs, AdapterArgs):
     """``smore-gnn finetune``: base accuracy, fine-tuning, adapter, tuned accuracy."""
 
-    method: str | None = _help("smore | molre | lora (default smore)", default=None)
-    lora_rank: int | None = _help("fixed LoRA rank (default: matched)", default=None)
-    match_budget: bool = _help("size molre/lora to S'MoRE's parameters", default=True)
-    n_train: int = _help("training records", default=480)
-    batch_size: int = _help("per-device batch size", default=8)
-    grad_accum: int = _help("gradient accumulation steps", default=1)
-    epochs: float = _help("epochs", default=1.0)
-    max_steps: int = _help("optimizer steps (-1: from epochs)", default=-1)
-    lr: float = _help("learning rate", default=1e-3)
-    router_lr_scale: float = _help("router lr = lr * this", default=1.0)
-    warmup: float = _help("warmup (fraction of steps if < 1)", default=0.1)
-    logging_steps: int = _help("log every N steps", default=10)
-    eval_before: bool = _help("score the base model first", default=True)
+    method: str | None = _opt(None, "smore | molre | lora; unset: smore")
+    lora_rank: int | None = _opt(None, "fixed LoRA rank; unset: matched to the budget")
+    match_budget: bool = _opt(True, "size molre/lora to S'MoRE's parameters")
+    n_train: int = _opt(480, "training records")
+    max_length: int = _opt(64, "max tokens of a training example")
+    batch_size: int = _opt(8, "per-device batch size")
+    grad_accum: int = _opt(1, "gradient accumulation steps")
+    epochs: float = _opt(1.0, "epochs")
+    max_steps: int = _opt(-1, "optimizer steps (-1: from epochs)")
+    lr: float = _opt(1e-3, "learning rate")
+    router_lr_scale: float = _opt(1.0, "router lr = lr * this")
+    warmup: float = _opt(0.1, "warmup (fraction of steps if < 1)")
+    logging_steps: int = _opt(10, "log every N steps")
+    eval_before: bool = _opt(True, "score the base model first")
 
     from_adapter = ("smore", "target_modules", "method", "lora_rank")
 
@@ -154,6 +154,7 @@ class FinetuneArgs(CommonArgs, DataArgs, RoutingArgs, AdapterArgs):
         names = method_names()
         _check(self.method in (None, *names), "method", self.method, f"one of {list(names)}")
         AdapterArgs.__post_init__(self)
+        _check(self.max_length >= 2, "max_length", self.max_length, ">= 2")
         for name in ("n_train", "batch_size", "grad_accum", "logging_steps"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         _check(self.lora_rank is None or self.lora_rank >= 1, "lora_rank", self.lora_rank, ">= 1")
@@ -172,7 +173,7 @@ class FinetuneArgs(CommonArgs, DataArgs, RoutingArgs, AdapterArgs):
 class EvalArgs(CommonArgs, DataArgs):
     """``smore-gnn eval``: multiple-choice accuracy of a base model plus an optional adapter."""
 
-    adapter: str | None = _help("saved adapter folder (default: the base model)", default=None)
+    adapter: str | None = _opt(None, "saved adapter folder; unset: the base model alone")
 
     def __post_init__(self) -> None:
         CommonArgs.__post_init__(self)
