@@ -117,9 +117,10 @@ def write_adapter(directory: str | Path, meta: dict[str, Any], tensors: dict[str
 def _leftover_hint(path: Path) -> str:
     folder = path.parent.absolute()
     backups = sorted(folder.parent.glob(f".{folder.name}.old-*")) if folder.parent.is_dir() else []
-    if not backups:
-        return ""
-    return f"; an interrupted save left the previous adapter in {backups[-1]}: rename it back"
+    if backups:
+        return f"; an interrupted save left the previous adapter in {backups[-1]}: rename it back"
+    named = sorted(p.parent.name for p in folder.glob(f"*/{CONFIG_NAME}"))  # [] if no folder
+    return f"; it holds the named adapters {named}: pass one of those subfolders" if named else ""
 
 
 def read_adapter_config(directory: str | Path, methods: tuple[str, ...]) -> dict[str, Any]:

@@ -88,6 +88,9 @@ def test_two_named_adapters_switch_and_save_separately(tmp_path):
     _train_step(sm, batch)
     logits_b = _logits(sm, batch)
     assert not torch.equal(logits_a, logits_b) and not torch.equal(logits_b, base)
+    sm.save_pretrained(tmp_path / "only_b", selected_adapters=["b"])
+    with pytest.raises(FileNotFoundError, match=r"named adapters \['b'\]: pass one of those"):
+        SMoREModel.from_pretrained(_tiny()[0], tmp_path / "only_b")
     sm.save_pretrained(tmp_path)  # default at the top, "b" in a subfolder (as peft)
     assert (tmp_path / CONFIG_NAME).is_file() and (tmp_path / "b" / CONFIG_NAME).is_file()
     sm.set_adapter("default")
