@@ -71,6 +71,13 @@ def _real(name: str, value: object, what: str) -> float:
     return float(value)
 
 
+def _opt(default: object, text: str):
+    """A dataclass field with a help text; list defaults get a fresh copy per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
 def _ignored(name: str, value: object, why: str) -> None:
     warnings.warn(f"SMoREConfig.{name}={value!r} has no effect: {why}", UserWarning, stacklevel=5)
 
@@ -88,64 +95,34 @@ class SMoREConfig:
         ([0, 32, 64], [4, 2, 1])
     """
 
-    num_experts: list[int] = field(
-        default_factory=lambda: [4, 4], metadata={"help": "s_l: experts per layer, bottom first"}
+    num_experts: list[int] = _opt([4, 4], "s_l: experts per layer, bottom first")
+    fanout: list[int] = _opt([2, 2], "f_l: children each parent picks in layer l (top: the root)")
+    rank: list[int] = _opt([8, 8], "r_l: rank of each expert in layer l")
+    expert_act: str = _opt("tanh", f"sigma, one of {EXPERT_ACTS}")
+    propagation: str = _opt("smore", f"rule (docs/spec.md §5), one of {PROPAGATIONS}")
+    shared_pool: bool = _opt(False, "S'MoRE#: one expert pool shared by all layers")
+    gate_type: str = _opt("noisy_topk", f"one of {GATE_TYPES}")
+    router_dim: int = _opt(32, "d_g: router MLP and key width")
+    router_act: str = _opt("relu", f"one of {ROUTER_ACTS}")
+    down_proj_dim: int | None = _opt(32, "d_down of the token down-projection; None/0: use x")
+    balance_loss_weight: float = _opt(1e-2, "w of the balance loss (the authors' scale)")
+    noise_eps: float = _opt(1e-2, "eps added to the noise std (noisy_topk only)")
+    noise_bias: bool = _opt(
+        False, "noisy_topk: a bias in the noise projection (the authors' has none; adapters "
+        "saved by smore-gnn <= 0.1 have one)"
+    )  # fmt: skip
+    init_method: str = _opt(
+        "w_final_zero", f"one of {INIT_METHODS}: W_proj = 0; Prop. 3.2's construction; or "
+        "'normal' (the authors' default: W_proj Kaiming-uniform too)"
+    )  # fmt: skip
+    key_init: str = _opt("normal", "router keys: N(0, 1/d_g) or 'uniform' U[0, 1) (the authors')")
+    zero_transition_bias: bool = _opt(False, "W_l biases start at zero (as the authors' code)")
+    lora_alpha: float | list[float] | None = _opt(
+        None, "residual scale c_l = lora_alpha_l / r_l (None: 1)"
     )
-    fanout: list[int] = field(
-        default_factory=lambda: [2, 2],
-        metadata={"help": "f_l: children each parent picks in layer l (top: picked by the root)"},
-    )
-    rank: list[int] = field(
-        default_factory=lambda: [8, 8], metadata={"help": "r_l: rank of each expert in layer l"}
-    )
-    expert_act: str = field(default="tanh", metadata={"help": f"sigma, one of {EXPERT_ACTS}"})
-    propagation: str = field(
-        default="smore",
-        metadata={"help": f"propagation rule (docs/spec.md §5), one of {PROPAGATIONS}"},
-    )
-    shared_pool: bool = field(
-        default=False, metadata={"help": "S'MoRE#: one expert pool shared by all layers"}
-    )
-    gate_type: str = field(default="noisy_topk", metadata={"help": f"one of {GATE_TYPES}"})
-    router_dim: int = field(default=32, metadata={"help": "d_g: router MLP and key width"})
-    router_act: str = field(default="relu", metadata={"help": f"one of {ROUTER_ACTS}"})
-    down_proj_dim: int | None = field(
-        default=32, metadata={"help": "d_down of the token down-projection; None/0: use x"}
-    )
-    balance_loss_weight: float = field(
-        default=1e-2, metadata={"help": "w of the balance loss (the authors' scale)"}
-    )
-    noise_eps: float = field(
-        default=1e-2, metadata={"help": "eps added to the noise std (noisy_topk only)"}
-    )
-    noise_bias: bool = field(
-        default=False,
-        metadata={
-            "help": "noisy_topk: a bias in the noise projection (the authors' has none; "
-            "adapters saved by smore-gnn <= 0.1 have one)"
-        },
-    )
-    init_method: str = field(
-        default="w_final_zero",
-        metadata={
-            "help": f"one of {INIT_METHODS}: W_proj = 0; Prop. 3.2's construction; or "
-            "'normal' (the authors' default: W_proj Kaiming-uniform too)"
-        },
-    )
-    key_init: str = field(
-        default="normal",
-        metadata={"help": "router keys: 'normal' N(0, 1/d_g) or 'uniform' U[0, 1) (the authors')"},
-    )
-    zero_transition_bias: bool = field(
-        default=False,
-        metadata={"help": "start the biases of the W_l at zero (the authors' code does)"},
-    )
-    lora_alpha: float | list[float] | None = field(
-        default=None, metadata={"help": "residual scale c_l = lora_alpha_l / r_l (None: 1)"}
-    )
-    bias: bool = field(default=True, metadata={"help": "biases on A, B, W and W_proj"})
-    backend: str = field(default="gnn", metadata={"help": f"forward backend, one of {BACKENDS}"})
-    scatter: str = field(default="native", metadata={"help": f"scatter kernel, one of {SCATTERS}"})
+    bias: bool = _opt(True, "biases on A, B, W and W_proj")
+    backend: str = _opt("gnn", f"forward backend, one of {BACKENDS}")
+    scatter: str = _opt("native", f"scatter kernel, one of {SCATTERS}")
 
     def _set(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # normalisation inside the frozen dataclass
@@ -241,13 +218,11 @@ class SMoREConfig:
         self._set("lora_alpha", alpha)
 
     def _warn_ignored(self) -> None:
-        if self.gate_type != "noisy_topk":
-            if self.noise_eps != 1e-2:
-                _ignored(
-                    "noise_eps", self.noise_eps, f"gate_type={self.gate_type!r} adds no noise"
-                )
-            if self.noise_bias:
-                _ignored("noise_bias", True, f"gate_type={self.gate_type!r} adds no noise")
+        why = f"gate_type={self.gate_type!r} adds no noise"
+        if self.gate_type != "noisy_topk" and self.noise_eps != 1e-2:
+            _ignored("noise_eps", self.noise_eps, why)
+        if self.gate_type != "noisy_topk" and self.noise_bias:
+            _ignored("noise_bias", True, why)
         if self.gate_type == "dense" and self.balance_loss_weight != 1e-2:
             _ignored("balance_loss_weight", self.balance_loss_weight, "the dense gate has none")
         if self.backend == "dense" and self.scatter != "native":
