@@ -141,6 +141,27 @@ def draw_routing(args: Any, model: Any, tokenizer: Any, prompt: str, out: Path) 
     return f"{routed.text}\nrouting tree drawn to {png}"
 
 
+def routing_health_of(args: Any, model: Any, tokenizer: Any, test: list[dict]) -> dict | None:
+    """:func:`smore_gnn.analysis.health.routing_health` on the test prompts (with their tasks).
+
+    ``None`` without test questions, for a model without S'MoRE adapters, or before the
+    health module exists. The global RNG state is left as it was.
+    """
+    try:
+        from smore_gnn.analysis import text_batches
+        from smore_gnn.analysis.health import routing_health
+    except ImportError:
+        return None
+    from smore_gnn.data import mc_prompt
+
+    if not test or not hasattr(model, "adapters"):
+        return None
+    tasks = [str(r["task"]) for r in test] if all("task" in r for r in test) else None
+    batches = text_batches(tokenizer, [mc_prompt(r) for r in test], args.eval_batch_size)
+    with torch.random.fork_rng(devices=[]):
+        return routing_health(model, batches, tasks, seed=args.seed)
+
+
 def finetune(args: Any) -> dict[str, Any]:
     """Validate everything, score the base model, train, save the adapter, score again."""
     from smore_gnn.data import SFTDataset, format_example
@@ -169,6 +190,7 @@ def finetune(args: Any) -> dict[str, Any]:
             lora_rank=args.lora_rank, match_budget=args.match_budget, seed=args.seed,
         )  # fmt: skip
     method = method_of(model).name
+    health = routing_health_of(args, model, tokenizer, test)  # before training
     training = training_arguments(
         str(out / "trainer"), per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, num_train_epochs=args.epochs,
@@ -193,6 +215,10 @@ def finetune(args: Any) -> dict[str, Any]:
     }  # fmt: skip
     if tuned and tuned["per_task"]:
         metrics["per_task"] = {"base": base and base["per_task"], "tuned": tuned["per_task"]}
+    if health is not None:
+        after = routing_health_of(args, model, tokenizer, test)
+        metrics["routing_health"] = {"before": health["summary"], "after": after["summary"]}
+        (out / "routing_health.json").write_text(json.dumps(after, indent=1) + "\n")
     if hasattr(model, "routing_stats"):
         prompt = args.prompt or format_example((test or train)[0])[0]
         print(draw_routing(args, model, tokenizer, prompt, out))

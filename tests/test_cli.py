@@ -140,3 +140,21 @@ def test_format_routing_tree_lists_every_node():
     lines = format_routing_tree(layer, token=1).splitlines()
     assert lines[0] == "root" and len(lines) == 1 + 3 + 3 * 2
     assert sum(line.startswith("    layer 0") for line in lines) == 6
+
+
+def test_finetune_reports_per_task_accuracy_and_routing_health(tmp_path):
+    data = tmp_path / "mc.jsonl"
+    rows = [{"question": f"q{i}", "choices": ["x", "y"], "answer": i % 2, "task": "ab"[i % 2]}
+            for i in range(12)]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    argv = ["finetune", *TINY, "--data", str(data), "--n-test", "4", "--output-dir", str(out)]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_task"]["tuned"]) == set(metrics["per_task"]["base"]) == {"a", "b"}
+    health = metrics["routing_health"]
+    assert set(health) == {"before", "after"}
+    for summary in health.values():
+        assert {"task_nmi", "task_nmi_shuffled", "max_top_share"} <= set(summary)
+    modules = json.loads((out / "routing_health.json").read_text())["modules"]
+    assert len(modules) == 6  # gate, up and down projections of both tiny layers
