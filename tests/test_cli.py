@@ -158,3 +158,18 @@ def test_finetune_reports_per_task_accuracy_and_routing_health(tmp_path):
         assert {"task_nmi", "task_nmi_shuffled", "max_top_share"} <= set(summary)
     modules = json.loads((out / "routing_health.json").read_text())["modules"]
     assert len(modules) == 6  # gate, up and down projections of both tiny layers
+
+
+@pytest.mark.parametrize("name", ["wordnet", "multitask"])
+def test_bundled_data_by_name(name, capsys):
+    from smore_gnn.datasets import load_bundled
+
+    try:
+        expected = load_bundled(name, "test")[:4]
+    except FileNotFoundError:
+        pytest.skip(f"the bundled {name} data is not built in this checkout")
+    argv = ["eval", "--model", "tiny", "--data", name, "--n-test", "4", "--no-progress"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n_test"] == 4
+    assert set(result["per_task"]) == {str(r["task"]) for r in expected if "task" in r}

@@ -135,3 +135,33 @@ def test_ddp_two_processes_with_idle_experts(tmp_path):
     assert all(r["unused_experts"] > 0 for r in ranks)  # some expert got no token on a rank
     assert ranks[0]["checksum"] == ranks[1]["checksum"] != ranks[0]["init_checksum"]
     assert all("aux_loss" in r["logs"][0] for r in ranks)
+
+
+def test_optimizer_uses_optim_param_groups_with_router_lr_scale(tmp_path, monkeypatch):
+    import types
+
+    calls = []
+
+    def param_groups(model, lr, router_lr_scale=1.0, weight_decay=0.0):
+        calls.append((lr, router_lr_scale, weight_decay))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        router = [p for n, p in named if "router." in n]
+        rest = [p for n, p in named if "router." not in n]
+        return [{"params": rest, "lr": lr}, {"params": router, "lr": lr * router_lr_scale}]
+
+    fake = types.ModuleType("smore_gnn.optim")
+    fake.param_groups = param_groups
+    monkeypatch.setitem(sys.modules, "smore_gnn.optim", fake)
+    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
+    model = get_smore_model(model, smore_paper_config(rank=[2, 2]))
+    args = training_arguments(str(tmp_path), max_steps=1, learning_rate=0.01, weight_decay=0.1)
+    trainer = build_trainer(model, tokenizer, RECORDS, args, max_length=48, router_lr_scale=0.5)
+    optimizer = trainer.create_optimizer()
+    assert calls == [(0.01, 0.5, 0.1)]
+    assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.005]
+    assert optimizer.param_groups[1]["params"]  # the routers' parameters
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(
+        [p for p in model.parameters() if p.requires_grad]
+    )
+    with pytest.raises(ValueError, match="router_lr_scale must be finite and > 0"):
+        build_trainer(model, tokenizer, RECORDS, args, router_lr_scale=0.0)
