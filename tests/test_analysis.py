@@ -86,6 +86,11 @@ def test_routing_stats_from_a_layer():
     assert len(stats["entropy"]) == 2 and all(0 <= h <= 1 for h in stats["entropy"])
     assert [len(s) for s in stats["load_share"]] == [4, 3]
     assert sum(stats["load_share"][0]) == pytest.approx(1.0)
+    # busiest share = the busiest expert's picks over the events (5 tokens x F_{l+1} parents)
+    loads = [t.tolist() for t in layer.last_routing.load]
+    assert stats["top_share"] == pytest.approx([max(loads[0]) / 5, max(loads[1]) / 5])
+    by_tree = routing_stats(layer.last_tree, [4, 3])  # counted in the tree: the same
+    assert by_tree["top_share"] == pytest.approx(stats["top_share"])
 
 
 def test_tree_signature_ignores_sibling_order_not_wiring():

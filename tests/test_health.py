@@ -113,6 +113,12 @@ def test_structure_ids_agree_with_tree_signature():
     assert len(set(ids)) == len(set(sigs)) > 5
 
 
+def test_structure_ids_count_every_structure_of_the_closed_form():
+    enumerate_ = pytest.importorskip("theory.enumerate")
+    tree = enumerate_.structures([4, 4], [2, 2])  # one token per S'MoRE structure
+    assert structure_ids(tree).unique().numel() == 216  # Gamma_S'MoRE for (4-4), f = 2
+
+
 def test_layer_ids_are_order_free_multisets():
     bottom = torch.tensor([[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 2, 1], [0, 0, 1, 1]])
     tree = RoutingTree([bottom, torch.zeros(4, 2, dtype=torch.long)], [torch.ones(4, 4)] * 2,

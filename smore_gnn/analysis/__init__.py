@@ -24,7 +24,12 @@ from smore_gnn.analysis.health import (
     summarize,
     task_codes,
 )
-from smore_gnn.analysis.information import entropy, mutual_information, normalized_mutual_info
+from smore_gnn.analysis.information import (
+    entropy,
+    load_entropy,
+    mutual_information,
+    normalized_mutual_info,
+)
 from smore_gnn.analysis.metrics import (
     expert_load,
     gate_spread,
@@ -42,7 +47,6 @@ from smore_gnn.analysis.routing import (
     as_tree,
     coroute_counts,
     expert_counts,
-    load_entropy,
     num_experts_of,
     routing_stats,
 )

@@ -6,12 +6,28 @@ experts it is routed to. Natural logarithms throughout; the normalisations are s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 AVERAGES = ("arithmetic", "geometric")
+
+
+def load_entropy(load: Tensor | Sequence[float]) -> float:
+    """Entropy of the load share ``load / load.sum()``, normalised to ``[0, 1]`` by ``log s``.
+
+    1 means perfectly balanced experts, 0 means one expert takes every pick.
+    """
+    load = torch.as_tensor(load, dtype=torch.float64).flatten()
+    if load.numel() < 2 or float(load.sum()) <= 0:
+        return 0.0
+    p = load / load.sum()
+    h = -(p * p.clamp_min(1e-300).log()).sum()
+    return float(h / math.log(load.numel()))
 
 
 def codes(labels: Sequence[Any] | np.ndarray) -> np.ndarray:

@@ -38,8 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from smore_gnn.analysis.information import normalized_mutual_info
-from smore_gnn.analysis.routing import load_entropy
+from smore_gnn.analysis.information import load_entropy, normalized_mutual_info
 from smore_gnn.tree import RoutingTree
 
 COLLAPSE_SHARE = 0.9  # an expert picked by more than 90 % of the events

@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from smore_gnn.analysis.information import load_entropy
+from smore_gnn.analysis.metrics import load_health
 from smore_gnn.layer import SMoRELinear
 from smore_gnn.router import RoutingResult
 from smore_gnn.tree import RoutingTree
@@ -108,45 +109,38 @@ def coroute_counts(
     return counts.reshape(s_parent, s_child)
 
 
-def load_entropy(load: Tensor | Sequence[float]) -> float:
-    """Entropy of the load share ``load / load.sum()``, normalised to ``[0, 1]`` by ``log s``.
-
-    1 means perfectly balanced experts, 0 means one expert takes every pick.
-    """
-    load = torch.as_tensor(load, dtype=torch.float64).flatten()
-    if load.numel() < 2 or float(load.sum()) <= 0:
-        return 0.0
-    p = load / load.sum()
-    h = -(p * p.clamp_min(1e-300).log()).sum()
-    return float(h / math.log(load.numel()))
-
-
 def routing_stats(routing_or_tree: TreeLike, num_experts: Sequence[int] | None = None) -> dict:
-    """Per-layer load share and normalised load entropy of one routing.
+    """Per-layer load share, normalised load entropy and busiest-expert share of one routing.
 
     The load is ``RoutingResult.load`` (picks per expert, padding excluded) when a routing or
-    a layer is given, else the picks counted in the tree.
+    a layer is given, else the picks counted in the tree. The definitions are
+    :func:`smore_gnn.analysis.metrics.load_health`'s (the ones :func:`routing_health` uses).
 
     Args:
         routing_or_tree: the routed sub-trees, their routing, or an ``SMoRELinear``.
         num_experts: ``[s_0, ..., s_{L-1}]`` for a bare tree; inferred when ``None``.
 
     Returns:
-        ``{"entropy": [float per layer], "load_share": [[float per expert] per layer]}``, the
-        format :func:`smore_gnn.viz.plot_entropy_curve` reads from a list of such dicts.
+        ``{"entropy": [float per layer], "load_share": [[float per expert] per layer],
+        "top_share": [float per layer]}``, the format :func:`smore_gnn.viz.plot_entropy_curve`
+        reads from a list of such dicts.
     """
     routing = routing_or_tree
     if isinstance(routing, SMoRELinear):
         routing = routing.last_routing
     if isinstance(routing, RoutingResult) and routing.load:
         loads = [t.detach().double().cpu() for t in routing.load]  # per layer [s_l]
+        fanout = list(routing.fanout)
     else:
         tree = as_tree(routing_or_tree)
         sizes = [None] * tree.num_layers if num_experts is None else list(num_experts)
         loads = [expert_counts(tree, l, sizes[l]).sum(0).double() for l in range(len(sizes))]
+        fanout = list(tree.fanout)
+    health = [load_health(load, f) for load, f in zip(loads, fanout)]
     return {
         "entropy": [load_entropy(load) for load in loads],
-        "load_share": [(load / load.sum().clamp_min(1e-12)).tolist() for load in loads],
+        "load_share": [h["load_share"] for h in health],
+        "top_share": [h["top_share"] for h in health],
     }
 
 

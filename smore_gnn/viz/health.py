@@ -53,7 +53,8 @@ def plot_task_expert_heatmap(
 
     One panel per (module, layer), a row of layers per module. Cell ``[task, e]`` holds the
     picks of expert ``e`` by the task's tokens; with ``normalize`` the share of the task's
-    picks (each row sums to 1). The panel title gives the layer's task NMI.
+    picks (each row sums to 1). The panel title gives the layer's task NMI. All panels share
+    one colour scale, from 0 to the largest value shown.
 
     Args:
         health: :func:`~smore_gnn.analysis.routing_health`'s result, computed with tasks.
@@ -79,17 +80,23 @@ def plot_task_expert_heatmap(
             "pass modules=[...] (a few names) or a larger max_panels"
         )
     tasks = first["tasks"]
+    shares = {}  # one colour scale for every panel: 0 .. the largest value shown
+    for name in names:
+        for l in layers:
+            counts = np.asarray(health["modules"][name]["layers"][l]["task_expert_counts"], float)
+            total = np.maximum(counts.sum(1, keepdims=True), 1)  # [K, 1]
+            shares[name, l] = counts / total if normalize else counts  # [K, s_l]
+    top = max(float(v.max()) for v in shares.values()) or 1.0
     fig, axes = grid(len(names) * len(layers), len(layers), (3.4, 0.32 * len(tasks) + 1.6))
     image = None
     for i, name in enumerate(names):
         for j, l in enumerate(layers):
             ax, info = axes[i * len(layers) + j], health["modules"][name]["layers"][l]
-            counts = np.asarray(info["task_expert_counts"], dtype=np.float64)  # [K, s_l]
-            shown = counts / np.maximum(counts.sum(1, keepdims=True), 1) if normalize else counts
-            image = ax.imshow(shown, aspect="auto", cmap="viridis", vmin=0,
-                              vmax=1 if normalize else None, interpolation="none")  # fmt: skip
+            shown = shares[name, l]
+            image = ax.imshow(shown, aspect="auto", cmap="viridis", vmin=0, vmax=top,
+                              interpolation="none")  # fmt: skip
             ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
-            ax.set_xticks(range(counts.shape[1]))
+            ax.set_xticks(range(shown.shape[1]))
             ax.set_xlabel(f"expert (layer {l})", fontsize=8)
             ax.set_title(f"{short_name(name)}, layer {l}: NMI {info['task_nmi']:.2f}", fontsize=9)
     label = "share of the task's picks" if normalize else "picks"
