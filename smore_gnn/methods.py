@@ -12,7 +12,7 @@ MoLRE, the mixture of LoRA experts, is S'MoRE with one layer and the identity ac
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,17 @@ import torch
 from torch import Tensor, nn
 
 from smore_gnn.config import SMoREConfig
-from smore_gnn.model import (
-    ADAPTER_METHODS,
-    Patterns,
-    SMoREModel,
-    default_target_modules,
-    find_target_modules,
-)
-from smore_gnn.save import CONFIG_NAME, atomic_folder
+from smore_gnn.model import ADAPTER_METHODS, Patterns, SMoREModel
+from smore_gnn.peft_lora import LoRAMethod
+from smore_gnn.peft_lora import lora_rank as check_lora_rank
+from smore_gnn.peft_method import Budgeted, Method, Spec, linear_shapes
+from smore_gnn.save import CONFIG_NAME
 
-Spec = SMoREConfig | int  # an SMoREConfig (smore/molre) or a LoRA rank (lora)
+__all__ = [
+    "Budgeted", "LoRAMethod", "Method", "SMoREMethod", "Spec", "auxiliary_loss",
+    "build_for_budget", "get_method", "load_any", "method_names", "method_of", "molre_config",
+    "read_folder_method", "save_any", "smore_paper_config", "trainable_parameters",
+]  # fmt: skip
 
 
 def smore_paper_config(**overrides: Any) -> SMoREConfig:
@@ -47,104 +48,6 @@ def molre_config(num_experts: int = 8, fanout: int = 2, rank: int = 8, **kw: Any
     )
 
 
-@dataclass
-class Budgeted:
-    """The outcome of :meth:`Method.match_budget`."""
-
-    method: str
-    rank: int
-    spec: Spec
-    num_parameters: int
-    budget: int
-
-    @property
-    def relative_error(self) -> float:
-        """``(num_parameters - budget) / budget``."""
-        return (self.num_parameters - self.budget) / self.budget
-
-
-def _linear_shapes(model: nn.Module, target_modules: Patterns | None) -> list[tuple[int, int]]:
-    targets = default_target_modules(model) if target_modules is None else target_modules
-    linears = [model.get_submodule(n) for n in find_target_modules(model, targets)]
-    return [(m.in_features, m.out_features) for m in linears]
-
-
-class Method:
-    """One fine-tuning method: configuration, counting, budget matching, build, save, load.
-
-    Attributes:
-        name: the registry key (``"smore"``, ``"molre"``, ``"lora"``).
-        reference: the method whose size sets the budget the others are matched to.
-    """
-
-    name: str = ""
-    reference: bool = False
-
-    def default_spec(self, smore_config: SMoREConfig) -> Spec:
-        """The spec used when no budget is matched, given the run's S'MoRE config."""
-        raise NotImplementedError
-
-    def spec_for_rank(self, template: Spec, rank: int) -> Spec:
-        """``template`` with every rank set to ``rank``."""
-        raise NotImplementedError
-
-    def count(self, model: nn.Module, target_modules: Patterns | None, spec: Spec) -> int:
-        """Trainable parameters this method would add to ``model`` (nothing is modified)."""
-        raise NotImplementedError
-
-    def build(self, model: nn.Module, spec: Spec, target_modules: Patterns | None = None):
-        """Adapt ``model`` in place (default targets: the model type's MLP projections)."""
-        raise NotImplementedError
-
-    def owns(self, model: nn.Module) -> bool:
-        """Whether ``model`` was adapted by this method."""
-        raise NotImplementedError
-
-    def reads(self, meta: dict[str, Any]) -> bool:
-        """Whether an ``adapter_config.json`` with contents ``meta`` belongs to this method."""
-        raise NotImplementedError
-
-    def save(self, model: nn.Module, directory: str | Path) -> None:
-        """Write ``model``'s adapter to ``directory`` atomically (see :mod:`smore_gnn.save`)."""
-        raise NotImplementedError
-
-    def load(self, model: nn.Module, directory: str | Path, is_trainable: bool = False):
-        """Load a folder written by :meth:`save` into the base ``model``."""
-        raise NotImplementedError
-
-    def match_budget(
-        self,
-        model: nn.Module,
-        target_modules: Patterns | None,
-        budget: int,
-        template: Spec | None = None,
-        max_rank: int = 512,
-    ) -> Budgeted:
-        """The rank whose parameter count comes closest to ``budget`` (all layers alike).
-
-        Args:
-            model: the base model (not modified).
-            target_modules: peft-style patterns (default: the model type's MLP projections).
-            budget: the parameter count to match, e.g. S'MoRE's.
-            template: the spec whose ranks are set (default: :meth:`default_spec` of the
-                paper's S'MoRE config).
-            max_rank: largest rank tried.
-        """
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
-            raise ValueError(f"budget must be a positive parameter count (got {budget!r})")
-        template = self.default_spec(smore_paper_config()) if template is None else template
-        best: tuple[int, int] | None = None
-        for r in range(1, max_rank + 1):
-            n = self.count(model, target_modules, self.spec_for_rank(template, r))
-            if best is None or abs(n - budget) < abs(best[1] - budget):
-                best = (r, n)
-            if n > budget:
-                break
-        assert best is not None
-        spec = self.spec_for_rank(template, best[0])
-        return Budgeted(self.name, best[0], spec, best[1], budget)
-
-
 class SMoREMethod(Method):
     """S'MoRE or MoLRE: an :class:`~smore_gnn.model.SMoREModel` (our own folder format)."""
 
@@ -156,12 +59,15 @@ class SMoREMethod(Method):
     def default_spec(self, smore_config: SMoREConfig) -> Spec:
         return smore_config if self.reference else molre_config()
 
+    def default_template(self) -> Spec:
+        return self.default_spec(smore_paper_config())
+
     def spec_for_rank(self, template: Spec, rank: int) -> Spec:
         return replace(_config(self.name, template), rank=[rank] * template.num_layers)
 
     def count(self, model: nn.Module, target_modules: Patterns | None, spec: Spec) -> int:
         spec = _config(self.name, spec)
-        return sum(spec.num_parameters(i, o) for i, o in _linear_shapes(model, target_modules))
+        return sum(spec.num_parameters(i, o) for i, o in linear_shapes(model, target_modules))
 
     def build(self, model: nn.Module, spec: Spec, target_modules: Patterns | None = None):
         return SMoREModel(model, _config(self.name, spec), target_modules, method=self.name)
@@ -182,67 +88,6 @@ class SMoREMethod(Method):
 def _config(method: str, spec: Any) -> SMoREConfig:
     if not isinstance(spec, SMoREConfig):
         raise TypeError(f"method {method!r} needs an SMoREConfig (got {type(spec).__name__})")
-    return spec
-
-
-class LoRAMethod(Method):
-    """LoRA through HF ``peft`` (``LoraConfig``, ``get_peft_model``, peft's folder format)."""
-
-    name = "lora"
-    default_rank = 8
-
-    def default_spec(self, smore_config: SMoREConfig) -> Spec:
-        return self.default_rank
-
-    def spec_for_rank(self, template: Spec, rank: int) -> Spec:
-        return rank
-
-    def count(self, model: nn.Module, target_modules: Patterns | None, spec: Spec) -> int:
-        rank = _rank(spec)
-        return sum(rank * (d_in + d_out) for d_in, d_out in _linear_shapes(model, target_modules))
-
-    def build(
-        self,
-        model: nn.Module,
-        spec: Spec,
-        target_modules: Patterns | None = None,
-        lora_alpha: float | None = None,
-    ):
-        """A peft ``PeftModel``; ``lora_alpha`` defaults to ``2 * rank``."""
-        from peft import LoraConfig, get_peft_model
-
-        rank = _rank(spec)
-        targets = default_target_modules(model) if target_modules is None else target_modules
-        config = LoraConfig(
-            r=rank,
-            lora_alpha=2 * rank if lora_alpha is None else lora_alpha,
-            lora_dropout=0.0,
-            target_modules=find_target_modules(model, targets),  # exact names: same matching
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, config)
-
-    def owns(self, model: nn.Module) -> bool:
-        from peft import PeftModel
-
-        return isinstance(model, PeftModel)
-
-    def reads(self, meta: dict[str, Any]) -> bool:
-        return str(meta.get("peft_type", "")).upper() == "LORA"
-
-    def save(self, model: nn.Module, directory: str | Path) -> None:
-        atomic_folder(directory, lambda tmp: model.save_pretrained(str(tmp)))
-
-    def load(self, model: nn.Module, directory: str | Path, is_trainable: bool = False):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(model, str(directory), is_trainable=is_trainable)
-
-
-def _rank(spec: Any) -> int:
-    if isinstance(spec, bool) or not isinstance(spec, int) or spec < 1:
-        raise TypeError(f"method 'lora' needs a positive int rank (got {spec!r})")
     return spec
 
 
@@ -313,7 +158,7 @@ def build_for_budget(
             report[other.name] = {"rank": match.rank, "trainable_parameters": match.num_parameters}
     spec = method.default_spec(smore_config)
     if lora_rank is not None:
-        spec = _rank(lora_rank)
+        spec = check_lora_rank(lora_rank)
     elif match_budget and not method.reference:
         spec = method.match_budget(model, target_modules, budget).spec
     torch.manual_seed(seed)
