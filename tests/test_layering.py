@@ -19,28 +19,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("smore_gnn", "theory")
 
-# Layer -> module name patterns (fnmatch on dotted names). The first matching layer wins.
+CORE_MODULES = (
+    "config", "counting", "gates", "router", "masks", "tree", "experts", "conv", "layer",
+    "balance_grad", "dense", "accounting", "runtime",
+)  # fmt: skip
+
+# Layer -> module name patterns (fnmatch on dotted names). An exact name wins over a pattern;
+# among patterns the first matching layer wins.
 LAYERS: dict[str, tuple[str, ...]] = {
-    # The adapter itself, torch + PyG only; the package facade re-exports it.
-    "core": tuple(
-        f"smore_gnn.{m}"
-        for m in (
-            "config",
-            "gates",
-            "router",
-            "tree",
-            "conv",
-            "experts",
-            "layer",
-            "dense",
-            "accounting",
-            "counting",
-            "masks",
-            "balance_grad",
-            "runtime",
-        )  # fmt: skip
-    )
-    + ("smore_gnn",),
+    # The adapter itself (torch + PyG only) and the package facade that re-exports it.
+    "core": ("smore_gnn", *(f"smore_gnn.{m}" for m in CORE_MODULES)),
     "analysis": ("smore_gnn.analysis", "smore_gnn.analysis.*"),
     "viz": ("smore_gnn.viz", "smore_gnn.viz.*", "smore_gnn.tree_text"),
     "data": ("smore_gnn.data", "smore_gnn.datasets", "smore_gnn.datasets.*", "smore_gnn.wordnet"),
@@ -54,7 +42,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "training": ("smore_gnn.training", "smore_gnn.eval", "smore_gnn.optim"),
     "testing": ("smore_gnn.testing",),
-    "cli": ("smore_gnn.cli", "smore_gnn.cli_*", "smore_gnn.__main__"),
+    # Command-line entry points; `python -m smore_gnn.datasets build` reads a model's tokenizer.
+    "cli": (
+        "smore_gnn.cli",
+        "smore_gnn.cli_*",
+        "smore_gnn.__main__",
+        "smore_gnn.datasets.__main__",
+    ),
     "theory": ("theory", "theory.*"),
 }
 
@@ -78,7 +72,12 @@ CORE_DEPENDENCIES = {"torch", "torch_geometric", "torch_scatter"}
 
 # Known violations whose owner has not fixed them yet: (importer, imported) -> owner and why.
 # Every entry must still occur (test_allow_list_is_current), so a fix forces its removal.
-ALLOWED: dict[tuple[str, str], str] = {}
+ALLOWED: dict[tuple[str, str], str] = {
+    # CORE-A: SMoREConfig.num_parameters imports accounting lazily while accounting imports
+    # SMoREConfig (for annotations only). Fix: in accounting.py import SMoREConfig under
+    # `if TYPE_CHECKING:`, or drop SMoREConfig.num_parameters (use count_parameters).
+    ("smore_gnn.config", "smore_gnn.accounting"): "CORE-A: lazy config <-> accounting cycle",
+}
 
 Edge = tuple[str, str, int, bool]  # (importer, imported, line, runtime: not under TYPE_CHECKING)
 
@@ -89,6 +88,9 @@ def module_name(path: Path) -> str:
 
 
 def layer_of(module: str) -> str | None:
+    for layer, patterns in LAYERS.items():
+        if module in patterns:
+            return layer
     for layer, patterns in LAYERS.items():
         if any(fnmatch.fnmatchcase(module, p) for p in patterns):
             return layer
