@@ -1,25 +1,23 @@
-"""The balance loss's gradient, carried by the adapter output so that it survives checkpointing.
+"""The balance loss's gradient under reentrant gradient checkpointing.
 
-Under *reentrant* gradient checkpointing the first forward runs without autograd, so a balance
-loss kept aside and added to the task loss has no graph: its gradient is silently lost. Under
-*non-reentrant* checkpointing the graph exists but recomputation must route exactly as the
-first forward did. Both are handled here, in the layer, without any change to how a trainer
-writes its loss (``loss = task_loss + model.balance_loss()``):
+Under *reentrant* checkpointing the first forward runs without autograd, so a balance loss kept
+aside and added to the task loss has no graph: its gradient used to be lost silently. The
+layer then carries it through its output instead, without any change to how a trainer writes
+its loss (``loss = task_loss + model.balance_loss()``):
 
-* :class:`AttachBalanceLoss` is the identity on the adapter delta; its backward also sends
-  ``g`` into the layer's (possibly recomputed) balance loss, like DeepSeek-MoE's
-  ``AddAuxiliaryLoss``. Recomputation re-creates it, so the gradient reaches the router
-  whichever forward built the graph.
-* ``g`` is not a constant: :class:`BalanceLossProbe` (what ``SMoRELinear.balance_loss``
-  returns when autograd is on) has the balance loss's *value* and a backward that records
-  ``g = d(final loss) / d(balance loss)`` into the layer's ``grad cell``. A trainer's scaling
-  of the loss (gradient accumulation ``1 / k``, an fp16 ``GradScaler``, a weight ``w``) is thus
-  applied to the balance term exactly as if its graph had been there. Autograd runs the probe
-  first: it is created after the model's forward, so it has a higher sequence number than
-  every node of the forward graph, and it is ready as soon as the loss's backward starts.
+* :class:`BalanceLossProbe` (what ``SMoRELinear.balance_loss`` returns when the forward had no
+  graph) has the balance loss's *value*; its backward records ``g = d(total loss) /
+  d(balance loss)`` into the layer's grad cell. A trainer's scaling of the loss (gradient
+  accumulation ``1 / k``, an fp16 ``GradScaler``, a weight) thus reaches the balance term as if
+  its graph had been there. Autograd runs the probe before the recomputation: the probe is
+  created after the model's forward, so it has a higher sequence number than every node of
+  the forward graph, and it is ready as soon as the loss's backward starts.
+* :class:`AttachBalanceLoss`, applied by the *recomputation* (inside the backward), is the
+  identity on the adapter delta; its backward also sends ``g`` into the recomputed balance
+  loss, like DeepSeek-MoE's ``AddAuxiliaryLoss`` (there with a constant ``g = 1``).
 
-A fresh forward (not a recomputation inside a backward) zeroes the cell: a balance loss that is
-not added to the loss then gets no gradient, as without checkpointing.
+Without checkpointing and under non-reentrant checkpointing the forward builds the graph, and
+the layer returns that balance loss itself (recomputation then only refills saved tensors).
 
 Reference: DeepSeek-MoE ``AddAuxiliaryLoss`` (modeling_deepseek.py).
 """
@@ -38,7 +36,7 @@ def in_backward() -> bool:
 
 
 class AttachBalanceLoss(torch.autograd.Function):
-    """``y = delta``; backward: ``d/d delta = grad``, ``d/d balance_loss = cell`` (``g``)."""
+    """``y = delta``; backward: ``d/d delta = grad`` and ``d/d balance_loss = cell`` (``g``)."""
 
     @staticmethod
     def forward(ctx, delta: Tensor, balance_loss: Tensor, cell: Tensor) -> Tensor:

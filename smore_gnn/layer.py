@@ -40,14 +40,9 @@ class SMoRELinear(nn.Module):
             calls them as ``layer(x)`` (see :meth:`forward`).
 
     **Balance loss and gradient checkpointing.** Train with ``loss = task_loss +
-    sum(layer.balance_loss)`` (``SMoREModel.balance_loss()`` sums it), in ONE backward call.
-    The layer keeps only a detached value (it can be deep-copied after a training forward);
-    read with autograd on, it is a fresh scalar whose gradient ``g`` reaches the balance
-    loss's graph through the adapter output (:mod:`smore_gnn.balance_grad`). Gradients are
-    then the same without checkpointing and with reentrant or non-reentrant
-    ``torch.utils.checkpoint``, and the loss's scaling (gradient accumulation, ``GradScaler``)
-    applies to the balance term too. Log ``layer.balance_loss.detach()``; a balance loss not
-    added to the loss gets no gradient; no ``retain_graph`` repeats of one backward.
+    sum(layer.balance_loss)`` (``SMoREModel.balance_loss()``), in ONE backward call: the
+    gradients are then the same without and with reentrant or non-reentrant checkpointing
+    (:mod:`smore_gnn.balance_grad`), loss scaling included. Log ``balance_loss.detach()``.
     """
 
     def __init__(self, base_layer: nn.Linear, config: SMoREConfig):
@@ -80,7 +75,8 @@ class SMoRELinear(nn.Module):
         dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
         for module in (self.router, self.experts, self.convs, self.proj):  # not the base layer
             module.to(device=weight.device, dtype=dtype)
-        self._balance_value: Tensor | None = None  # detached: deepcopy-safe
+        self._balance_value: Tensor | None = None  # detached
+        self._balance_graph: Tensor | None = None  # with grad; dropped by deepcopy/pickle
         self.register_buffer(
             "_balance_grad", torch.zeros((), dtype=dtype, device=weight.device), persistent=False
         )
@@ -164,7 +160,7 @@ class SMoRELinear(nn.Module):
         stored = self._attention_mask if fresh else self._forward_mask
         mask = resolve_mask(attention_mask, stored, lead, checked=not fresh)  # [N] bool | None
         if fresh:
-            self._forward_mask = mask
+            self._forward_mask, self._balance_graph = mask, None
             self._balance_grad.zero_()
         if lead.numel() == 0:  # nothing to route: the base output, no balance loss
             self._balance_value = self._balance_grad.new_zeros(())
@@ -179,7 +175,11 @@ class SMoRELinear(nn.Module):
             routing = self.router(flat, mask, u=u)
             delta = self.proj(self._propagate(hidden, RoutingTree.from_routing(routing)))
         loss = routing.balance_loss
-        if loss.requires_grad:  # d(loss)/d(loss) = g arrives through the delta
+        if fresh:
+            self._balance_graph = loss if loss.requires_grad else None
+        elif loss.requires_grad and self._balance_graph is None:
+            # recomputing a forward that ran without autograd (reentrant checkpointing):
+            # d(total)/d(loss) = g, recorded by the probe, arrives through the delta
             delta = AttachBalanceLoss.apply(delta, loss, self._balance_grad)
         self._balance_value = loss.detach()
         self.last_routing = _detached(routing)
@@ -187,12 +187,8 @@ class SMoRELinear(nn.Module):
 
     @property
     def attention_mask(self) -> Tensor | None:
-        """The padding mask used when :meth:`forward` gets none; kept until set again.
-
-        A model wrapper sets it before each model forward (``None`` for a batch without one)
-        and should not clear it afterwards: values and dtype are checked here, the shape in
-        the forward.
-        """
+        """The mask :meth:`forward` uses when given none, kept until set again (a model wrapper
+        sets it per model forward); values are checked here, the shape in the forward."""
         return self._attention_mask
 
     @attention_mask.setter
@@ -203,17 +199,25 @@ class SMoRELinear(nn.Module):
 
     @property
     def balance_loss(self) -> Tensor | None:
-        """The last forward's balance loss; with autograd on, a scalar to add to the loss.
+        """The last forward's balance loss (``None`` before any forward), to add to the loss.
 
-        Its gradient ``g`` is recorded and applied to the balance loss's graph through the
-        adapter output (see the class docstring), which is what makes checkpointing exact.
+        With autograd on: the forward's balance loss with its graph or, if the forward had no
+        graph (reentrant checkpointing), a probe whose gradient the recomputation applies
+        (see the class docstring). Otherwise the detached value.
         """
         value = self._balance_value
         if value is None or not torch.is_grad_enabled():
             return value
+        if self._balance_graph is not None:  # the forward ran with autograd
+            return self._balance_graph
         if not any(p.requires_grad for p in self.router.parameters()):
             return value
         return probe(value, self._balance_grad)
+
+    def __getstate__(self) -> dict:
+        # deepcopy/pickle (EMA, reference models) after a training forward: the graph-bearing
+        # balance loss cannot be copied and belongs to the original's graph
+        return {**self.__dict__, "_balance_graph": None}
 
     def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
         """``W_proj m_root`` for tokens ``x`` [N, d] routed as ``routing`` -> [N, d_out]."""
