@@ -61,51 +61,21 @@ def element_items(elements: Iterable[Element]) -> list[Item]:
     items = []
     for e in elements:
         name, near = e.name.capitalize(), (str((e.number - 1) // 10),)  # neighbours look alike
-        items += [
-            Item(
-                "elements",
-                "symbol_to_name",
-                e.name,
-                f"Which element has the symbol {e.symbol}?",
-                name,
-                "name",
-                near,
-            ),
-            Item(
-                "elements",
-                "name_to_symbol",
-                e.name,
-                f"What is the chemical symbol of {e.name}?",
-                e.symbol,
-                "symbol",
-                (e.symbol[0],),
-            ),
-            Item(
-                "elements",
-                "number_to_name",
-                e.name,
-                f"Which element has atomic number {e.number}?",
-                name,
-                "name",
-                near,
-            ),
-            Item(
-                "elements",
-                "name_to_number",
-                e.name,
-                f"What is the atomic number of {e.name}?",
-                str(e.number),
-                "number",
-                near,
-            ),
-        ]
+        asks = [  # (type, question, answer, answer kind, distractor groups)
+            ("symbol_to_name", f"Which element has the symbol {e.symbol}?", name, "name", near),
+            ("name_to_symbol", f"What is the chemical symbol of {e.name}?", e.symbol, "symbol",
+             (e.symbol[0],)),
+            ("number_to_name", f"Which element has atomic number {e.number}?", name, "name", near),
+            ("name_to_number", f"What is the atomic number of {e.name}?", str(e.number), "number",
+             near),
+        ]  # fmt: skip
         if not e.weight.startswith("("):  # "(253)" is an isotope's mass number, not a weight
             question = f"Which element has an atomic weight of {e.weight}?"
-            items.append(Item("elements", "weight_to_name", e.name, question, name, "name", near))
+            asks.append(("weight_to_name", question, name, "name", near))
         if (after := by_number.get(e.number + 1)) is not None:
             question = f"Which element comes right after {e.name} in the periodic table?"
-            answer = after.name.capitalize()
-            items.append(Item("elements", "next_element", e.name, question, answer, "name", near))
+            asks.append(("next_element", question, after.name.capitalize(), "name", near))
+        items += [Item("elements", kind, e.name, q, a, k, g) for kind, q, a, k, g in asks]
     return items
 
 

@@ -17,11 +17,11 @@ import hashlib
 import random
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from smore_gnn.data import mc_prompt
+from smore_gnn.data import format_example, mc_prompt
 from smore_gnn.datasets import families, sources, wordnet, write_jsonl
 from smore_gnn.datasets.dictd import DEFAULT_DICTD_DIR, DictdDatabase
 from smore_gnn.datasets.families import Item
@@ -30,26 +30,10 @@ TASKS = ("wordnet", "elements", "acronyms", "en_fr", "en_de", "en_es", "computin
 N_TRAIN, N_TEST = 580, 145  # per task; elements has fewer train questions (103 elements)
 TEST_FRACTION = 0.25  # share of headwords that go to test (before sampling)
 N_CHOICES = 4
-MAX_PROMPT_CHARS = 170  # mc_prompt length; keeps prompt + answer well under 64 SmolLM2 tokens
-# Debian package of each task; their copyright files ship beside the data.
-PACKAGES = {
-    "wordnet": "wordnet-base",
-    "elements": "dict-elements",
-    "acronyms": "dict-vera",
-    "en_fr": "dict-freedict-eng-fra",
-    "en_de": "dict-freedict-eng-deu",
-    "en_es": "dict-freedict-eng-spa",
-    "computing": "dict-foldoc",
-}
-LICENCES = {
-    "wordnet-base": "WordNet 3.0 licence (Princeton University, permissive)",
-    "dict-elements": "public domain (Jay F. Kominek); Debian packaging GPL-3",
-    "dict-vera": "GNU FDL 1.1 or later (Oliver Heidelbach)",
-    "dict-freedict-eng-fra": "GPL-2+ (FreeDict contributors)",
-    "dict-freedict-eng-deu": "GPL-3+ (Frank Richter, Einhard Leichtfuß; from Ding)",
-    "dict-freedict-eng-spa": "GPL-2+ (FreeDict contributors)",
-    "dict-foldoc": "GNU FDL 1.1 or later (Denis Howe, FOLDOC)",
-}
+MAX_PROMPT_CHARS = 170  # mc_prompt length, the cheap cut when no tokenizer is given
+MAX_TOKENS = 56  # prompt + " B" + EOS with the SmolLM2 tokenizer, well under max_length 64
+MAX_TEXT_TOKENS = 64  # prompt + " <choice text>" + EOS for every choice (text scoring)
+Fits = Callable[[dict[str, Any]], bool]
 
 
 def in_test(key: str, seed: int, fraction: float = TEST_FRACTION) -> bool:
@@ -84,8 +68,38 @@ def _interleave_types(items: list[Item], rng: random.Random) -> list[Item]:
     return [v[i] for i in range(max(map(len, lists), default=0)) for v in lists if i < len(v)]
 
 
-def records_for_split(items: Sequence[Item], n: int, rng: random.Random) -> list[dict[str, Any]]:
-    """Up to ``n`` records from one task's items of one split, with distractors drawn there."""
+def prompt_fits(
+    count_tokens: Callable[[str], int] | None = None,
+    max_tokens: int = MAX_TOKENS,
+    max_chars: int = MAX_PROMPT_CHARS,
+    max_text_tokens: int = MAX_TEXT_TOKENS,
+) -> Fits:
+    """A length check for records: the prompt has at most ``max_chars`` characters and, with a
+    token counter, prompt + letter answer + EOS has at most ``max_tokens`` tokens and prompt +
+    any choice's text + EOS at most ``max_text_tokens``."""
+
+    def fits(record: dict[str, Any]) -> bool:
+        prompt = mc_prompt(record)
+        if len(prompt) > max_chars:
+            return False
+        if count_tokens is None:
+            return True
+        texts = [prompt + " " + choice for choice in record["choices"]]
+        return count_tokens("".join(format_example(record))) < max_tokens and all(
+            count_tokens(text) < max_text_tokens for text in texts
+        )
+
+    return fits
+
+
+def records_for_split(
+    items: Sequence[Item], n: int, rng: random.Random, fits: Fits | None = None
+) -> list[dict[str, Any]]:
+    """Up to ``n`` records from one task's items of one split, with distractors drawn there.
+
+    ``fits`` (default :func:`prompt_fits` without a tokenizer) drops records that are too long.
+    """
+    fits = fits or prompt_fits()
     pools: dict[str, dict[str, set[str]]] = {}  # kind -> "level:group" or "*" -> answers
     for item in items:
         pool = pools.setdefault(item.kind, {})
@@ -109,13 +123,13 @@ def records_for_split(items: Sequence[Item], n: int, rng: random.Random) -> list
             type=item.type,
             key=item.key,
         )
-        if len(mc_prompt(record)) <= MAX_PROMPT_CHARS:
+        if fits(record):
             records.append(record)
     return records
 
 
 def split_items(
-    items: Sequence[Item], n_train: int, n_test: int, seed: int
+    items: Sequence[Item], n_train: int, n_test: int, seed: int, fits: Fits | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Split one or more tasks' items by headword and sample up to n per task and split."""
     train, test = [], []
@@ -124,7 +138,7 @@ def split_items(
         for is_test, n, out in ((False, n_train, train), (True, n_test, test)):
             chosen = [i for i in items if i.task == task and in_test(i.key, seed) == is_test]
             rng = random.Random(f"{seed}:{task}:{'test' if is_test else 'train'}")
-            out.extend(records_for_split(chosen, n, rng))
+            out.extend(records_for_split(chosen, n, rng, fits))
     return train, test
 
 
@@ -148,7 +162,7 @@ def dictd_items(dictd_dir: str | Path = DEFAULT_DICTD_DIR) -> list[Item]:
 
 
 def wordnet_records(
-    wordnet_dir: str | Path, n_train: int, n_test: int, seed: int
+    wordnet_dir: str | Path, n_train: int, n_test: int, seed: int, fits: Fits | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The WordNet family (split by synset by its own builder), short prompts only."""
     extra = [round(n * 1.3) + 10 for n in (n_train, n_test)]  # room for the length filter
@@ -166,7 +180,7 @@ def wordnet_records(
                 key=r["synset"],
             )
             for r in records
-            if len(mc_prompt(r)) <= MAX_PROMPT_CHARS
+            if (fits or prompt_fits())(r)
         ]
         out.append(kept[:n])
     return out[0], out[1]
@@ -178,8 +192,18 @@ def build_multitask(
     n_train: int = N_TRAIN,
     n_test: int = N_TEST,
     seed: int = 0,
+    fits: Fits | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Build the train/test records of all seven tasks (``n_*`` per task, fewer if short).
+
+    Args:
+        dictd_dir: Folder of the dictd databases (``/usr/share/dictd``).
+        wordnet_dir: Folder of the WordNet 3.0 database files.
+        n_train: Training questions per task.
+        n_test: Test questions per task.
+        seed: Random seed (split, sampling, distractors); the output is deterministic for it.
+        fits: Length check per record (default: :func:`prompt_fits` without a tokenizer; the
+            shipped copy used the SmolLM2 tokenizer, see ``python -m smore_gnn.datasets``).
 
     Returns:
         ``(train, test)`` lists of ``{question, choices, answer, task, type, key}`` records
@@ -191,8 +215,8 @@ def build_multitask(
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f"expected n_train, n_test >= 0, got {n_train}, {n_test}")
-    train, test = split_items(dictd_items(dictd_dir), n_train, n_test, seed)
-    wn_train, wn_test = wordnet_records(wordnet_dir, n_train, n_test, seed)
+    train, test = split_items(dictd_items(dictd_dir), n_train, n_test, seed, fits)
+    wn_train, wn_test = wordnet_records(wordnet_dir, n_train, n_test, seed, fits)
     train, test = train + wn_train, test + wn_test
     seen = {r["question"] for r in train}
     test = [r for r in test if r["question"] not in seen]  # belt and braces: no shared question
@@ -214,10 +238,15 @@ def write_bundled(
     n_train: int = N_TRAIN,
     n_test: int = N_TEST,
     seed: int = 0,
+    fits: Fits | None = None,
+    command: str = "",
     doc_dir: str | Path = "/usr/share/doc",
 ) -> None:
-    """Write ``train.jsonl``, ``test.jsonl``, ``README.md``, ``LICENSES.md`` and ``licenses/``."""
-    train, test = build_multitask(dictd_dir, wordnet_dir, n_train, n_test, seed)
+    """Write ``train.jsonl``, ``test.jsonl``, ``README.md``, ``LICENSES.md`` and ``licenses/``.
+
+    Arguments as for :func:`build_multitask`; ``command`` (how it was built) goes in the README.
+    """
+    train, test = build_multitask(dictd_dir, wordnet_dir, n_train, n_test, seed, fits)
     out = Path(out_dir)
     (out / "licenses").mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "train.jsonl", train)
@@ -228,19 +257,19 @@ def write_bundled(
         "| task | Debian package | licence | copyright file |",
         "|---|---|---|---|",
     ]
-    for task, package in PACKAGES.items():
+    for task, package in sources.PACKAGES.items():
         copyright_file = Path(doc_dir) / package / "copyright"
         name = f"licenses/{package}.copyright" if copyright_file.is_file() else "(not found)"
         if copyright_file.is_file():
             shutil.copyfile(copyright_file, out / name)
-        lines.append(f"| {task} | {package} | {LICENCES[package]} | {name} |")
+        lines.append(f"| {task} | {package} | {sources.LICENCES[package]} | {name} |")
     lines += [
         "",
         "Each JSONL record is derived from the source of its `task` and is redistributed",
         "under that source's licence (full texts in the copyright files).",
     ]
     (out / "LICENSES.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    command = (
+    command = command or (
         f"python -m smore_gnn.datasets build multitask --out {out_dir} "
         f"--n-train {n_train} --n-test {n_test} --seed {seed}"
     )

@@ -14,6 +14,26 @@ from dataclasses import dataclass
 from smore_gnn.datasets.dictd import DictdDatabase
 
 _BRACKETS = re.compile(r"\s*(\[[^\]]*\]|<[^>]*>|\([^)]*\)|\{[^}]*\})")
+# Debian package of each task; their copyright files ship beside the data.
+PACKAGES = {
+    "wordnet": "wordnet-base",
+    "elements": "dict-elements",
+    "acronyms": "dict-vera",
+    "en_fr": "dict-freedict-eng-fra",
+    "en_de": "dict-freedict-eng-deu",
+    "en_es": "dict-freedict-eng-spa",
+    "computing": "dict-foldoc",
+}
+LICENCES = {
+    "wordnet-base": "WordNet 3.0 licence (Princeton University, permissive)",
+    "dict-elements": "public domain (Jay F. Kominek); Debian packaging GPL-3",
+    "dict-vera": "GNU FDL 1.1 or later (Oliver Heidelbach)",
+    "dict-freedict-eng-fra": "GPL-2+ (FreeDict contributors)",
+    "dict-freedict-eng-deu": "GPL-3+ (Frank Richter, Einhard Leichtfuß; from Ding)",
+    "dict-freedict-eng-spa": "GPL-2+ (FreeDict contributors)",
+    "dict-foldoc": "GNU FDL 1.1 or later; cite as: The Free On-line Dictionary of Computing, "
+    "http://www.foldoc.org/, Editor Denis Howe",
+}
 MAX_ELEMENT = 103  # lawrencium
 _ENGLISH_WORD = re.compile(r"^[a-z]{3,14}$")
 _ACRONYM = re.compile(r"^[A-Z]{2,6}$")
