@@ -9,6 +9,7 @@ time spent building the routing graph, FLOPs per token and the achieved FLOP rat
 plain ``torch.matmul`` of equal FLOPs, and (one case) the paper's reference formulation.
 
     .venv/bin/python -m bench.adapter_speed [--quick] [--threads 1] [--json out.json]
+    .venv/bin/python -m bench.adapter_speed --case "(4-4)" 576 2048   # one row
 """
 
 from __future__ import annotations
@@ -192,9 +193,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument(
+        "--case", nargs=3, metavar=("CONFIG", "D", "N"), default=None,
+        help=f"only this row, CONFIG in {list(CONFIGS)}",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cases = QUICK if args.quick else FULL
+    if args.case:
+        if args.case[0] not in CONFIGS:
+            parser.error(f"--case CONFIG must be one of {list(CONFIGS)} (got {args.case[0]!r})")
+        cases = [(args.case[0], int(args.case[1]), int(args.case[2]))]
     rounds = args.rounds or (5 if args.quick else 9)
     results = []
     for name, d, n in cases:

@@ -3,8 +3,9 @@
 For several configurations, ``torch._dynamo.explain`` runs over ``SMoRELinear.forward`` (router,
 routing tree, ``SMoREConv`` message passing, projection) and over ``propagate_tree`` alone;
 the graph and graph-break counts and the break reasons are reported. ``--fullgraph`` also
-compiles forward + backward with ``fullgraph=True`` and checks the output against eager
-(same router noise: ``torch._inductor.config.fallback_random``).
+compiles forward + backward with ``fullgraph=True`` and checks the output and the gradients
+(balance loss included) against eager (same router noise:
+``torch._inductor.config.fallback_random``).
 
     .venv/bin/python -m bench.compile_check [--fullgraph] [--json out.json]
 """
@@ -72,10 +73,16 @@ def check(name: str, overrides: dict, fullgraph: bool) -> dict:
         y = compiled(x, mask)
         (y.square().sum() + layer.balance_loss).backward()
         result["compile_s"] = round(time.perf_counter() - start, 1)
+        grads = {n: p.grad for n, p in layer.named_parameters() if p.grad is not None}
+        layer.zero_grad(set_to_none=True)
         torch.manual_seed(1)
-        with torch.no_grad():
-            ref = layer(x, mask)
-        result["max_abs_diff_vs_eager"] = float((y.detach() - ref).abs().max())
+        ref = layer(x, mask)
+        (ref.square().sum() + layer.balance_loss).backward()  # eager, balance loss included
+        result["max_abs_diff_vs_eager"] = float((y.detach() - ref.detach()).abs().max())
+        eager = dict(layer.named_parameters())
+        result["max_abs_grad_diff_vs_eager"] = max(
+            float((g - eager[n].grad).abs().max()) for n, g in grads.items()
+        )
     return result
 
 
