@@ -310,3 +310,22 @@ def test_callback_logs_the_summary_with_a_prefix():
     callback.on_train_begin(None, state, None)  # any other event is a no-op
     with pytest.raises(ValueError, match="every_n_steps"):
         RoutingHealthCallback(batches, every_n_steps=0)
+
+
+def test_callback_under_the_trainer_callback_handler():
+    trainer_callback = pytest.importorskip("transformers.trainer_callback")
+    toy = Toy()
+    batches = [{"input_ids": torch.tensor([[1, 2, 3], [4, 5, 6]])}]
+    callback = RoutingHealthCallback(batches, ["a", "b"], every_n_steps=1)
+    handler = trainer_callback.CallbackHandler([callback], toy, None, None, None)
+    state, control = trainer_callback.TrainerState(), trainer_callback.TrainerControl()
+    state.global_step = 1
+    handler.on_train_begin(None, state, control)
+    handler.on_step_end(None, state, control)
+    logs = {"loss": 0.5}
+    state.log_history.append({**logs, "step": 1})
+    handler.on_log(None, state, control, logs)
+    assert logs["routing/num_tokens"] == 6 and state.log_history[-1]["routing/num_tokens"] == 6
+    metrics = {"eval_loss": 1.0}
+    handler.on_evaluate(None, state, control, metrics)
+    assert metrics["routing/task_nmi"] == callback.history[-1]["task_nmi"]

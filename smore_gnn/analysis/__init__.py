@@ -1,6 +1,6 @@
 """Inspect routed sub-trees: expert counts, co-routing, load entropy, tree comparison, health.
 
-Plain tensor/Python helpers behind :mod:`smore_gnn.viz` and the notebooks (SPEC §4, §7):
+Plain tensor/Python helpers behind :mod:`smore_gnn.viz` and the notebooks (docs/spec.md §4, §7):
 :mod:`~smore_gnn.analysis.routing` (usage statistics, a training-time recorder),
 :mod:`~smore_gnn.analysis.structures` (which tokens share a routing structure),
 :mod:`~smore_gnn.analysis.metrics` (the routing-health metrics, defined once),

@@ -1,4 +1,4 @@
-"""Compare routed sub-trees the way the structural-flexibility argument does (SPEC §7).
+"""Compare routed sub-trees the way the structural-flexibility argument does (docs/spec.md §7).
 
 Two tokens have the *same structure* when their labelled rooted trees are isomorphic (siblings
 unordered, gate scores ignored): exactly what S'MoRE can distinguish (Theorem 3.4). MoMOR sees

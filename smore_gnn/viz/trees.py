@@ -1,4 +1,4 @@
-"""Draw routed sub-trees (SPEC §4): one token's PyG tree, top-down, with networkx."""
+"""Draw routed sub-trees (docs/spec.md §4): one token's PyG tree, top-down, with networkx."""
 
 from __future__ import annotations
 
