@@ -14,15 +14,12 @@ from smore_gnn.analysis import (
     CollectedRouting,
     RoutingHealthCallback,
     collect_routings,
-    entropy,
     gate_spread,
     health_of,
     last_forward_health,
     layer_ids,
     load_health,
     module_health,
-    mutual_information,
-    normalized_mutual_info,
     routing_health,
     structure_ids,
     summarize,
@@ -32,45 +29,6 @@ from smore_gnn.analysis import (
 )
 from smore_gnn.tree import RoutingTree
 from tests.conftest import make_layer
-
-LN2 = math.log(2)
-
-
-# ---- information ------------------------------------------------------------------------
-def test_entropy_and_mutual_information_by_hand():
-    assert entropy([0, 0, 1, 1]) == pytest.approx(LN2)
-    assert entropy(["a", "b", "c", "d"]) == pytest.approx(math.log(4))
-    assert entropy([7, 7, 7]) == 0.0
-    # a = [0,0,1,1], b = [0,0,0,1]: p(a,b) = {(0,0): 1/2, (1,0): 1/4, (1,1): 1/4}
-    expected = 0.5 * math.log(0.5 / (0.5 * 0.75)) + 0.25 * math.log(0.25 / (0.5 * 0.75))
-    expected += 0.25 * math.log(0.25 / (0.5 * 0.25))
-    assert mutual_information([0, 0, 1, 1], [0, 0, 0, 1]) == pytest.approx(expected)
-    hb = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
-    nmi = normalized_mutual_info([0, 0, 1, 1], [0, 0, 0, 1])
-    assert nmi == pytest.approx(expected / ((LN2 + hb) / 2))
-    geo = normalized_mutual_info([0, 0, 1, 1], [0, 0, 0, 1], average="geometric")
-    assert geo == pytest.approx(expected / math.sqrt(LN2 * hb))
-
-
-def test_nmi_extremes_and_label_names_do_not_matter():
-    tasks = ["a", "b", "c"] * 20
-    own_expert = [{"a": 5, "b": 1, "c": 3}[t] for t in tasks]
-    assert normalized_mutual_info(tasks, own_expert) == pytest.approx(1.0)
-    assert normalized_mutual_info(tasks, [2] * len(tasks)) == 0.0  # constant router
-    # independent by construction: every (task, expert) pair equally often
-    crossed = [(t, e) for t in "ab" for e in range(3)] * 4
-    assert normalized_mutual_info([t for t, _ in crossed], [e for _, e in crossed]) == (
-        pytest.approx(0.0, abs=1e-12)
-    )
-
-
-def test_nmi_of_rows_and_errors():
-    rows = np.array([[0, 1], [0, 1], [2, 3], [2, 3]])  # each row is one label
-    assert normalized_mutual_info(["x", "x", "y", "y"], rows) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="average"):
-        normalized_mutual_info([0, 1], [0, 1], average="max")
-    with pytest.raises(ValueError, match="same samples"):
-        mutual_information([0, 1], [0, 1, 1])
 
 
 # ---- per-layer metrics ------------------------------------------------------------------
