@@ -171,6 +171,21 @@ def test_positional_and_bool_masks_keep_padding_out_of_the_statistics():
     assert float(layer.last_routing.load[-1].sum()) == ids.numel() * CFG.fanout[-1]
 
 
+def test_padding_content_does_not_change_the_balance_loss():
+    model, tokenizer = _tiny()
+    torch.manual_seed(0)
+    sm = get_smore_model(model, CFG).train()
+    batch = _batch(tokenizer)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    other = ids.masked_fill(mask == 0, 77)  # different tokens under the padding
+    losses = []
+    for input_ids in (ids, other):
+        sm(input_ids, mask)
+        losses.append(sm.balance_loss().detach())
+    assert (ids != other).any()
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=0)
+
+
 def test_bad_masks_are_rejected_with_the_fix():
     model, tokenizer = _tiny()
     sm = get_smore_model(model, CFG)
