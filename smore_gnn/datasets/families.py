@@ -75,7 +75,8 @@ def element_items(elements: Iterable[Element]) -> list[Item]:
         if (after := by_number.get(e.number + 1)) is not None:
             question = f"Which element comes right after {e.name} in the periodic table?"
             asks.append(("next_element", question, after.name.capitalize(), "name", near))
-        items += [Item("elements", kind, e.name, q, a, k, g) for kind, q, a, k, g in asks]
+        asked = frozenset({name})  # never offer the element the question names
+        items += [Item("elements", t, e.name, q, a, k, g, asked) for t, q, a, k, g in asks]
     return items
 
 
