@@ -21,7 +21,8 @@ from typing import Any
 import torch
 import yaml
 
-from smore_gnn.cli_args import COMMANDS, UsageError, parse
+from smore_gnn.cli_args import COMMANDS, UsageError
+from smore_gnn.cli_parse import parse
 
 BUNDLED = ("wordnet", "multitask")
 

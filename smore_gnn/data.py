@@ -60,18 +60,11 @@ def _numbered_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file (one JSON object per line; blank lines are skipped).
-
-    Args:
-        path: File to read (UTF-8).
-
-    Returns:
-        The records, in file order.
+    """The records of a UTF-8 JSON-lines file, in order (blank lines are skipped).
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If a line is not UTF-8, not valid JSON or not a JSON object (the file and
-            line number are given).
+        ValueError: If a line is not UTF-8, not JSON or not an object (``path:line:`` named).
     """
     return [record for _, record in _numbered_records(path)]
 
@@ -106,11 +99,7 @@ def read_dataset(path: str | Path) -> list[dict[str, Any]]:
 
 
 def record_format(record: dict[str, Any]) -> str:
-    """Return ``"sft"`` or ``"mc"`` for one record.
-
-    Raises:
-        ValueError: If the record matches neither format (the keys seen are named).
-    """
+    """``"sft"`` or ``"mc"`` for one record; ValueError naming its keys if neither."""
     keys = set(record)
     if keys >= MC_KEYS:
         return "mc"
@@ -120,11 +109,7 @@ def record_format(record: dict[str, Any]) -> str:
 
 
 def detect_format(records: Sequence[dict[str, Any]]) -> str:
-    """Detect the format shared by all records of a file (``"sft"`` or ``"mc"``).
-
-    Raises:
-        ValueError: If there are no records, or records mix formats or match none.
-    """
+    """The format shared by all ``records`` (``"sft"`` or ``"mc"``); ValueError if none/mixed."""
     if not records:
         raise ValueError(f"expected at least one record, got none; {_FORMATS_HELP}")
     fmt = record_format(records[0])
@@ -225,18 +210,10 @@ def tokenize_example(
 ) -> dict[str, list]:
     """Tokenize one record; labels are ``-100`` on the prompt so loss is on the answer only.
 
-    Prompt and target are tokenized separately and concatenated, so the prompt/answer boundary
-    is exact. SFT targets are followed by ``eos``. Over-long examples lose prompt tokens from the
-    left (the answer is kept); no padding is added here (see :func:`collate`).
-
-    Args:
-        record: An SFT or multiple-choice record.
-        tokenizer: Any Hugging Face tokenizer.
-        max_length: Maximum number of tokens.
-        answer: Multiple-choice target: ``"letter"`` or ``"text"`` (see :func:`format_example`).
-
-    Returns:
-        ``{"input_ids", "attention_mask", "labels"}`` as lists of ints.
+    Prompt and target (``answer``: see :func:`format_example`) are tokenized separately and
+    concatenated, so the prompt/answer boundary is exact. SFT targets are followed by ``eos``.
+    Over-long examples lose prompt tokens from the left (the answer is kept); no padding is
+    added here (see :func:`collate`). Returns ``{"input_ids", "attention_mask", "labels"}``.
     """
     return _fit(*_token_parts(record, tokenizer, answer), max_length)
 
@@ -250,18 +227,9 @@ class SFTDataset(Dataset):
     predicts from context, so it is refused.
     """
 
-    def __init__(
-        self,
-        records: Sequence[dict[str, Any]],
-        tokenizer: Any,
-        max_length: int = 512,
-        answer: str = "letter",
-    ):
-        """Validate the format of ``records`` and tokenize them with ``tokenizer``.
-
-        Raises:
-            ValueError: On mixed or unknown formats, or examples that keep no prompt token.
-        """
+    def __init__(self, records: Sequence[dict], tokenizer: Any, max_length: int = 512,
+                 answer: str = "letter"):  # fmt: skip
+        """Validate and tokenize ``records``; ValueError on mixed formats or no-prompt examples."""
         self.format = detect_format(records)
         self.records = list(records)
         parts = [_token_parts(r, tokenizer, answer) for r in self.records]

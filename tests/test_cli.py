@@ -11,7 +11,8 @@ import yaml
 
 from smore_gnn import SMoREConfig
 from smore_gnn.cli import main
-from smore_gnn.cli_args import EvalArgs, FinetuneArgs, UsageError, parse
+from smore_gnn.cli_args import EvalArgs, FinetuneArgs, UsageError
+from smore_gnn.cli_parse import parse
 from smore_gnn.testing import tiny_llama
 from smore_gnn.tree_text import format_routing_tree
 

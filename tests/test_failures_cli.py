@@ -66,7 +66,7 @@ def test_failure_2_unwritable_output_dir_and_bad_targets_stop_early(tmp_path, ca
 
 
 def test_failure_5_yaml_values_are_type_checked(tmp_path, capsys):
-    from smore_gnn.cli_args import parse
+    from smore_gnn.cli_parse import parse
 
     config = tmp_path / "c.yaml"
     config.write_text('progress: "false"\nlr: 1e-3\neval_before: "no"\n')
