@@ -123,6 +123,11 @@ class SMoREConfig:
     bias: bool = _opt(True, "biases on A, B, W and W_proj")
     backend: str = _opt("gnn", f"forward backend, one of {BACKENDS}")
     scatter: str = _opt("native", f"scatter kernel, one of {SCATTERS}")
+    # router learning (bench/router_study.py); the defaults leave the router as above
+    logit_scale: float = _opt(1.0, "router logits are multiplied by this (1 / temperature)")
+    learn_logit_scale: bool = _opt(False, "learn that scale per layer router, from logit_scale")
+    z_loss_weight: float = _opt(0.0, "w_z of the z-loss mean(logsumexp(logits)^2), in balance")
+    router_input_norm: bool = _opt(False, "RMS-normalise the router input u (no affine)")
 
     def _set(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # normalisation inside the frozen dataclass
@@ -157,7 +162,8 @@ class SMoREConfig:
         _choice("key_init", self.key_init, KEY_INITS)
         _choice("backend", self.backend, BACKENDS)
         _choice("scatter", self.scatter, SCATTERS)
-        for name in ("shared_pool", "noise_bias", "zero_transition_bias", "bias"):
+        for name in ("shared_pool", "noise_bias", "zero_transition_bias", "bias",
+                     "learn_logit_scale", "router_input_norm"):  # fmt: skip
             _bool(name, getattr(self, name))
         if self.gate_type == "dense" and self.fanout != self.num_experts:
             raise ValueError(
@@ -207,6 +213,11 @@ class SMoREConfig:
         if not eps > 0:
             raise ValueError(f"SMoREConfig.noise_eps must be > 0 (got {eps})")
         self._set("noise_eps", eps)
+        for name, bound in (("logit_scale", "> 0"), ("z_loss_weight", ">= 0")):
+            value = _real(name, getattr(self, name), f"a float {bound}")
+            if value < 0 or (value == 0 and bound == "> 0"):
+                raise ValueError(f"SMoREConfig.{name} must be a float {bound} (got {value})")
+            self._set(name, value)
         if self.lora_alpha is None:
             return
         alpha = self.lora_alpha

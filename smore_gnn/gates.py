@@ -177,3 +177,13 @@ def dense_gate(logits: Tensor, valid: Tensor | None) -> GateOutput:
 def cosine_logits(query: Tensor, keys: Tensor) -> Tensor:
     """``normalize(q) . normalize(k)`` for queries [E, d_g] and keys [s, d_g] -> [E, s]."""
     return F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).t()
+
+
+def z_loss(logits: Tensor, valid: Tensor | None) -> Tensor:
+    """Router z-loss (Zoph et al. 2022, arXiv 2202.08906): mean ``logsumexp(logits)^2`` over
+    the valid events of ``logits`` [E, s]; 0 when there is none. It keeps logits small."""
+    z = torch.logsumexp(logits, dim=-1).square()  # [E]
+    if valid is None:
+        return z.mean() if z.numel() else logits.new_zeros(())
+    z = torch.where(valid, z, 0.0)
+    return z.sum() / valid.sum().clamp(min=1).to(z.dtype)

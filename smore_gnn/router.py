@@ -6,10 +6,16 @@ picks its own ``f_l`` children of the layer below from the router input
 keys handed down are the L2-normalised ones, as in the authors' gate; under ``switch`` and
 ``dense`` the raw keys. All routing math runs in float32. Padding tokens enter the router as
 zero vectors, so whatever they hold (even NaN) cannot reach a statistic or a gradient.
+
+Router-learning options (all off by default, see ``bench/router_study.py``): the logits are
+multiplied by ``config.logit_scale`` (a learned scalar per layer router when
+``learn_logit_scale``), a z-loss ``z_loss_weight * mean(logsumexp(logits)^2)`` joins each
+layer's balance loss, and ``router_input_norm`` RMS-normalises the router input ``u``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smore_gnn.config import SMoREConfig
-from smore_gnn.gates import GateOutput, cosine_logits, dense_gate, noisy_topk_gate, switch_gate
+from smore_gnn.gates import (
+    GateOutput,
+    cosine_logits,
+    dense_gate,
+    noisy_topk_gate,
+    switch_gate,
+    z_loss,
+)
 
 _ACTS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 
@@ -68,6 +81,10 @@ class LayerRouter(nn.Module):
         self.noise = None
         if self.gate_type == "noisy_topk":  # no bias by default, as the authors' noise layer
             self.noise = nn.Linear(in_dim, num_experts, bias=config.noise_bias)
+        self.z_loss_weight, self.init_logit_scale = config.z_loss_weight, config.logit_scale
+        self.log_logit_scale = None  # learned: logits * exp(log_logit_scale), log(init) at init
+        if config.learn_logit_scale:
+            self.log_logit_scale = nn.Parameter(torch.zeros(()))
         self.reset_parameters()
 
     @property
@@ -87,22 +104,42 @@ class LayerRouter(nn.Module):
             nn.init.zeros_(self.noise.weight)
             if self.noise.bias is not None:
                 nn.init.zeros_(self.noise.bias)
+        if self.log_logit_scale is not None:
+            nn.init.constant_(self.log_logit_scale, math.log(self.init_logit_scale))
 
-    def forward(self, h: Tensor, valid: Tensor | None) -> GateOutput:
-        # h: [E, in_dim] float32 router input of E routing events; valid: [E] bool or None
+    @property
+    def logit_scale(self) -> Tensor | float:
+        """The factor on the logits: learned (a scalar tensor) or ``config.logit_scale``."""
+        if self.log_logit_scale is None:
+            return self.init_logit_scale
+        return _f32(self.log_logit_scale).exp()
+
+    def logits(self, h: Tensor) -> Tensor:
+        """``[E, s]`` float32 logits of router inputs ``h`` [E, in_dim], scaled by
+        :attr:`logit_scale`: cosine similarities (``noisy_topk``) or ``q . k`` (others)."""
         q = linear32(h, self.fc1)
         q = _ACTS[self.act](q) if self.act != "identity" else q
         q = linear32(q, self.fc2)  # [E, d_g]
         keys = _f32(self.keys)
+        logits = cosine_logits(q, keys) if self.gate_type == "noisy_topk" else q @ keys.t()
+        scale = self.logit_scale
+        return logits if isinstance(scale, float) and scale == 1.0 else logits * scale
+
+    def forward(self, h: Tensor, valid: Tensor | None) -> GateOutput:
+        # h: [E, in_dim] float32 router input of E routing events; valid: [E] bool or None
+        logits = self.logits(h)  # [E, s]
         if self.gate_type == "noisy_topk":
             std = None
             if self.training:
                 std = F.softplus(linear32(h, self.noise)) + self.noise_eps  # [E, s]
-            return noisy_topk_gate(cosine_logits(q, keys), std, self.fanout, valid, self.weight)
-        logits = q @ keys.t()  # [E, s]
-        if self.gate_type == "switch":
-            return switch_gate(logits, self.fanout, valid, self.weight)
-        return dense_gate(logits, valid)
+            out = noisy_topk_gate(logits, std, self.fanout, valid, self.weight)
+        elif self.gate_type == "switch":
+            out = switch_gate(logits, self.fanout, valid, self.weight)
+        else:
+            out = dense_gate(logits, valid)
+        if self.z_loss_weight > 0:
+            out.loss = out.loss + self.z_loss_weight * z_loss(logits, valid)
+        return out
 
 
 class SMoRERouter(nn.Module):
@@ -115,7 +152,7 @@ class SMoRERouter(nn.Module):
 
     def __init__(self, in_features: int, config: SMoREConfig):
         super().__init__()
-        self.fanout = list(config.fanout)
+        self.fanout, self.input_norm = list(config.fanout), config.router_input_norm
         d_u = config.down_proj_dim or in_features
         self.down_proj = nn.Linear(in_features, d_u) if config.down_proj_dim else None
         self.layers = nn.ModuleList(
@@ -143,6 +180,8 @@ class SMoRERouter(nn.Module):
             if valid is not None:  # no NaN of a padding token may reach D's gradient
                 x = torch.where(valid[:, None], x, 0.0)
             u = _f32(x) if self.down_proj is None else linear32(x, self.down_proj)  # [N, d_u]
+        if self.input_norm:  # RMS-normalised router input (no affine); 0 stays 0
+            u = F.rms_norm(_f32(u), (u.size(-1),), eps=1e-6)
         if valid is not None:  # padding routes as u = 0 (either way u was obtained)
             u = torch.where(valid[:, None], u, 0.0)
         ancestors = None  # [N, F_{l+1}, keys of the path so far]

@@ -1,0 +1,294 @@
+"""Why S'MoRE's router stays flat, and which router-learning knob fixes it (issue 10 item 3).
+
+Every run fine-tunes SmolLM2-135M-Instruct with S'MoRE (the settings of
+``smore_gnn/configs/demo.yaml``) on a small slice of the bundled multi-task train split, with
+one knob changed, and measures
+
+* routing health (:func:`smore_gnn.analysis.routing_health`) before and after training on the
+  prompts of a *validation* split carved out of train (grouped by headword: no key is in both;
+  the test split is never read),
+* validation accuracy (:func:`smore_gnn.eval.evaluate_mc`, choice text scored),
+* gradient diagnostics at a few steps: the router's and the experts' gradient norms, the
+  router gradient split into its language-model and balance-loss parts, the spread of the
+  gate scores on the training batch,
+* the logits' size at init and after training (per expert layer: std over experts, largest
+  softmax probability).
+
+Each run is a subprocess writing ``bench/results/router_study/<name>.json``; a run whose file
+exists is skipped, so the study resumes where it stopped.
+
+    .venv/bin/python -m bench.router_study                 # every missing run, in order
+    .venv/bin/python -m bench.router_study --only rlr10    # some runs
+    .venv/bin/python -m bench.router_study --report        # the table of finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = RESULTS_DIR / "router_study"
+SETTINGS = {"n_train": 320, "n_val": 160, "batch_size": 8, "lr": 1e-3, "warmup": 0.1,
+            "max_length": 64, "seed": 0, "diag_steps": [0, 2, 5, 10, 20, 39]}  # fmt: skip
+#: name -> knobs. ``smore``: SMoREConfig overrides of the demo config; ``router_lr_scale``;
+#: ``balance_reduce`` "sum" (as SMoREModel.balance_loss) or "mean" over adapted modules;
+#: ``balance_warmup``: fraction of the steps over which the balance loss ramps up from 0.
+RUNS: dict[str, dict[str, Any]] = {
+    "base": {"eval_only": True},
+    "baseline": {},
+    "input_norm": {"smore": {"router_input_norm": True}},
+    "scale10": {"smore": {"logit_scale": 10.0}},
+    "rlr10": {"router_lr_scale": 10.0},
+    "init_normal": {"smore": {"init_method": "normal"}},
+    "bal_mean": {"balance_reduce": "mean"},
+    "no_balance": {"smore": {"balance_loss_weight": 0.0}},
+    "zloss": {"smore": {"z_loss_weight": 1e-3}},
+    "bal_warmup": {"balance_warmup": 0.5},
+    "rlr3": {"router_lr_scale": 3.0},
+    "scale_learn": {"smore": {"learn_logit_scale": True}},
+}
+
+
+def demo_smore_config(**overrides: Any) -> Any:
+    """The demo's ``SMoREConfig`` (``smore_gnn/configs/demo.yaml``) with ``overrides``."""
+    import yaml
+
+    from smore_gnn.config import SMoREConfig
+
+    demo = yaml.safe_load((ROOT / "smore_gnn" / "configs" / "demo.yaml").read_text())
+    return SMoREConfig(**{**demo["smore"], **overrides})
+
+
+def validation_split(n_train: int, n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """``(train, val)`` from the bundled multi-task *train* split, grouped by ``key``.
+
+    Keys are shuffled with ``seed``; whole keys go to validation until it holds ``n_val``
+    records, then to train until ``n_train``. No key is in both.
+    """
+    from smore_gnn.datasets import load_bundled
+
+    records = load_bundled("multitask", "train")
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(f"{r['task']}:{r.get('key', r['question'])}", []).append(r)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    train: list[dict] = []
+    val: list[dict] = []
+    for key in keys:
+        target = val if len(val) < n_val else train
+        if target is train and len(train) >= n_train:
+            break
+        target.extend(groups[key])
+    return train[:n_train], val[:n_val]
+
+
+def _norm(grads: list) -> float:
+    return math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None))
+
+
+def logit_stats(model: Any, batch: dict) -> list[dict[str, float]]:
+    """Per expert layer (bottom first), over every adapter's router: mean std of the logits
+    over experts, mean |logit|, mean largest softmax probability, on one no-grad forward."""
+    import torch
+
+    from smore_gnn.router import LayerRouter, SMoRERouter
+
+    captured: dict[int, list] = {}
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, SMoRERouter):
+            for l, layer in enumerate(module.layers):
+                hooks.append(layer.register_forward_pre_hook(
+                    lambda mod, args, l=l: captured.setdefault(l, []).append((mod, args[0]))
+                ))  # fmt: skip
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            out = []
+            for l in sorted(captured):
+                stds, absl, pmax = [], [], []
+                for mod, h in captured[l]:
+                    assert isinstance(mod, LayerRouter)
+                    logits = mod.logits(h)  # [E, s]
+                    stds.append(float(logits.std(-1).mean()))
+                    absl.append(float(logits.abs().mean()))
+                    pmax.append(float(logits.softmax(-1).max(-1).values.mean()))
+                out.append({"layer": l, "logit_std": sum(stds) / len(stds),
+                            "logit_abs": sum(absl) / len(absl),
+                            "max_prob": sum(pmax) / len(pmax)})  # fmt: skip
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return out
+
+
+def run_one(name: str, knobs: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Train and measure one run in this process; the JSON-ready result."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    from smore_gnn.analysis import routing_health, text_batches
+    from smore_gnn.analysis.health import last_forward_health
+    from smore_gnn.data import SFTDataset, make_collator, mc_prompt
+    from smore_gnn.eval import evaluate_mc
+    from smore_gnn.loading import load_model_and_tokenizer
+    from smore_gnn.methods import build_for_budget
+    from smore_gnn.optim import is_router_parameter, param_groups
+
+    torch.set_num_threads(1)
+    start = time.time()
+    train, val = validation_split(settings["n_train"], settings["n_val"], settings["seed"])
+    base, tok = load_model_and_tokenizer("smollm2")
+    result: dict[str, Any] = {"name": name, "knobs": knobs, "settings": settings}
+    if knobs.get("eval_only"):
+        result["val"] = evaluate_mc(base, tok, val, answer="text", batch_size=16)
+        result["val"].pop("predictions")
+        result["wall_s"] = round(time.time() - start, 1)
+        return result
+    cfg = demo_smore_config(**knobs.get("smore", {}))
+    model, _ = build_for_budget("smore", base, cfg, seed=settings["seed"])
+    val_batches = text_batches(tok, [mc_prompt(r) for r in val], batch_size=16)
+    tasks = [r["task"] for r in val]
+    result["health_init"] = routing_health(model, val_batches, tasks)["summary"]
+    result["logits_init"] = logit_stats(model, val_batches[0])
+    data = SFTDataset(train, tok, max_length=settings["max_length"], answer="text")
+    gen = torch.Generator().manual_seed(settings["seed"])
+    loader = torch.utils.data.DataLoader(data, batch_size=settings["batch_size"], shuffle=True,
+                                         collate_fn=make_collator(tok), generator=gen)  # fmt: skip
+    steps = len(loader)
+    scale = float(knobs.get("router_lr_scale", 1.0))
+    opt = torch.optim.AdamW(param_groups(model, settings["lr"], scale, 0.0))
+    sched = get_cosine_schedule_with_warmup(opt, math.ceil(settings["warmup"] * steps), steps)
+    router_params = [p for n, p in model.named_parameters()
+                     if p.requires_grad and is_router_parameter(n)]  # fmt: skip
+    other_params = [p for n, p in model.named_parameters()
+                    if p.requires_grad and not is_router_parameter(n)]  # fmt: skip
+    n_modules = len(model.adapters())
+    reduce = 1.0 / n_modules if knobs.get("balance_reduce") == "mean" else 1.0
+    warm = float(knobs.get("balance_warmup", 0.0)) * steps
+    diag, log = [], []
+    model.train()
+    for step, batch in enumerate(loader):
+        out = model(**batch)
+        lm = out.loss
+        coef = reduce * (min(1.0, (step + 1) / warm) if warm > 0 else 1.0)
+        aux = model.balance_loss() * coef
+        entry: dict[str, Any] = {"step": step, "lm_loss": lm.item(), "aux_loss": aux.item()}
+        if step in settings["diag_steps"] or step == steps - 1:
+            g_lm = torch.autograd.grad(lm, router_params, retain_graph=True, allow_unused=True)
+            g_aux = []
+            if aux.requires_grad:
+                g_aux = torch.autograd.grad(aux, router_params, retain_graph=True,
+                                            allow_unused=True)  # fmt: skip
+            entry["router_grad_lm"], entry["router_grad_balance"] = _norm(g_lm), _norm(g_aux)
+            mask = batch["attention_mask"]
+            entry["train_median_spread"] = last_forward_health(model.adapters(), mask)[
+                "summary"]["median_spread"]  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        (lm + aux).backward()
+        if "router_grad_lm" in entry:
+            entry["router_grad"] = _norm([p.grad for p in router_params])
+            entry["expert_grad"] = _norm([p.grad for p in other_params])
+            diag.append(entry)
+        opt.step()
+        sched.step()
+        log.append({k: round(v, 5) for k, v in entry.items() if k in ("lm_loss", "aux_loss")})
+    model.eval()
+    result["train_steps"], result["diagnostics"], result["loss_log"] = steps, diag, log
+    result["health"] = routing_health(model, val_batches, tasks)["summary"]
+    result["logits"] = logit_stats(model, val_batches[0])
+    scales = [float(m.logit_scale.detach()) for m in model.modules()
+              if hasattr(m, "log_logit_scale") and m.log_logit_scale is not None]  # fmt: skip
+    if scales:
+        result["learned_logit_scale"] = {"min": min(scales), "max": max(scales),
+                                         "mean": sum(scales) / len(scales)}  # fmt: skip
+    result["val"] = evaluate_mc(model, tok, val, answer="text", batch_size=16)
+    result["val"].pop("predictions")
+    result["wall_s"] = round(time.time() - start, 1)
+    return result
+
+
+def report(out_dir: Path = OUT) -> str:
+    """A Markdown table of the finished runs (routing health after training, val accuracy)."""
+    rows = ["| run | knobs | val acc | median spread | max top share | median top share "
+            "| task NMI (shuffled) | router grad lm / balance (step 0 -> last) | wall s |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in RUNS:
+        path = out_dir / f"{name}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        acc = f"{100 * r['val']['accuracy']:.1f} %"
+        if "health" not in r:
+            rows.append(f"| {name} | (no adapter) | {acc} | | | | | | {r['wall_s']} |")
+            continue
+        h, d = r["health"], r["diagnostics"]
+        grads = (
+            f"{d[0]['router_grad_lm']:.2g} / {d[0]['router_grad_balance']:.2g} -> "
+            f"{d[-1]['router_grad_lm']:.2g} / {d[-1]['router_grad_balance']:.2g}"
+        )
+        knobs = json.dumps(r["knobs"]).replace("|", "/")
+        rows.append(
+            f"| {name} | `{knobs}` | {acc} | {h['median_spread']:.3f} | {h['max_top_share']:.3f} "
+            f"| {h['median_top_share']:.3f} | {h['task_nmi']:.3f} ({h['task_nmi_shuffled']:.3f}) "
+            f"| {grads} | {r['wall_s']} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="+", default=None, help="run names (default: all)")
+    parser.add_argument("--run", default=None, help="(internal) run one in this process")
+    parser.add_argument("--report", action="store_true", help="print the table and exit")
+    parser.add_argument("--smoke", default=None, help="(check) --run at 16 questions into DIR")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        tiny = {**SETTINGS, "n_train": 16, "n_val": 16, "diag_steps": [0]}
+        result = run_one(args.run, RUNS[args.run], tiny)
+        Path(args.smoke).mkdir(parents=True, exist_ok=True)
+        (Path(args.smoke) / f"{args.run}.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps({k: result[k] for k in ("health", "val", "wall_s") if k in result}))
+        return
+    if args.report:
+        print(report())
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.run:
+        result = run_one(args.run, RUNS[args.run], SETTINGS)
+        tmp = OUT / f".{args.run}.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(OUT / f"{args.run}.json")  # only finished runs appear
+        return
+    unknown = sorted(set(args.only or []) - set(RUNS))
+    if unknown:
+        parser.error(f"unknown runs {unknown}; known: {list(RUNS)}")
+    for name in args.only or RUNS:
+        if (OUT / f"{name}.json").exists():
+            print(f"{name}: done, skipped", flush=True)
+            continue
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        start = time.time()
+        done = subprocess.run([sys.executable, "-m", "bench.router_study", "--run", name],
+                              cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+        status = "ok" if done.returncode == 0 else f"FAILED: {done.stderr[-2000:]}"
+        print(f"{name}: {status} ({time.time() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
