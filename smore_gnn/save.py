@@ -40,7 +40,13 @@ REQUIRED_KEYS = ("method", "smore_config", "adapted_modules", "target_modules")
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    """Flush a file, or a folder's entries, to disk (folders: where the OS allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():  # e.g. Windows cannot open a folder; its renames are still atomic
+            return
+        raise
     try:
         os.fsync(fd)
     finally:
