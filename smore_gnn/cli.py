@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from smore_gnn.cli_args import COMMANDS, UsageError
+from smore_gnn.cli_health import draw_health, routing_health_of
 from smore_gnn.cli_parse import parse
 
 BUNDLED = ("wordnet", "multitask")
@@ -50,7 +51,9 @@ def _bundled(name: str, split: str) -> list[dict]:
     return load_bundled(name, split)
 
 
-def load_split(args: Any, n_train: int) -> tuple[list[dict], list[dict]]:
+def load_split(
+    data: str | None, eval_data: str | None, n_train: int, n_test: int, flag: str = "--data"
+) -> tuple[list[dict], list[dict]]:
     """Train and multiple-choice test records (bundled by name, or validated JSONL files)."""
     from smore_gnn.data import read_dataset, split_train_test
     from smore_gnn.eval import validate_mc_records
@@ -59,17 +62,17 @@ def load_split(args: Any, n_train: int) -> tuple[list[dict], list[dict]]:
         with user_input(flag):
             return _bundled(value, split) if value in BUNDLED else read_dataset(value)
 
-    data = args.data or "wordnet"
-    train = read(data, "train", "--data") if n_train else []
-    test = read(args.eval_data, "test", "--eval-data") if args.eval_data else None
+    data = data or "wordnet"
+    train = read(data, "train", flag) if n_train else []
+    test = read(eval_data, "test", "--eval-data") if eval_data else None
     if test is None and data in BUNDLED:
-        test = read(data, "test", "--data")
+        test = read(data, "test", flag)
     elif test is None and not n_train:
-        train = read(data, "train", "--data")
-    with user_input("--data"):
-        train, test = split_train_test(train, test, n_train or len(train), args.n_test)
+        train = read(data, "train", flag)
+    with user_input(flag):
+        train, test = split_train_test(train, test, n_train or len(train), n_test)
     if test:
-        with user_input("--eval-data" if args.eval_data else "--data"):
+        with user_input("--eval-data" if eval_data else flag):
             validate_mc_records(test, "test questions")
     return (train[:n_train] if n_train else []), test
 
@@ -127,8 +130,8 @@ def accuracy(args: Any, model: Any, tokenizer: Any, test: list[dict]) -> dict | 
                        progress=args.progress)  # fmt: skip
 
 
-def draw_routing(args: Any, model: Any, tokenizer: Any, prompt: str, out: Path) -> str:
-    """Print one token's routing tree and draw it to ``args.png`` (default: in ``out``)."""
+def draw_routing(args: Any, model: Any, tokenizer: Any, prompt: str, out: Path) -> tuple:
+    """One token's routing tree as text, drawn to ``args.png`` (default: in ``out``); module."""
     from smore_gnn.tree_text import route_prompt
     from smore_gnn.viz import draw_routing_tree
 
@@ -139,28 +142,7 @@ def draw_routing(args: Any, model: Any, tokenizer: Any, prompt: str, out: Path) 
         png.parent.mkdir(parents=True, exist_ok=True)
     draw_routing_tree(routed.layer.last_tree, token=routed.token, path=str(png), show_scores=True,
                       title=f"{routed.name}\ntoken {routed.token} {routed.piece!r}")  # fmt: skip
-    return f"{routed.text}\nrouting tree drawn to {png}"
-
-
-def routing_health_of(args: Any, model: Any, tokenizer: Any, test: list[dict]) -> dict | None:
-    """:func:`smore_gnn.analysis.health.routing_health` on the test prompts (with their tasks).
-
-    ``None`` without test questions, for a model without S'MoRE adapters, or before the
-    health module exists. The global RNG state is left as it was.
-    """
-    try:
-        from smore_gnn.analysis import text_batches
-        from smore_gnn.analysis.health import routing_health
-    except ImportError:
-        return None
-    from smore_gnn.data import mc_prompt
-
-    if not test or not hasattr(model, "adapters"):
-        return None
-    tasks = [str(r["task"]) for r in test] if all("task" in r for r in test) else None
-    batches = text_batches(tokenizer, [mc_prompt(r) for r in test], args.eval_batch_size)
-    with torch.random.fork_rng(devices=[]):
-        return routing_health(model, batches, tasks, seed=args.seed)
+    return f"{routed.text}\nrouting tree drawn to {png}", routed.name
 
 
 def finetune(args: Any) -> dict[str, Any]:
@@ -170,7 +152,7 @@ def finetune(args: Any) -> dict[str, Any]:
     from smore_gnn.training import build_trainer, training_arguments
 
     start, out = time.time(), check_writable(args.output_dir)
-    train, test = load_split(args, args.n_train)
+    train, test = load_split(args.data, args.eval_data, args.n_train, args.n_test)
     set_threads(args.threads)
     model, tokenizer = load_model(args)
     with user_input("--data/--max-length"):
@@ -191,7 +173,7 @@ def finetune(args: Any) -> dict[str, Any]:
             lora_rank=args.lora_rank, match_budget=args.match_budget, seed=args.seed,
         )  # fmt: skip
     method = method_of(model).name
-    health = routing_health_of(args, model, tokenizer, test)  # before training
+    health = routing_health_of(model, tokenizer, test, args.eval_batch_size, args.seed)
     training = training_arguments(
         str(out / "trainer"), per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, num_train_epochs=args.epochs,
@@ -217,12 +199,12 @@ def finetune(args: Any) -> dict[str, Any]:
     if tuned and tuned["per_task"]:
         metrics["per_task"] = {"base": base and base["per_task"], "tuned": tuned["per_task"]}
     if health is not None:
-        after = routing_health_of(args, model, tokenizer, test)
+        after = routing_health_of(model, tokenizer, test, args.eval_batch_size, args.seed)
         metrics["routing_health"] = {"before": health["summary"], "after": after["summary"]}
         (out / "routing_health.json").write_text(json.dumps(after, indent=1) + "\n")
     if hasattr(model, "routing_stats"):
         prompt = args.prompt or format_example((test or train)[0])[0]
-        print(draw_routing(args, model, tokenizer, prompt, out))
+        print(draw_routing(args, model, tokenizer, prompt, out)[0])
         metrics["routing"] = {k: v for k, v in model.routing_stats().items() if k != "modules"}
     metrics["wall_time_s"] = round(time.time() - start, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
@@ -237,7 +219,7 @@ def finetune(args: Any) -> dict[str, Any]:
 
 def evaluate(args: Any) -> dict[str, Any]:
     """Multiple-choice accuracy of the base model plus an optional saved adapter."""
-    _, test = load_split(args, 0)
+    _, test = load_split(args.data, args.eval_data, 0, args.n_test)
     if not test:
         raise UsageError("--data: eval needs multiple-choice questions (got SFT records or none)")
     set_threads(args.threads)
@@ -269,8 +251,15 @@ def inspect(args: Any) -> str:
         with user_input("--target-modules"):
             model, _ = build_for_budget("smore", model, args.smore_config, args.target_modules,
                                         seed=args.seed)  # fmt: skip
-    text = draw_routing(args, model, tokenizer, args.prompt or "The cat sat on the",
-                        Path(args.output_dir))  # fmt: skip
+    out = Path(args.output_dir)
+    text, module = draw_routing(args, model, tokenizer, args.prompt or "The cat sat on the", out)
+    if args.health_data:
+        _, test = load_split(args.health_data, None, 0, args.n_test, "--health-data")
+        if not test:
+            raise UsageError("--health-data: needs multiple-choice questions (got SFT records)")
+        health = routing_health_of(model, tokenizer, test, seed=args.seed)
+        pngs = draw_health(health, out, module) if health else []
+        text += "".join(f"\nrouting health drawn to {png}" for png in pngs)
     print(text)
     return text
 

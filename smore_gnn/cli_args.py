@@ -178,11 +178,15 @@ class EvalArgs(CommonArgs, DataArgs):
 
 @dataclass
 class InspectArgs(CommonArgs, RoutingArgs, AdapterArgs):
-    """``smore-gnn inspect``: print and draw a token's routing tree."""
+    """``smore-gnn inspect``: print and draw a token's routing tree (and routing health)."""
+
+    health_data: str | None = _opt(None, "JSONL or 'wordnet'/'multitask': draw routing health")
+    n_test: int = _opt(200, "test questions measured for --health-data")
 
     def __post_init__(self) -> None:
         CommonArgs.__post_init__(self)
         AdapterArgs.__post_init__(self)
+        _check(self.n_test >= 1, "n_test", self.n_test, ">= 1")
 
 
 COMMANDS: dict[str, type] = {"finetune": FinetuneArgs, "eval": EvalArgs, "inspect": InspectArgs}

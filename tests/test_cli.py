@@ -174,3 +174,20 @@ def test_bundled_data_by_name(name, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n_test"] == 4
     assert set(result["per_task"]) == {str(r["task"]) for r in expected if "task" in r}
+
+
+def test_inspect_draws_routing_health_on_test_questions(tmp_path, capsys):
+    data = tmp_path / "mc.jsonl"
+    rows = [{"question": f"q{i}", "choices": ["x", "y"], "answer": i % 2, "task": "ab"[i % 2]}
+            for i in range(6)]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["inspect", "--model", "tiny", "--health-data", str(data), "--n-test", "6",
+            "--module", "1", "--output-dir", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    for name in ("routing_tree.png", "routing_health.png", "routing_tasks.png"):
+        assert (tmp_path / name).is_file() and name in text, name
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text(json.dumps({"instruction": "i", "output": "o"}) + "\n")
+    assert main([*argv[:4], str(sft), *argv[5:]]) == 2
+    assert "--health-data" in capsys.readouterr().err
