@@ -165,3 +165,18 @@ def test_optimizer_uses_optim_param_groups_with_router_lr_scale(tmp_path, monkey
     )
     with pytest.raises(ValueError, match="router_lr_scale must be finite and > 0"):
         build_trainer(model, tokenizer, RECORDS, args, router_lr_scale=0.0)
+
+
+def test_trainer_optimizer_follows_smore_gnn_optim(tmp_path):
+    pytest.importorskip("smore_gnn.optim")
+    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
+    model = get_smore_model(model, smore_paper_config(rank=[2, 2]))
+    args = training_arguments(str(tmp_path), max_steps=1, learning_rate=0.01)
+    trainer = build_trainer(model, tokenizer, RECORDS, args, max_length=48, router_lr_scale=0.25)
+    groups = trainer.create_optimizer().param_groups
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["router"] == pytest.approx(0.0025) and lrs["other"] == pytest.approx(0.01)
+    routers = {id(p) for n, p in model.named_parameters() if "router." in n and p.requires_grad}
+    for group in groups:
+        is_router = group["name"].startswith("router")
+        assert all((id(p) in routers) == is_router for p in group["params"])
