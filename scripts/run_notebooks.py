@@ -25,8 +25,12 @@ NOTEBOOKS = ROOT / "notebooks"
 SIZES = ("test", "default", "full")
 
 
-def run_notebook(path: Path, size: str, out: Path, timeout: int) -> tuple[float, object]:
-    """Execute ``path`` in a fresh kernel; return ``(wall seconds, executed notebook)``."""
+def run_notebook(path: Path, size: str, out: Path, timeout: int) -> tuple[float, float, object]:
+    """Execute ``path`` in a fresh kernel; return ``(wall s, kernel CPU s, executed notebook)``.
+
+    The CPU seconds are those of the finished kernel process (``RUSAGE_CHILDREN``): on a shared
+    machine they tell what the run costs when the notebook has the cores to itself.
+    """
     import nbclient
     import nbformat
 
@@ -42,9 +46,19 @@ def run_notebook(path: Path, size: str, out: Path, timeout: int) -> tuple[float,
         client = nbclient.NotebookClient(
             nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": cwd}}
         )
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _children_cpu()
         client.execute()
-        return time.perf_counter() - start, nb
+        return time.perf_counter() - start, _children_cpu() - cpu, nb
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children (0 where unsupported)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 0.0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,25 +84,33 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no notebook in {NOTEBOOKS} matches {args.names}")
     args.out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float | None] = {}
+    cpu_times: dict[str, float | None] = {}
     failed = False
     for path in paths:
         print(f"{path.name} (size {args.size}) ...", flush=True)
         try:
-            seconds, nb = run_notebook(path, args.size, args.out, args.timeout)
+            seconds, cpu, nb = run_notebook(path, args.size, args.out, args.timeout)
         except Exception as err:  # report every notebook, then fail
             print(f"{path.name}: FAILED after its cell error:\n{err}", file=sys.stderr, flush=True)
-            times[path.name], failed = None, True
+            times[path.name] = cpu_times[path.name] = None
+            failed = True
             continue
-        times[path.name] = round(seconds, 1)
-        print(f"{path.name}: {seconds:.1f} s ({seconds / 60:.1f} min)", flush=True)
+        times[path.name], cpu_times[path.name] = round(seconds, 1), round(cpu, 1)
+        print(
+            f"{path.name}: {seconds:.1f} s wall ({seconds / 60:.1f} min), kernel CPU {cpu:.1f} s",
+            flush=True,
+        )
         if args.executed is not None:
             import nbformat
 
             args.executed.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, args.executed / path.name)
     print("wall times (s):", json.dumps(times), "| figures in", args.out)
+    load = os.getloadavg()[0]
+    print("kernel CPU times (s):", json.dumps(cpu_times), f"| load average {load:.1f}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"size": args.size, "wall_s": times}, indent=1) + "\n")
+        result = {"size": args.size, "wall_s": times, "kernel_cpu_s": cpu_times}
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 1 if failed else 0
 
 
