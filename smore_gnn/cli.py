@@ -1,9 +1,13 @@
 """``smore-gnn``: fine-tune (``finetune``), evaluate (``eval``) and inspect routing (``inspect``).
 
 Settings come from a YAML file (``--config``, keys as the long flags with ``_``), overridden by
-explicit flags; see :mod:`smore_gnn.cli_args` and ``smore_gnn/configs/demo.yaml``. Every
-input is validated before a model is loaded or a training step runs. A user error prints one
-line naming the input and the fix and exits with code 2; a traceback means a bug.
+explicit flags: :mod:`smore_gnn.cli_args` (one typed dataclass per sub-command),
+:mod:`smore_gnn.cli_parse` (``HfArgumentParser``, YAML type checks) and
+``smore_gnn/configs/demo.yaml``. Every input is validated before a model is loaded or a
+training step runs. A user error prints one line naming the input and the fix and exits with
+code 2; a traceback means a bug. Scoring is :mod:`smore_gnn.eval`, training
+:mod:`smore_gnn.training`, methods :mod:`smore_gnn.methods`, routing health
+:mod:`smore_gnn.cli_health`.
 """
 
 from __future__ import annotations
