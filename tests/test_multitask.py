@@ -203,8 +203,10 @@ def test_shipped_copy_records_sources_and_licences() -> None:
         assert (RESOURCE / "licenses" / f"{package}.copyright").is_file()
     readme = (RESOURCE / "README.md").read_text(encoding="utf-8")
     assert "python -m smore_gnn.datasets build multitask" in readme
-    test_counts = Counter(r["task"] for r in load_bundled("multitask", "test"))
-    assert f"computing {test_counts['computing']}" in readme.split("Test per task:")[1]
+    for split, label in (("train", "Train per task:"), ("test", "Test per task:")):
+        counts = Counter(r["task"] for r in load_bundled("multitask", split))
+        line = readme.split(label)[1].splitlines()[0]
+        assert line == " " + ", ".join(f"{t} {counts[t]}" for t in TASKS) + ".", line
 
 
 needs_debian = pytest.mark.skipif(

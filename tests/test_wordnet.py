@@ -51,6 +51,18 @@ def test_parse_data_file_reads_hex_word_count_pointers_and_gloss(tmp_path: Path)
     assert syn.gloss == 'a gloss; "ex"'
 
 
+def test_headword_is_the_word_each_question_type_asks_about() -> None:
+    hyponym = {"question": "Which of the following is a kind of feel?", "type": "hyponym"}
+    category = {
+        "question": "Which category does the word 'ice cream' belong to?",
+        "type": "category",
+    }
+    definition = {"question": "Which word means: x?", "choices": ["a", "rev"], "answer": 1}
+    assert wordnet.headword({**hyponym, "choices": ["touch"], "answer": 0}) == "feel"
+    assert wordnet.headword({**category, "choices": ["food"], "answer": 0}) == "ice cream"
+    assert wordnet.headword({**definition, "type": "definition"}) == "rev"
+
+
 def test_missing_wordnet_dir_says_how_to_install(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="apt-get install wordnet-base"):
         build_wordnet_mc(tmp_path)

@@ -5,9 +5,11 @@ Tasks: ``wordnet`` (WordNet 3.0 relations, :mod:`smore_gnn.datasets.wordnet`), `
 ``dict-vera``), ``en_fr`` / ``en_de`` / ``en_es`` (English word translation;
 ``dict-freedict-eng-*``) and ``computing`` (FOLDOC definition -> term; ``dict-foldoc``).
 
-Splits are by headword: a key's hash (with the seed) puts it in train or test for every task,
-so no headword is asked in both. Distractors come from the answers of the same task, kind and
-split (see :mod:`smore_gnn.datasets.families`). Build-time code: run
+Splits are by headword (the record's ``key``): for the dictd tasks the key's hash (with the
+seed) puts it in train or test for every task; WordNet questions come split by synset from
+their builder, and test questions whose headword is asked in train are dropped. Distractors
+come from the answers of the same task, kind and split (see
+:mod:`smore_gnn.datasets.families`). Build-time code: run
 ``python -m smore_gnn.datasets build multitask --out DIR``.
 """
 
@@ -154,9 +156,8 @@ def dictd_items(dictd_dir: str | Path = DEFAULT_DICTD_DIR) -> list[Item]:
     everyday = set(words["en_fr"]) | set(words["en_es"])  # German: 460k entries, keep common ones
     for task in families.LANGUAGES:
         german = task == "en_de"
-        items += families.translation_items(
-            task, words[task], everyday if german else None, german
-        )
+        only = everyday if german else None
+        items += families.translation_items(task, words[task], only, single_sense=german)
     foldoc = sources.parse_foldoc(DictdDatabase.open("foldoc", dictd_dir))
     return items + families.computing_items(foldoc)
 
@@ -164,26 +165,19 @@ def dictd_items(dictd_dir: str | Path = DEFAULT_DICTD_DIR) -> list[Item]:
 def wordnet_records(
     wordnet_dir: str | Path, n_train: int, n_test: int, seed: int, fits: Fits | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The WordNet family (split by synset by its own builder), short prompts only."""
-    extra = [round(n * 1.3) + 10 for n in (n_train, n_test)]  # room for the length filter
-    out = []
-    for records, n in zip(
-        wordnet.build_wordnet_mc(wordnet_dir, *extra, seed=seed), (n_train, n_test)
-    ):
-        kept = [
-            dict(
-                question=r["question"],
-                choices=r["choices"],
-                answer=r["answer"],
-                task="wordnet",
-                type=r["type"],
-                key=r["synset"],
-            )
-            for r in records
-            if (fits or prompt_fits())(r)
-        ]
-        out.append(kept[:n])
-    return out[0], out[1]
+    """The WordNet family: the WordNet builder's questions (disjoint by synset), keyed by
+    headword, without test questions whose headword is asked in train, short prompts only."""
+    fits = fits or prompt_fits()
+    extra = [round(n * 1.3) + 10 for n in (n_train, n_test)]  # room for the filters
+    out: list[list[dict[str, Any]]] = []
+    for records in wordnet.build_wordnet_mc(wordnet_dir, *extra, seed=seed):
+        out.append([
+            dict(question=r["question"], choices=r["choices"], answer=r["answer"], task="wordnet",
+                 type=r["type"], key=wordnet.headword(r))
+            for r in records if fits(r)
+        ])  # fmt: skip
+    asked = {r["key"] for r in out[0][:n_train]}
+    return out[0][:n_train], [r for r in out[1] if r["key"] not in asked][:n_test]
 
 
 def build_multitask(
@@ -275,7 +269,8 @@ def write_bundled(
     )
     (out / "README.md").write_text(
         f"Multi-task multiple-choice questions ({len(train)} train + {len(test)} test), built "
-        f"from Debian data files by `{command}`.\n\nTrain per task: {_counts(train)}.\n"
+        f"from Debian data files by `{command}`.\n\nSplit by headword (the `key` field): no "
+        f"key of a task is in both splits.\n\nTrain per task: {_counts(train)}.\n"
         f"Test per task: {_counts(test)}.\nSources and licences: LICENSES.md.\n",
         encoding="utf-8",
     )

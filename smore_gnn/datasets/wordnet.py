@@ -197,6 +197,16 @@ def _record(
     return dict(question=question, choices=choices, answer=answer_index, type=kind, synset=synset)
 
 
+def headword(record: dict[str, Any]) -> str:
+    """The word a question is about: the X of a ``hyponym`` question, the word asked in a
+    ``category`` question, the answer of a ``definition`` question."""
+    if record["type"] == "hyponym":
+        return record["question"].removeprefix("Which of the following is a kind of ")[:-1]
+    if record["type"] == "category":
+        return record["question"].split("'")[1]
+    return record["choices"][record["answer"]]
+
+
 def build_wordnet_mc(
     wordnet_dir: str | Path = DEFAULT_WORDNET_DIR,
     n_train: int = 2000,
