@@ -152,14 +152,8 @@ class DictdDatabase:
         """
         directory = Path(directory)
         index = directory / f"{name}.index"
-        data = next(
-            (
-                p
-                for p in (directory / f"{name}.dict.dz", directory / f"{name}.dict")
-                if p.is_file()
-            ),
-            None,
-        )
+        candidates = (directory / f"{name}.dict.dz", directory / f"{name}.dict")
+        data = next((path for path in candidates if path.is_file()), None)
         if not index.is_file() or data is None:
             msg = f"dictd database {name!r} not found in {str(directory)!r} (need {name}.index"
             raise FileNotFoundError(
