@@ -1,13 +1,29 @@
-"""Fine-tuning quality: LoRA vs MoLRE vs S'MoRE at equal trainable parameters, several seeds.
+"""Powered fine-tuning comparison: base, LoRA (peft), MoLRE, S'MoRE at equal trainable budgets.
 
-SmolLM2-135M-Instruct on the bundled WordNet multiple-choice set, each run through the
-``smore-gnn finetune`` command (``smore_gnn.cli``: the settings of
-``smore_gnn/configs/demo.yaml``, MoLRE and LoRA ranks matched to S'MoRE's budget) in its own
-subprocess; the test accuracy of every run is read from its ``metrics.json``. The base
-model's accuracy (same test questions) is measured once, in the first run.
+Two budget levels, both on ``gate_proj``/``up_proj``/``down_proj`` of every block of
+SmolLM2-135M-Instruct (134.5 M parameters):
 
-    .venv/bin/python -m bench.quality            # 3 methods x 3 seeds (hours on 2 cores)
-    .venv/bin/python -m bench.quality --quick    # 3 methods x 1 seed, fewer questions
+* ``paper``: the paper's S'MoRE (4-4), r = 8 (the demo config), 15.86 M parameters (11.8 %);
+* ``small``: the smallest (4-4) tree on those targets, r = 1 with router and down-projection
+  width 8, 2.33 M parameters (1.7 %; ``W_proj`` alone keeps (4-4) above 1 % on all three).
+
+LoRA (peft) and MoLRE get the rank whose size is closest to S'MoRE's at each level
+(:func:`smore_gnn.methods.build_for_budget`). Each method trains with the library's
+``SMoRETrainer`` (LM loss + balance loss, router parameters at ``lr * ROUTER_LR_SCALE``) on
+``n_train`` questions drawn with the seed (so S'MoRE and LoRA of one seed see the same
+data in the same order: the S'MoRE - LoRA difference is paired by seed), then is scored on
+the same fixed test questions (choice text, :func:`smore_gnn.eval.evaluate_mc`; multi-task:
+stratified by task, per-task accuracy kept). Datasets: the bundled multi-task set and the
+bundled WordNet set. Never tuned on these test splits (settings come from
+``bench/router_study.py``, which uses a validation split carved out of train).
+
+Every run is a subprocess writing ``bench/results/quality[_quick]/<run>.json``; finished runs
+made with the current settings are skipped, so the study resumes where it stopped (a run
+made with other settings, e.g. before a router default changed, is run again).
+
+    .venv/bin/python -m bench.quality                    # full: hours on 2 shared cores
+    .venv/bin/python -m bench.quality --quick            # 1 seed, multi-task, small budget
+    .venv/bin/python -m bench.quality --report [--quick] # Markdown table for BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -15,96 +31,171 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import random
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import RESULTS_DIR, machine_info
+from bench.quality_report import report, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("lora", "molre", "smore")
-DEMO = ROOT / "smore_gnn" / "configs" / "demo.yaml"
+#: router lr = lr * this for the methods with a router (bench/router_study.py)
+ROUTER_LR_SCALE = 1.0
+#: SMoREConfig overrides of every S'MoRE/MoLRE run (bench/router_study.py)
+ROUTER_OPTIONS: dict[str, Any] = {}
+BUDGETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small": {"rank": [1, 1], "router_dim": 8, "down_proj_dim": 8},
+}
+FULL = {"seeds": [0, 1, 2], "datasets": ["multitask", "wordnet"], "budgets": ["small", "paper"],
+        "n_train": 640, "n_test": {"multitask": 700, "wordnet": 500}, "lr": 1e-3,
+        "warmup": 0.1, "batch_size": 8, "max_length": 64}  # fmt: skip
+QUICK = {**FULL, "seeds": [0], "datasets": ["multitask"], "budgets": ["small"],
+         "n_train": 160, "n_test": {"multitask": 140}}  # fmt: skip
 
 
-def run_one(method: str, seed: int, args: argparse.Namespace, eval_before: bool) -> dict:
-    """One ``smore-gnn finetune`` run in a subprocess; its ``metrics.json``."""
-    out = Path(args.output_dir) / f"{method}_seed{seed}"
-    cmd = [sys.executable, "-m", "smore_gnn.cli", "finetune", "--config", str(DEMO),
-           "--method", method, "--seed", str(seed), "--output-dir", str(out),
-           "--n-train", str(args.n_train), "--n-test", str(args.n_test),
-           "--eval-before" if eval_before else "--no-eval-before", "--no-progress"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+def settings_for(quick: bool) -> dict[str, Any]:
+    """The settings of the full study or of ``--quick``, with the router settings."""
+    return {**(QUICK if quick else FULL), "quick": quick, "router_lr_scale": ROUTER_LR_SCALE,
+            "router_options": ROUTER_OPTIONS}  # fmt: skip
+
+
+def run_config(settings: dict[str, Any], data: str) -> dict[str, Any]:
+    """What a finished run must have been run with to count under ``settings``."""
+    keys = ("n_train", "lr", "warmup", "batch_size", "max_length", "router_lr_scale",
+            "router_options")  # fmt: skip
+    return {**{k: settings[k] for k in keys}, "n_test": settings["n_test"][data]}
+
+
+def is_done(path: Path, settings: dict[str, Any]) -> bool:
+    """Whether ``path`` holds a finished run made with the current ``settings``."""
+    if not path.exists():
+        return False
+    run = json.loads(path.read_text())
+    return run.get("config") == run_config(settings, run["dataset"])
+
+
+def results_dir(quick: bool) -> Path:
+    return RESULTS_DIR / ("quality_quick" if quick else "quality")
+
+
+def run_ids(settings: dict[str, Any]) -> list[str]:
+    """Run names, seed-major so that a partial study holds whole seeds: ``base-<data>`` and
+    ``<data>-<budget>-<method>-s<seed>``."""
+    ids = [f"base-{d}" for d in settings["datasets"]]
+    for seed in settings["seeds"]:
+        for data in settings["datasets"]:
+            for budget in settings["budgets"]:
+                ids += [f"{data}-{budget}-{m}-s{seed}" for m in ("smore", "lora", "molre")]
+    return ids
+
+
+def load_data(name: str, n_train: int, n_test: int, seed: int) -> tuple[list, list]:
+    """``(train, test)``: ``n_train`` train records drawn with ``seed``; the first ``n_test``
+    test records of a fixed shuffle, stratified by task (the same for every run)."""
+    from smore_gnn.datasets import load_bundled
+
+    train, test = load_bundled(name, "train"), load_bundled(name, "test")
+    train = random.Random(seed).sample(train, min(n_train, len(train)))
+    by_task: dict[str, list] = {}
+    for r in random.Random(0).sample(test, len(test)):
+        by_task.setdefault(str(r.get("task", "all")), []).append(r)
+    per_task = max(1, n_test // len(by_task))
+    picked = [r for rows in by_task.values() for r in rows[:per_task]]
+    return train, picked[:n_test]
+
+
+def run_one(run_id: str, settings: dict[str, Any], work_dir: Path) -> dict[str, Any]:
+    """One run in this process: train (unless base) and score; the JSON-ready result."""
+    import torch
+
+    from smore_gnn.eval import evaluate_mc
+    from smore_gnn.loading import load_model_and_tokenizer
+    from smore_gnn.methods import build_for_budget, smore_paper_config, trainable_parameters
+    from smore_gnn.training import build_trainer, training_arguments
+
+    torch.set_num_threads(1)
     start = time.time()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:  # recorded, so that one broken method does not hide the others
-        last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:]
-        return {"method": method, "seed": seed, "error": (last or ["?"])[0][:500],
-                "command": " ".join(cmd), "base_accuracy": None}  # fmt: skip
-    metrics = json.loads((out / "metrics.json").read_text())
-    keep = ("base_accuracy", "tuned_accuracy", "trainable_parameters", "train_loss", "n_test")
-    return {"method": method, "seed": seed, "wall_s": round(time.time() - start, 1),
-            **{k: metrics.get(k) for k in keep}}  # fmt: skip
-
-
-def summarise(runs: list[dict]) -> dict:
-    """Mean, spread (population std, min, max) of the tuned accuracy per method."""
-    out: dict = {}
-    for method in METHODS:
-        acc = [r["tuned_accuracy"] for r in runs if r["method"] == method and "error" not in r]
-        if acc:
-            out[method] = {
-                "mean": round(statistics.fmean(acc), 4),
-                "std": round(statistics.pstdev(acc), 4),
-                "min": min(acc),
-                "max": max(acc),
-                "seeds": len(acc),
-                "trainable_parameters": next(
-                    r["trainable_parameters"]
-                    for r in runs
-                    if r["method"] == method and "error" not in r
-                ),
-            }
-    failed = [f"{r['method']} seed {r['seed']}: {r['error']}" for r in runs if "error" in r]
-    if failed:
-        out["failed"] = failed
-    base = [r["base_accuracy"] for r in runs if r["base_accuracy"] is not None]
-    out["base"] = {"accuracy": base[0] if base else None}
-    if all(m in out for m in METHODS) and base:
-        s, m, lo = (out[k]["mean"] for k in ("smore", "molre", "lora"))
-        out["ordering_smore_ge_molre_ge_lora_gt_base"] = s >= m >= lo > base[0]
+    if run_id.startswith("base-"):
+        data, budget, method, seed = run_id[5:], None, "base", 0
+    else:
+        data, budget, method, seed_text = run_id.split("-")
+        seed = int(seed_text[1:])
+    train, test = load_data(data, settings["n_train"], settings["n_test"][data], seed)
+    model, tok = load_model_and_tokenizer("smollm2")
+    out: dict[str, Any] = {"run": run_id, "dataset": data, "budget": budget, "method": method,
+                           "seed": seed, "n_train": len(train), "n_test": len(test),
+                           "config": run_config(settings, data)}  # fmt: skip
+    if method != "base":
+        cfg = smore_paper_config(**{**BUDGETS[budget], **settings["router_options"]})
+        model, sizes = build_for_budget(method, model, cfg, seed=seed)
+        out["trainable_parameters"] = trainable_parameters(model)
+        out["rank"] = sizes[method]["rank"]
+        args = training_arguments(
+            str(work_dir / run_id), learning_rate=settings["lr"], num_train_epochs=1,
+            per_device_train_batch_size=settings["batch_size"], warmup_steps=settings["warmup"],
+            seed=seed, data_seed=seed, logging_steps=10, disable_tqdm=True,
+        )  # fmt: skip
+        trainer = build_trainer(
+            model,
+            tok,
+            train,
+            args,
+            max_length=settings["max_length"],
+            answer="text",
+            router_lr_scale=settings["router_lr_scale"],
+        )
+        out["train_loss"] = round(trainer.train().training_loss, 5)
+        model.eval()
+    result = evaluate_mc(model, tok, test, answer="text", batch_size=16)
+    out["accuracy"], out["per_task"] = result["accuracy"], result["per_task"]
+    out["wall_s"] = round(time.time() - start, 1)
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, 240 train / 120 test")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--n-train", type=int, default=None)
-    parser.add_argument("--n-test", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
-    parser.add_argument("--output-dir", default=str(ROOT / "runs" / "bench_quality"))
-    parser.add_argument("--json", default=None, help="default: bench/results/quality*.json")
+    parser.add_argument("--quick", action="store_true", help="1 seed, multi-task, small budget")
+    parser.add_argument("--report", action="store_true", help="print the Markdown and exit")
+    parser.add_argument("--only", nargs="+", default=None, help="run ids (default: all)")
+    parser.add_argument("--run-one", default=None, help="(internal) one run in this process")
+    parser.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_quality"))
     args = parser.parse_args(argv)
-    args.json = args.json or str(
-        RESULTS_DIR / ("quality_quick.json" if args.quick else "quality.json")
-    )
-    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    args.n_train = args.n_train or (240 if args.quick else 480)
-    args.n_test = args.n_test or (120 if args.quick else 200)
-    runs = []
-    for seed in args.seeds:
-        for method in METHODS:
-            first = not any(r.get("base_accuracy") is not None for r in runs)
-            runs.append(run_one(method, seed, args, eval_before=first))
-            print(json.dumps(runs[-1]), flush=True)
-    out = {"machine": machine_info(), "settings": {k: v for k, v in vars(args).items()},
-           "runs": runs, "summary": summarise(runs)}  # fmt: skip
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["summary"], indent=2))
-    return out
+    settings, out_dir = settings_for(args.quick), results_dir(args.quick)
+    if args.report:
+        print(report(out_dir, settings))
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.run_one:
+        result = run_one(args.run_one, settings, Path(args.work_dir))
+        tmp = out_dir / f".{args.run_one}.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(out_dir / f"{args.run_one}.json")  # only finished runs appear
+        return
+    ids = run_ids(settings)
+    unknown = sorted(set(args.only or []) - set(ids))
+    if unknown:
+        parser.error(f"unknown run ids {unknown}; known: {ids}")
+    start = time.time()
+    for run_id in args.only or ids:
+        if is_done(out_dir / f"{run_id}.json", settings):
+            continue  # finished with these settings (a run with others is redone)
+        cmd = [sys.executable, "-m", "bench.quality", "--run-one", run_id,
+               "--work-dir", args.work_dir] + (["--quick"] if args.quick else [])  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        t0 = time.time()
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        status = "ok" if done.returncode == 0 else f"FAILED: {done.stderr[-1500:]}"
+        print(f"{run_id}: {status} ({time.time() - t0:.0f} s)", flush=True)
+    summary = summarise(out_dir, settings)
+    summary.update(machine=machine_info(), wall_s_this_call=round(time.time() - start, 1))
+    name = "quality_quick_summary.json" if args.quick else "quality_summary.json"
+    (RESULTS_DIR / name).write_text(json.dumps(summary, indent=1) + "\n")
+    print(report(out_dir, settings))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ one knob changed, and measures
   softmax probability).
 
 Each run is a subprocess writing ``bench/results/router_study/<name>.json``; a run whose file
-exists is skipped, so the study resumes where it stopped.
+exists is skipped, so the study resumes where it stopped. Several drivers may run at once
+(e.g. one with ``--only`` in another order): a run another live driver is running is skipped.
 
     .venv/bin/python -m bench.router_study                 # every missing run, in order
     .venv/bin/python -m bench.router_study --only rlr10    # some runs
@@ -40,7 +41,7 @@ from bench.common import RESULTS_DIR
 ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS_DIR / "router_study"
 SETTINGS = {"n_train": 320, "n_val": 160, "batch_size": 8, "lr": 1e-3, "warmup": 0.1,
-            "max_length": 64, "seed": 0, "diag_steps": [0, 2, 5, 10, 20, 39]}  # fmt: skip
+            "max_length": 64, "seed": 0, "diag_steps": [0, 5, 20, 39]}  # fmt: skip
 #: name -> knobs. ``smore``: SMoREConfig overrides of the demo config; ``router_lr_scale``;
 #: ``balance_reduce`` "sum" (as SMoREModel.balance_loss) or "mean" over adapted modules;
 #: ``balance_warmup``: fraction of the steps over which the balance loss ramps up from 0.
@@ -99,8 +100,10 @@ def _norm(grads: list) -> float:
 
 
 def logit_stats(model: Any, batch: dict) -> list[dict[str, float]]:
-    """Per expert layer (bottom first), over every adapter's router: mean std of the logits
-    over experts, mean |logit|, mean largest softmax probability, on one no-grad forward."""
+    """Per expert layer (bottom first), over every adapter's router, on one no-grad forward:
+    mean std of the logits over experts (``logit_std``), mean std over tokens of the centred
+    logits (``logit_token_std``: the part of the routing that depends on the token), mean
+    |logit| and mean largest softmax probability."""
     import torch
 
     from smore_gnn.router import LayerRouter, SMoRERouter
@@ -120,14 +123,17 @@ def logit_stats(model: Any, batch: dict) -> list[dict[str, float]]:
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             out = []
             for l in sorted(captured):
-                stds, absl, pmax = [], [], []
+                stds, absl, pmax, tok = [], [], [], []
                 for mod, h in captured[l]:
                     assert isinstance(mod, LayerRouter)
                     logits = mod.logits(h)  # [E, s]
+                    centred = logits - logits.mean(-1, keepdim=True)  # [E, s]
                     stds.append(float(logits.std(-1).mean()))
+                    tok.append(float(centred.std(0).mean()))  # token-dependent part
                     absl.append(float(logits.abs().mean()))
                     pmax.append(float(logits.softmax(-1).max(-1).values.mean()))
                 out.append({"layer": l, "logit_std": sum(stds) / len(stds),
+                            "logit_token_std": sum(tok) / len(tok),
                             "logit_abs": sum(absl) / len(absl),
                             "max_prob": sum(pmax) / len(pmax)})  # fmt: skip
     finally:
@@ -279,15 +285,31 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown runs {unknown}; known: {list(RUNS)}")
     for name in args.only or RUNS:
-        if (OUT / f"{name}.json").exists():
-            print(f"{name}: done, skipped", flush=True)
+        if (OUT / f"{name}.json").exists() or _running(name):
+            print(f"{name}: done or running, skipped", flush=True)
             continue
+        marker = OUT / f".{name}.running"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         start = time.time()
-        done = subprocess.run([sys.executable, "-m", "bench.router_study", "--run", name],
-                              cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
-        status = "ok" if done.returncode == 0 else f"FAILED: {done.stderr[-2000:]}"
+        proc = subprocess.Popen([sys.executable, "-m", "bench.router_study", "--run", name],
+                                cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        marker.write_text(str(proc.pid))
+        _, err = proc.communicate()
+        marker.unlink(missing_ok=True)
+        status = "ok" if proc.returncode == 0 else f"FAILED: {err[-2000:]}"
         print(f"{name}: {status} ({time.time() - start:.0f} s)", flush=True)
+
+
+def _running(name: str) -> bool:
+    """Whether another driver runs ``name`` now (its marker names a live process)."""
+    marker = OUT / f".{name}.running"
+    try:
+        os.kill(int(marker.read_text()), 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 if __name__ == "__main__":
