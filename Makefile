@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: test demo bench bench-quality bench-compile lint format figures verify clean
+.PHONY: test test-scatter demo bench bench-quality bench-compile lint format figures verify clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,17 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow" -n 2
+
+# The optional torch-scatter kernel (scatter="torch_scatter"). It compiles against the installed
+# torch (minutes; 47 on this busy 2-core machine; once: pip caches the built wheel), hence
+# --no-build-isolation (its setup.py imports torch) and its own target: `make test` stays fast.
+SCATTER_STAMP := $(VENV)/.scatter-installed
+$(SCATTER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[scatter]'
+	touch $(SCATTER_STAMP)
+
+test-scatter: $(SCATTER_STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_scatter.py
 
 demo: $(STAMP)
 	$(VENV)/bin/smore-gnn finetune --config smore_gnn/configs/demo.yaml $(DEMO_ARGS)
