@@ -12,7 +12,7 @@ from smore_gnn.layer import SMoRELinear
 from smore_gnn.router import RoutingResult, SMoRERouter
 from smore_gnn.tree import RoutingTree, build_routing_tree
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SMoREConfig",
