@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR
+from bench.router_probe import grad_norm, logit_stats, validation_split
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS_DIR / "router_study"
@@ -69,78 +69,6 @@ def demo_smore_config(**overrides: Any) -> Any:
 
     demo = yaml.safe_load((ROOT / "smore_gnn" / "configs" / "demo.yaml").read_text())
     return SMoREConfig(**{**demo["smore"], **overrides})
-
-
-def validation_split(n_train: int, n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """``(train, val)`` from the bundled multi-task *train* split, grouped by ``key``.
-
-    Keys are shuffled with ``seed``; whole keys go to validation until it holds ``n_val``
-    records, then to train until ``n_train``. No key is in both.
-    """
-    from smore_gnn.datasets import load_bundled
-
-    records = load_bundled("multitask", "train")
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(f"{r['task']}:{r.get('key', r['question'])}", []).append(r)
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    train: list[dict] = []
-    val: list[dict] = []
-    for key in keys:
-        target = val if len(val) < n_val else train
-        if target is train and len(train) >= n_train:
-            break
-        target.extend(groups[key])
-    return train[:n_train], val[:n_val]
-
-
-def _norm(grads: list) -> float:
-    return math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None))
-
-
-def logit_stats(model: Any, batch: dict) -> list[dict[str, float]]:
-    """Per expert layer (bottom first), over every adapter's router, on one no-grad forward:
-    mean std of the logits over experts (``logit_std``), mean std over tokens of the centred
-    logits (``logit_token_std``: the part of the routing that depends on the token), mean
-    |logit| and mean largest softmax probability."""
-    import torch
-
-    from smore_gnn.router import LayerRouter, SMoRERouter
-
-    captured: dict[int, list] = {}
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, SMoRERouter):
-            for l, layer in enumerate(module.layers):
-                hooks.append(layer.register_forward_pre_hook(
-                    lambda mod, args, l=l: captured.setdefault(l, []).append((mod, args[0]))
-                ))  # fmt: skip
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            out = []
-            for l in sorted(captured):
-                stds, absl, pmax, tok = [], [], [], []
-                for mod, h in captured[l]:
-                    assert isinstance(mod, LayerRouter)
-                    logits = mod.logits(h)  # [E, s]
-                    centred = logits - logits.mean(-1, keepdim=True)  # [E, s]
-                    stds.append(float(logits.std(-1).mean()))
-                    tok.append(float(centred.std(0).mean()))  # token-dependent part
-                    absl.append(float(logits.abs().mean()))
-                    pmax.append(float(logits.softmax(-1).max(-1).values.mean()))
-                out.append({"layer": l, "logit_std": sum(stds) / len(stds),
-                            "logit_token_std": sum(tok) / len(tok),
-                            "logit_abs": sum(absl) / len(absl),
-                            "max_prob": sum(pmax) / len(pmax)})  # fmt: skip
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    return out
 
 
 def run_one(name: str, knobs: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -201,15 +129,16 @@ def run_one(name: str, knobs: dict[str, Any], settings: dict[str, Any]) -> dict[
             if aux.requires_grad:
                 g_aux = torch.autograd.grad(aux, router_params, retain_graph=True,
                                             allow_unused=True)  # fmt: skip
-            entry["router_grad_lm"], entry["router_grad_balance"] = _norm(g_lm), _norm(g_aux)
+            entry["router_grad_lm"] = grad_norm(g_lm)
+            entry["router_grad_balance"] = grad_norm(g_aux)
             mask = batch["attention_mask"]
             entry["train_median_spread"] = last_forward_health(model.adapters(), mask)[
                 "summary"]["median_spread"]  # fmt: skip
         opt.zero_grad(set_to_none=True)
         (lm + aux).backward()
         if "router_grad_lm" in entry:
-            entry["router_grad"] = _norm([p.grad for p in router_params])
-            entry["expert_grad"] = _norm([p.grad for p in other_params])
+            entry["router_grad"] = grad_norm([p.grad for p in router_params])
+            entry["expert_grad"] = grad_norm([p.grad for p in other_params])
             diag.append(entry)
         opt.step()
         sched.step()
