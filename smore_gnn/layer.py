@@ -96,9 +96,9 @@ class SMoRELinear(nn.Module):
             bank.reset_parameters()
         for conv in self.convs:
             conv.reset_parameters()
-            if self.config.zero_transition_bias and conv.lin is not None:
-                if conv.lin.bias is not None:  # the authors zero every W_l bias
-                    nn.init.zeros_(conv.lin.bias)
+            lin = conv.lin
+            if self.config.zero_transition_bias and lin is not None and lin.bias is not None:
+                nn.init.zeros_(lin.bias)  # the authors zero every W_l bias
         if self.config.init_method == "normal":
             nn.init.kaiming_uniform_(self.proj.weight, a=math.sqrt(5))  # as the authors' W_final
         else:
