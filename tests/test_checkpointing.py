@@ -62,14 +62,13 @@ def _grads(block):
     return {n: p.grad.clone() for n, p in block.named_parameters() if p.grad is not None}
 
 
-def _run(block, x, mode, weight, clear_mask=True):
+def _run(block, x, mode, weight):
     """Forward (checkpointed if ``mode`` is a bool), mask cleared after it like the wrapper."""
     block.zero_grad()
     x = x.clone().requires_grad_(True)
     _set_mask(block)
     y = block(x) if mode is None else checkpoint(block, x, use_reentrant=mode)
-    if clear_mask:
-        _set_mask(block, None)
+    _set_mask(block, None)
     aux = sum(layer.balance_loss for layer in block.layers())
     (_task(y) + weight * aux).backward()
     return y.detach(), _grads(block), x.grad
@@ -138,3 +137,21 @@ def test_recomputation_reuses_the_forward_mask():
     (_task(y) + sum(layer.balance_loss for layer in block.layers())).backward()
     for name, grad in _grads(block).items():
         torch.testing.assert_close(grad, want[1][name], msg=name)
+
+
+def test_balance_loss_alone_has_its_graph_without_checkpointing():
+    """A forward with autograd keeps the balance loss's own graph (nothing deferred)."""
+    block = Block(gate_type="switch").train()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    _set_mask(block)
+    block(x)
+    keys = block.a.router.layers[0].keys
+    (grad,) = torch.autograd.grad(block.a.balance_loss, keys)
+    flat = x.reshape(-1, 8)  # [N, d]
+    want = torch.autograd.grad(block.a.router(flat, MASK.reshape(-1)).balance_loss, keys)[0]
+    torch.testing.assert_close(grad, want)
+    with torch.no_grad():  # like reentrant checkpointing's first pass: no graph to keep
+        block(x)
+    probe = block.a.balance_loss  # the value, its gradient applied by a recomputation only
+    torch.testing.assert_close(probe.detach(), block.a.router(flat, MASK.reshape(-1)).balance_loss)
+    assert torch.autograd.grad(probe, keys, allow_unused=True) == (None,)
