@@ -1,12 +1,9 @@
 """SMoREConv on hand-written bipartite child -> parent graphs."""
 
-import importlib.util
-
 import pytest
 import torch
 
 from smore_gnn import SMoREConv
-from tests.conftest import make_layer
 
 EDGES = torch.tensor([[0, 1, 2, 3], [0, 0, 1, 1]])  # 4 children, 2 parents
 WEIGHT = torch.tensor([0.5, 2.0, 1.0, -1.0])
@@ -71,20 +68,3 @@ def test_reset_parameters_and_errors():
         SMoREConv(3, 2, act="gelu")
     with pytest.raises(ValueError, match="Expected scatter"):
         SMoREConv(3, 2, scatter="cuda")
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("torch_scatter") is None,
-    reason="torch-scatter is not installed (pip install -e .[scatter])",
-)
-def test_torch_scatter_path_equals_native():
-    native = make_layer(num_experts=[3, 4], fanout=[2, 2], rank=[2, 2])
-    fast = make_layer(num_experts=[3, 4], fanout=[2, 2], rank=[2, 2], scatter="torch_scatter")
-    x = torch.randn(6, 8, dtype=torch.float64)
-    ya, yb = native(x), fast(x)
-    torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
-    ya.sum().backward()
-    yb.sum().backward()
-    for (name, a), b in zip(native.named_parameters(), fast.parameters()):
-        if a.grad is not None:
-            torch.testing.assert_close(a.grad, b.grad, msg=name)
