@@ -167,6 +167,8 @@ class SMoRELinear(nn.Module):
             self.last_routing = None
             return result
         flat = x.reshape(-1, self.in_features)  # [N, d]
+        if mask is not None:  # padding enters the adapter as the zero token (NaN-safe)
+            flat = torch.where(mask[:, None], flat, flat.new_zeros(()))
         if self.config.backend == "dense":
             routing = self.router(flat, mask)
             delta = dense_delta(self, flat.to(self.proj.weight.dtype), routing)

@@ -98,3 +98,28 @@ def test_wrapper_mask_is_checked_when_set_and_when_used():
     layer.attention_mask = torch.tensor([[1, 1, 0], [1, 0, 1]])
     layer(x.reshape(6, 8))  # a model that flattens its tokens row-major before the layer
     assert layer.last_routing.load[0].sum() == 4 * 4
+
+
+@pytest.mark.parametrize("gate_type", ["switch", "noisy_topk"])
+@pytest.mark.parametrize("backend", ["gnn", "dense"])
+def test_nan_in_a_padding_token_changes_nothing_real(gate_type, backend):
+    """#7: a NaN in a padded token leaves the balance loss, the real tokens' outputs and every
+    gradient finite and equal to the run where that token is finite."""
+    mask = torch.tensor([1, 1, 0, 1], dtype=torch.bool)
+    x = torch.randn(4, 8, dtype=torch.float64)
+    runs = []
+    for pad in (0.0, float("nan")):
+        layer = make_layer(gate_type=gate_type, backend=backend).eval()  # eval: no noise draw
+        xi = x.clone()
+        xi[2] = pad
+        y = layer(xi, attention_mask=mask)
+        (y[mask].sum() + layer.balance_loss).backward()
+        grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+        runs.append((y[mask].detach(), layer.balance_loss.detach(), grads))
+    (y0, loss0, g0), (y1, loss1, g1) = runs
+    assert torch.isfinite(loss1) and all(torch.isfinite(g).all() for g in g1.values())
+    torch.testing.assert_close(y1, y0)
+    torch.testing.assert_close(loss1, loss0)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], msg=name)
