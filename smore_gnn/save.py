@@ -153,7 +153,10 @@ def read_adapter_config(directory: str | Path, methods: tuple[str, ...]) -> dict
         missing = [k for k in REQUIRED_KEYS if k not in meta]
         if missing:
             raise ValueError(f"missing keys {missing}")
-        meta["smore_config"] = SMoREConfig.from_dict(meta["smore_config"])
+        smore = dict(meta["smore_config"])
+        # 0.1 wrote no ``noise_bias``: its noisy top-k routers had a noise bias
+        smore.setdefault("noise_bias", smore.get("gate_type", "noisy_topk") == "noisy_topk")
+        meta["smore_config"] = SMoREConfig.from_dict(smore)
         if meta["method"] not in methods:
             raise ValueError(f"method {meta['method']!r}")
         names, targets = meta["adapted_modules"], meta["target_modules"]

@@ -292,3 +292,21 @@ def test_folders_written_by_0_1_still_load(tmp_path):
     assert {k: v for k, v in old.items() if k != "smore_gnn_version"} == {
         k: v for k, v in new.items() if k != "smore_gnn_version"
     }
+
+
+def test_noisy_topk_folders_of_0_1_keep_their_noise_bias(tmp_path):
+    """0.1 wrote no ``noise_bias`` key and its noisy top-k router had a noise bias (issue 9)."""
+    model, tokenizer = _tiny()
+    batch = _batch(tokenizer)
+    cfg = SMoREConfig(num_experts=[4, 4], fanout=[2, 2], rank=[4, 4], noise_bias=True)
+    sm = get_smore_model(model, cfg)
+    _train_step(sm, batch)
+    _save_like_0_1(sm, tmp_path / "old")
+    path = tmp_path / "old" / CONFIG_NAME
+    meta = json.loads(path.read_text())
+    new_fields = ("noise_bias", "key_init", "zero_transition_bias")
+    meta["smore_config"] = {k: v for k, v in meta["smore_config"].items() if k not in new_fields}
+    path.write_text(json.dumps(meta))
+    loaded = SMoREModel.from_pretrained(_tiny()[0], tmp_path / "old")
+    assert loaded.smore_config.noise_bias
+    assert torch.equal(_logits(loaded, batch), _logits(sm, batch))
