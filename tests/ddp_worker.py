@@ -15,7 +15,7 @@ import torch
 
 
 def main(out_dir: str) -> None:
-    from smore_gnn.baselines import smore_paper_config
+    from smore_gnn.methods import smore_paper_config
     from smore_gnn.model import get_smore_model
     from smore_gnn.save import adapter_parameters
     from smore_gnn.testing import tiny_llama

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from smore_gnn.baselines import smore_paper_config
 from smore_gnn.data import mc_prompt
 from smore_gnn.eval import (
     answer_text_accuracy,
@@ -16,6 +15,7 @@ from smore_gnn.eval import (
     letter_accuracy,
     multiple_choice_accuracy,
 )
+from smore_gnn.methods import smore_paper_config
 from smore_gnn.model import get_smore_model
 from smore_gnn.testing import byte_tokenizer, tiny_llama
 

@@ -212,7 +212,7 @@ def tiny_smore():
         from smore_gnn.testing import tiny_llama
     except ImportError:  # until the fixtures move to smore_gnn.testing
         from smore_gnn.loading import tiny_llama
-    from smore_gnn.baselines import smore_paper_config
+    from smore_gnn.methods import smore_paper_config
     from smore_gnn.model import get_smore_model
 
     model, tokenizer = tiny_llama(num_layers=1)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from smore_gnn.baselines import apply_method, smore_paper_config
+from smore_gnn.methods import get_method, smore_paper_config
 from smore_gnn.model import get_smore_model
 from smore_gnn.save import CONFIG_NAME, adapter_parameters
 from smore_gnn.testing import tiny_llama
@@ -96,7 +96,7 @@ def test_resume_from_a_folder_without_adapter_fails(tmp_path):
 
 def test_trainer_works_for_lora_without_aux_loss(tmp_path):
     model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
-    model = apply_method("lora", model, 4)
+    model = get_method("lora").build(model, 4)
     args = training_arguments(str(tmp_path), max_steps=2, logging_steps=1, disable_tqdm=True)
     trainer = build_trainer(model, tokenizer, RECORDS, args, max_length=48)
     trainer.train()
