@@ -65,8 +65,12 @@ def fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def check_records(records: list[dict]) -> None:
-    """Valid MC records: fields, 4 distinct choices, the answer once, index agrees with text."""
+    """Valid MC records: fields, 4 distinct choices, the answer once, index agrees with text,
+    and each task's right answers spread evenly over the letters."""
     assert detect_format(records) == "mc"
+    for task in {r["task"] for r in records}:
+        letters = Counter(r["answer"] for r in records if r["task"] == task)
+        assert max(letters.values()) - min(letters.values()) <= 1 and len(letters) == 4, task
     for r in records:
         assert set(r) == FIELDS, r
         assert r["task"] in TASKS
@@ -104,7 +108,8 @@ def test_fixture_parses_into_each_family(fixture_dir: Path) -> None:
 def test_builder_records_are_valid_without_leakage(fixture_dir: Path) -> None:
     items = dictd_items(fixture_dir)
     train, test = split_items(items, n_train=30, n_test=10, seed=0)
-    check_records(train + test)
+    check_records(train)
+    check_records(test)
     for task in set(TASKS) - {"wordnet"}:
         train_keys = {r["key"] for r in train if r["task"] == task}
         test_keys = {r["key"] for r in test if r["task"] == task}

@@ -59,6 +59,18 @@ def _distractors(item: Item, pool: dict[str, list[str]], rng: random.Random) -> 
     return None
 
 
+def _answer_at(record: dict[str, Any], position: int) -> dict[str, Any]:
+    """The record with its right choice moved to ``position`` (wrong ones keep their order).
+
+    Positions are assigned round-robin so that every letter is right equally often (a model
+    that always says "A" scores 25 %, not whatever the shuffles happened to give).
+    """
+    right = record["choices"][record["answer"]]
+    wrong = [c for i, c in enumerate(record["choices"]) if i != record["answer"]]
+    choices = [*wrong[:position], right, *wrong[position:]]
+    return {**record, "choices": choices, "answer": position}
+
+
 def _interleave_types(items: list[Item], rng: random.Random) -> list[Item]:
     """Shuffle each question type, then alternate types so any prefix is balanced."""
     by_type: dict[str, list[Item]] = {}
@@ -115,16 +127,15 @@ def records_for_split(
         wrong = _distractors(item, sorted_pools[item.kind], rng)
         if wrong is None:
             continue
-        choices = [item.answer, *wrong]
-        rng.shuffle(choices)
         record = dict(
             question=item.question,
-            choices=choices,
-            answer=choices.index(item.answer),
+            choices=[item.answer, *wrong],  # distractors come in random order
+            answer=0,
             task=item.task,
             type=item.type,
             key=item.key,
         )
+        record = _answer_at(record, len(records) % N_CHOICES)
         if fits(record):
             records.append(record)
     return records
@@ -176,8 +187,13 @@ def wordnet_records(
                  type=r["type"], key=wordnet.headword(r))
             for r in records if fits(r)
         ])  # fmt: skip
-    asked = {r["key"] for r in out[0][:n_train]}
-    return out[0][:n_train], [r for r in out[1] if r["key"] not in asked][:n_test]
+    train = out[0][:n_train]
+    asked = {r["key"] for r in train}
+    test = [r for r in out[1] if r["key"] not in asked][:n_test]
+    train, test = (
+        [_answer_at(r, i % N_CHOICES) for i, r in enumerate(rs)] for rs in (train, test)
+    )
+    return train, test
 
 
 def build_multitask(
