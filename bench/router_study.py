@@ -40,8 +40,8 @@ from bench.router_probe import grad_norm, logit_stats, validation_split
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS_DIR / "router_study"
-SETTINGS = {"n_train": 320, "n_val": 160, "batch_size": 8, "lr": 1e-3, "warmup": 0.1,
-            "max_length": 64, "seed": 0, "diag_steps": [0, 5, 20, 39]}  # fmt: skip
+SETTINGS = {"n_train": 160, "n_val": 80, "batch_size": 8, "lr": 1e-3, "warmup": 0.1,
+            "max_length": 64, "seed": 0, "diag_steps": [0, 5, 19]}  # fmt: skip
 #: name -> knobs. ``smore``: SMoREConfig overrides of the demo config; ``router_lr_scale``;
 #: ``balance_reduce`` "sum" (as SMoREModel.balance_loss) or "mean" over adapted modules;
 #: ``balance_warmup``: fraction of the steps over which the balance loss ramps up from 0.
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown runs {unknown}; known: {list(RUNS)}")
     for name in args.only or RUNS:
-        if (OUT / f"{name}.json").exists() or _running(name):
+        if _done(name) or _running(name):
             print(f"{name}: done or running, skipped", flush=True)
             continue
         marker = OUT / f".{name}.running"
@@ -227,6 +227,12 @@ def main(argv: list[str] | None = None) -> None:
         marker.unlink(missing_ok=True)
         status = "ok" if proc.returncode == 0 else f"FAILED: {err[-2000:]}"
         print(f"{name}: {status} ({time.time() - start:.0f} s)", flush=True)
+
+
+def _done(name: str) -> bool:
+    """Whether ``name`` finished with the current :data:`SETTINGS` (else it is run again)."""
+    path = OUT / f"{name}.json"
+    return path.exists() and json.loads(path.read_text()).get("settings") == SETTINGS
 
 
 def _running(name: str) -> bool:
