@@ -9,10 +9,15 @@ interleaved (every method once per round); the reported ratios are medians of pe
 ratios to unmerged peft LoRA. Trainable weights that start at zero (LoRA's ``B``, S'MoRE's
 ``W_proj``) are made small and random so every adapter changes the output, as after training.
 
+``--compile`` adds ``smore_compiled``: the S'MoRE model with
+``smore_gnn.layer.compile_adapters`` (``torch.compile`` of every adapter layer; the warm-up
+call of each batch size compiles, outside the timed rounds).
+
 ``--profile`` adds a ``torch.profiler`` table of one S'MoRE ``generate`` at batch 1: the top
 operators by self CPU time and the operator calls per adapted layer per decode step.
 
     .venv/bin/python -m bench.generate [--quick] [--threads 1] [--json out.json] [--profile]
+        [--compile]
 """
 
 from __future__ import annotations
@@ -53,7 +58,9 @@ def _randomise_zero_weights(model: nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
 
 
-def build_models(base: nn.Module, methods: tuple[str, ...]) -> tuple[dict[str, nn.Module], dict]:
+def build_models(
+    base: nn.Module, methods: tuple[str, ...], compiled: bool = False
+) -> tuple[dict[str, nn.Module], dict]:
     """``{method: model in eval mode}`` and ``{method: trainable parameters}``."""
     from smore_gnn.methods import build_for_budget, smore_paper_config, trainable_parameters
 
@@ -70,6 +77,11 @@ def build_models(base: nn.Module, methods: tuple[str, ...]) -> tuple[dict[str, n
         if name == "lora_merged":
             adapted = adapted.merge_and_unload()
         models[name] = adapted.eval()
+    if compiled and "smore" in models:
+        from smore_gnn.layer import compile_adapters
+
+        models["smore_compiled"] = copy.deepcopy(models["smore"])
+        compile_adapters(models["smore_compiled"])
     return models, sizes
 
 
@@ -184,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=MAX_NEW_TOKENS)
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--profile", action="store_true", help="profile S'MoRE at batch 1")
+    parser.add_argument("--compile", action="store_true", help="also S'MoRE compiled")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -194,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     from smore_gnn.loading import load_model_and_tokenizer
 
     base, tokenizer = load_model_and_tokenizer("smollm2")
-    models, sizes = build_models(base, tuple(args.methods))
+    models, sizes = build_models(base, tuple(args.methods), compiled=args.compile)
     rounds = args.rounds or (3 if args.quick else 5)
     out: dict = {"machine": machine_info(), "model": "SmolLM2-135M-Instruct", "rounds": rounds}
     out["trainable_parameters"] = sizes

@@ -107,15 +107,23 @@ class SMoREConv(MessagePassing):
         edge_weight: Tensor | None = None,
         first_use: Tensor | None = None,
         num_parents: int | None = None,
+        regular: bool = False,
     ) -> Tensor:
+        """``regular=True`` promises the edges of a routed tree layer (child ``i`` under parent
+        ``i // f``, every parent with ``f`` children, ``edge_index`` then unused): the sum
+        runs as a reshape and one reduction instead of a gather and a scatter (same sums)."""
         if self.propagation == "momor":
             edge_weight = None  # MoMOR forgets the structure, gate scores included
         if self.root:
+            if regular:
+                return self.regular_sum(x, edge_weight, num_parents)
             return self.propagate(
                 edge_index, x=x, edge_weight=edge_weight, size=(x.size(0), num_parents)
             )
         m = None
-        if self.in_channels > 0:  # [|V_{l-1}|, d_l] -> [|V_l|, d_l]
+        if self.in_channels > 0 and regular:
+            m = self.regular_sum(x, edge_weight, residual.size(0))
+        elif self.in_channels > 0:  # [|V_{l-1}|, d_l] -> [|V_l|, d_l]
             size = (x.size(0), residual.size(0))
             m = self.propagate(edge_index, x=x, edge_weight=edge_weight, size=size)
         if self.propagation == "smore":
@@ -126,6 +134,14 @@ class SMoREConv(MessagePassing):
         if m is None:
             return own
         return own + F.pad(m, (self.out_channels - self.in_channels, 0))  # [|V_l|, d_{l+1}]
+
+    def regular_sum(self, x: Tensor, edge_weight: Tensor | None, num_parents: int) -> Tensor:
+        """``sum_c alpha_c z_c`` per parent when parent ``p`` has children ``p f .. p f + f - 1``:
+        ``[P f, d] -> [P, d]`` (the messages of :meth:`message`, summed by a reshape)."""
+        if num_parents == 0:
+            return x.new_zeros((0, x.size(1)))
+        msg = self.message(x, edge_weight)  # [P f, d]
+        return msg.view(num_parents, x.size(0) // num_parents, x.size(1)).sum(1)  # [P, d]
 
     def message(self, x_j: Tensor, edge_weight: Tensor | None) -> Tensor:
         return x_j if edge_weight is None else edge_weight.view(-1, 1).to(x_j.dtype) * x_j

@@ -30,6 +30,10 @@ _FITTED = {"cpu": ResidualCosts(bmm=1.85, gather=15.0)}
 _UNFITTED = ResidualCosts(bmm=1.0, gather=0.0)
 RESIDUAL_COSTS: dict[str, ResidualCosts] = dict(_FITTED)
 PATHS = ("auto", "masked", "gather")
+#: Up to this many picked nodes (``N K``: a decode step, a short prompt) ``"auto"`` takes
+#: compute-all-and-gather on every device: the fewest operations, where per-op overhead
+#: dominates the arithmetic (56 vs 71 us for one token's 2 or 4 picks on the benchmark CPU).
+GATHER_MAX_NODES = 64
 
 
 def residual_costs(device_type: str) -> ResidualCosts:
@@ -52,6 +56,32 @@ def set_residual_costs(device_type: str, costs: ResidualCosts | None) -> None:
             f"Expected ResidualCosts(bmm > 0, gather >= 0) for {device_type!r} (got {costs!r})"
         )
     RESIDUAL_COSTS[device_type] = costs
+
+
+def _stack(parts: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
+              for p in parts]  # fmt: skip
+    bias = torch.cat(biases) if any(p.bias is not None for p in parts) else None
+    return torch.cat([p.weight for p in parts]), bias
+
+
+def stacked_linear(x: Tensor, parts: list[nn.Linear], cache: dict | None = None) -> Tensor:
+    """``x @ [W_1; W_2; ...]^T + [b_1; b_2; ...]``: ONE GEMM for several linears sharing ``x``.
+
+    Without autograd (evaluation, generation) and given a ``cache`` dict, the stacked weight
+    is kept there and rebuilt only when a part changes (storage, version counter, dtype,
+    device), so a decode step does not copy the weights again; with autograd it is stacked
+    per call (the gradient flows to every part).
+    """
+    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return F.linear(x, *_stack(parts))
+    tensors = [t for p in parts for t in (p.weight, p.bias) if t is not None]
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    hit = cache.get("stacked")
+    if hit is None or hit[0] != key:
+        with torch.inference_mode(False), torch.no_grad():  # a plain tensor, no graph
+            hit = cache["stacked"] = (key, _stack(parts))
+    return F.linear(x, *hit[1])
 
 
 class ResidualExperts(nn.Module):
@@ -82,6 +112,18 @@ class ResidualExperts(nn.Module):
         if self.lora_B_bias is not None:
             nn.init.zeros_(self.lora_B_bias)
 
+    @torch.no_grad()
+    def init_slots(self) -> None:
+        """Proposition 3.2's experts: ``B^i`` writes its ``r`` coordinates into slot ``i`` of
+        the ``s r`` outputs (identity there, zero elsewhere); biases zero."""
+        r = self.rank
+        self.lora_B.zero_()
+        for i in range(self.num_experts):
+            self.lora_B[i, i * r : (i + 1) * r, :] = torch.eye(r)
+        for bias in (self.lora_A.bias, self.lora_B_bias):
+            if bias is not None:
+                bias.zero_()
+
     def forward(self, x: Tensor) -> Tensor:
         """Residuals of every expert for every token: ``[N, d] -> [N, s, d_out]``."""
         h = self.lora_A(x).view(x.size(0), self.num_experts, self.rank)  # [N, s, r]
@@ -103,6 +145,14 @@ class ResidualExperts(nn.Module):
         masked = picks * (s * r + s)  # multiply-adds per token and output feature
         return masked <= costs.bmm * s * r + costs.gather * picks
 
+    def choose_path(self, nodes: int, picks: int, device_type: str = "cpu") -> str:
+        """``"masked"`` or ``"gather"`` for ``nodes`` picked experts, ``picks`` per token:
+        :attr:`path` unless ``"auto"``; then ``"gather"`` for at most
+        :data:`GATHER_MAX_NODES` nodes, else as :meth:`use_masked` decides."""
+        if self.path == "auto" and nodes <= GATHER_MAX_NODES:
+            return "gather"
+        return "masked" if self.use_masked(picks, device_type) else "gather"
+
     def residuals(self, hidden: Tensor, experts: Tensor, scale: float = 1.0) -> Tensor:
         """``scale * (B^e hidden_e + b^e)`` of the picked experts, by the cheaper of two ways.
 
@@ -118,7 +168,7 @@ class ResidualExperts(nn.Module):
         gathers the ``K`` picked rows; *one-hot* zeroes all but the picked expert's ``r``
         coordinates and runs one GEMM with every ``B`` stacked, ``[N K, s r] @ [s r, d_out]``
         (the bias as ``s`` one-hot columns): ``K`` times the multiply-adds but no gather and no
-        scatter in the backward pass.
+        scatter in the backward pass (:meth:`choose_path` picks).
         """
         n, k = experts.shape
         s, r = self.num_experts, self.rank
@@ -127,7 +177,8 @@ class ResidualExperts(nn.Module):
         if scale != 1.0:
             weight = weight * scale
             bias = None if bias is None else bias * scale
-        if self.use_masked(k, hidden.device.type):
+        path = self.choose_path(n * k, k, hidden.device.type)
+        if path == "masked":
             onehot = F.one_hot(experts, s).to(hidden.dtype)  # [N, K, s]
             masked = (hidden.view(n, 1, s, r) * onehot[..., None]).reshape(n * k, s * r)
             weight = weight.reshape(s * r, -1)  # [s r, d_out]

@@ -12,17 +12,21 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smore_gnn.balance_grad import AttachBalanceLoss, in_backward, probe
 from smore_gnn.config import SMoREConfig
 from smore_gnn.conv import SMoREConv
 from smore_gnn.dense import dense_delta
-from smore_gnn.experts import ResidualExperts
+from smore_gnn.experts import ResidualExperts, stacked_linear
 from smore_gnn.masks import check_mask_values, resolve_mask
 from smore_gnn.router import RoutingResult, SMoRERouter
 from smore_gnn.tree import RoutingTree
+
+#: Up to this many tokens (decode steps, short prompts) the routed trees are summed by a
+#: reshape (:meth:`SMoREConv.regular_sum`) instead of message passing's gather and scatter:
+#: fewer, larger ops where per-op overhead dominates. 0 keeps message passing everywhere.
+REGULAR_SUM_MAX_TOKENS = 64
 
 
 class SMoRELinear(nn.Module):
@@ -84,6 +88,7 @@ class SMoRELinear(nn.Module):
         self._attention_mask: Tensor | None = None  # the wrapper's mask for this batch
         self._forward_mask: Tensor | None = None  # the mask the last fresh forward used
         self.disable_adapters = False  # True: forward returns base_layer(x) (disable_adapter())
+        self._cache: dict = {}  # no-grad stacked projection weight (experts.stacked_linear)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -112,13 +117,7 @@ class SMoRELinear(nn.Module):
         # B^i writes its r coordinates into slot i of the s r new ones; W_l = [0; I] copies
         # the old d_l coordinates below them (S'MoRE#: W_l = I, slots shared by all layers).
         for bank in self.experts:
-            r = bank.rank
-            bank.lora_B.zero_()
-            for i in range(bank.num_experts):
-                bank.lora_B[i, i * r : (i + 1) * r, :] = torch.eye(r)
-            for bias in (bank.lora_A.bias, bank.lora_B_bias):
-                if bias is not None:
-                    bias.zero_()
+            bank.init_slots()
         for conv in self.convs:
             if conv.lin is None:
                 continue
@@ -159,6 +158,8 @@ class SMoRELinear(nn.Module):
         fresh = not in_backward()  # False: a checkpoint recomputation
         stored = self._attention_mask if fresh else self._forward_mask
         mask = resolve_mask(attention_mask, stored, lead, checked=not fresh)  # [N] bool | None
+        if mask is not None and mask.device.type == "cpu" and not torch.compiler.is_compiling():
+            mask = None if bool(mask.all()) else mask  # no padding: no masking work (eager CPU)
         if fresh:
             self._forward_mask, self._balance_graph = mask, None
             self._balance_grad.zero_()
@@ -184,7 +185,7 @@ class SMoRELinear(nn.Module):
             # d(total)/d(loss) = g, recorded by the probe, arrives through the delta
             delta = AttachBalanceLoss.apply(delta, loss, self._balance_grad)
         self._balance_value = loss.detach()
-        self.last_routing = _detached(routing)
+        self.last_routing = _detached(routing) if torch.is_grad_enabled() else routing
         return result + delta.view(*lead, self.out_features).to(result.dtype)
 
     @property
@@ -219,7 +220,7 @@ class SMoRELinear(nn.Module):
     def __getstate__(self) -> dict:
         # deepcopy/pickle (EMA, reference models) after a training forward: the graph-bearing
         # balance loss cannot be copied and belongs to the original's graph
-        return {**self.__dict__, "_balance_graph": None}
+        return {**self.__dict__, "_balance_graph": None, "_cache": {}}
 
     def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
         """``W_proj m_root`` for tokens ``x`` [N, d] routed as ``routing`` -> [N, d_out]."""
@@ -248,13 +249,8 @@ class SMoRELinear(nn.Module):
         fuse = fuse and x.dtype == down.weight.dtype == torch.float32
         if fuse:
             parts.insert(0, down)
-        if len(parts) == 1:
-            out = parts[0](x)
-        else:  # [N, d] @ [d, d_u + sum_l s_l r_l]
-            biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
-                      for p in parts]  # fmt: skip
-            bias = torch.cat(biases) if any(p.bias is not None for p in parts) else None
-            out = F.linear(x, torch.cat([p.weight for p in parts]), bias)
+        # [N, d] @ [d, d_u + sum_l s_l r_l]
+        out = parts[0](x) if len(parts) == 1 else stacked_linear(x, parts, self._cache)
         chunks = list(out.split([p.out_features for p in parts], dim=1))
         u = chunks.pop(0) if fuse else None
         return u, chunks * len(self.experts) if shared else chunks
@@ -262,6 +258,7 @@ class SMoRELinear(nn.Module):
     def _propagate(self, hidden: list[Tensor], tree: RoutingTree) -> Tensor:
         """``m_root`` [N, d_L] from every layer's expert projections ``hidden`` [N, s_l r_l]."""
         momor, scales = self.config.propagation == "momor", self.config.residual_scales
+        regular = tree.num_tokens <= REGULAR_SUM_MAX_TOKENS  # reshape-and-sum (tiny N)
         z = None
         for l, conv in enumerate(self.convs):  # [N * F_l, d_{l+1}] residuals of picked experts
             res = self.experts[l].residuals(hidden[l], tree.experts[l], scales[l])
@@ -269,11 +266,13 @@ class SMoRELinear(nn.Module):
             if l == 0:
                 z = conv(None, res, first_use=first)
             else:
-                ei, ew = tree.layer_edge_index(l - 1), tree.layer_edge_weight(l - 1)
-                z = conv(z, res, ei, ew, first_use=first)  # [N * F_l, d_{l+1}]
+                ei = None if regular else tree.layer_edge_index(l - 1)
+                ew = tree.layer_edge_weight(l - 1)
+                z = conv(z, res, ei, ew, first_use=first, regular=regular)  # [N F_l, d_{l+1}]
         top = self.config.num_layers - 1
-        ei, ew = tree.layer_edge_index(top), tree.layer_edge_weight(top)
-        return self.root(z, None, ei, ew, num_parents=tree.num_tokens)  # [N, d_L]
+        ei = None if regular else tree.layer_edge_index(top)
+        ew = tree.layer_edge_weight(top)
+        return self.root(z, None, ei, ew, num_parents=tree.num_tokens, regular=regular)
 
     @property
     def last_tree(self) -> RoutingTree | None:
@@ -298,3 +297,21 @@ def _detached(routing: RoutingResult) -> RoutingResult:
         importance=[t.detach() for t in routing.importance],
         layer_losses=[t.detach() for t in routing.layer_losses],
     )
+
+
+def compile_adapters(model: nn.Module, **compile_kwargs) -> int:
+    """``torch.compile`` the forward of every ``SMoRELinear`` in ``model`` in place (PyTorch's
+    ``nn.Module.compile``; ``compile_kwargs`` go to ``torch.compile``), e.g. an ``SMoREModel``
+    or one layer. Returns the number of layers compiled. The forward is one graph without
+    breaks and compiled = eager (tests/test_compile.py); each new input shape compiles first
+    (tens of seconds on a CPU), so it pays off for long runs, not for a few calls.
+
+    Raises:
+        ValueError: ``model`` holds no ``SMoRELinear``.
+    """
+    layers = [m for m in model.modules() if isinstance(m, SMoRELinear)]
+    if not layers:
+        raise ValueError(f"compile_adapters found no SMoRELinear in {type(model).__name__}")
+    for layer in layers:
+        layer.compile(**compile_kwargs)
+    return len(layers)

@@ -39,6 +39,27 @@ def tree_template(fanout: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     return layer, torch.stack([src, dst])
 
 
+_EDGE_CACHE: dict[tuple[int, int, torch.device], Tensor] = {}
+_EDGE_CACHE_SIZE = 256  # (nodes, fanout, device) entries; cleared when full
+
+
+def _layer_edges(num_children: int, fanout: int, device: torch.device) -> Tensor:
+    """``[2, C]`` edges child ``i`` -> parent ``i // fanout``, cached per size (not in a
+    compiled graph, where the ops are traced instead). Callers must not modify it."""
+    if torch.compiler.is_compiling():
+        src = torch.arange(num_children, device=device)
+        return torch.stack([src, src // fanout])
+    key = (num_children, fanout, device)
+    edges = _EDGE_CACHE.get(key)
+    if edges is None:
+        if len(_EDGE_CACHE) >= _EDGE_CACHE_SIZE:
+            _EDGE_CACHE.clear()
+        with torch.inference_mode(False), torch.no_grad():  # autograd may save it later
+            src = torch.arange(num_children, device=device)
+            edges = _EDGE_CACHE[key] = torch.stack([src, src // fanout])
+    return edges
+
+
 @dataclass(frozen=True)
 class RoutingTree:
     """Batched routed sub-trees of ``N`` tokens, built from the router's choices.
@@ -84,8 +105,7 @@ class RoutingTree:
         Child ``n * F_l + j`` hangs under parent ``n * F_{l+1} + j // f_l`` and, as
         ``F_l = f_l F_{l+1}``, that is simply ``child // f_l``.
         """
-        src = torch.arange(self.experts[layer].numel(), device=self.device)
-        return torch.stack([src, src // self.fanout[layer]])
+        return _layer_edges(self.experts[layer].numel(), self.fanout[layer], self.device)
 
     def layer_edge_weight(self, layer: int) -> Tensor:
         return self.scores[layer].reshape(-1)  # [N * F_l]

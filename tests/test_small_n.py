@@ -1,0 +1,151 @@
+"""The small-N decode path (issue 13): every shortcut equals the general path it replaces.
+
+Pinned: the reshape-and-sum propagation (``SMoREConv.regular_sum``, used up to
+``layer.REGULAR_SUM_MAX_TOKENS`` tokens) equals message passing; the tiny-N residual choice
+equals the one-hot GEMM; an all-real mask equals no mask; the no-grad stacked-weight cache
+follows in-place updates, dtype and device moves; cached edge indices made under
+``inference_mode`` can be saved for a later backward.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import smore_gnn.layer as layer_module
+from smore_gnn import SMoREConv
+from smore_gnn.experts import GATHER_MAX_NODES, ResidualExperts
+from smore_gnn.tree import RoutingTree
+from tests.conftest import make_layer
+
+CONFIGS = [
+    dict(num_experts=[3, 4], fanout=[2, 2], rank=[2, 3], gate_type="switch"),
+    dict(num_experts=[3, 4], fanout=[2, 2], rank=[2, 3], gate_type="noisy_topk"),
+    dict(num_experts=[3, 4], fanout=[3, 4], rank=[2, 3], gate_type="dense"),
+    dict(num_experts=[3, 4, 2], fanout=[2, 2, 2], rank=[2, 3, 2], propagation="smore_star"),
+    dict(num_experts=[3, 4], fanout=[2, 2], rank=[2, 3], propagation="momor",
+         expert_act="identity"),
+    dict(num_experts=[3], fanout=[2], rank=[2], shared_pool=False, expert_act="identity"),
+]  # fmt: skip
+
+
+def _step(layer, x, grad_out, mask=None, seed=7):
+    layer.zero_grad()
+    torch.manual_seed(seed)  # same router noise
+    x = x.detach().clone().requires_grad_(True)
+    y = layer(x, mask)
+    loss = layer.balance_loss
+    ((y * grad_out).sum() + loss).backward()
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+    return y.detach(), loss.detach(), x.grad, grads
+
+
+def _close(a, b, tol=1e-12):
+    for u, v in zip(a[:3], b[:3]):
+        torch.testing.assert_close(u, v, rtol=tol, atol=tol)
+    assert a[3].keys() == b[3].keys()
+    for name, grad in a[3].items():
+        t = 1e-5 if name.startswith("router") else tol  # routing runs in float32
+        torch.testing.assert_close(grad, b[3][name], rtol=t, atol=t, msg=name)
+
+
+@pytest.mark.parametrize("fanout", [1, 2, 4])
+@pytest.mark.parametrize("root", [False, True])
+def test_regular_sum_equals_message_passing(fanout, root):
+    torch.manual_seed(0)
+    parents, d = 3, 5
+    conv = SMoREConv(0 if root else d, d, root=root).double()
+    x = torch.randn(parents * fanout, d, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(parents * fanout, dtype=torch.float64, requires_grad=True)
+    src = torch.arange(parents * fanout)
+    edges = torch.stack([src, src // fanout])
+    res = None if root else torch.randn(parents, d, dtype=torch.float64)
+    if root:
+        want = conv(x, None, edges, weight, num_parents=parents)
+        got = conv(x, None, None, weight, num_parents=parents, regular=True)
+    else:  # a middle layer: children of width d
+        want = conv(x, res, edges, weight)
+        got = conv(x, res, None, weight, regular=True)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    g = torch.randn_like(want)
+    assert torch.allclose(
+        torch.cat([t.flatten() for t in torch.autograd.grad(got, [x, weight], g)]),
+        torch.cat([t.flatten() for t in torch.autograd.grad(want, [x, weight], g)]),
+    )
+
+
+@pytest.mark.filterwarnings("ignore:SMoREConfig.expert_act:UserWarning")
+@pytest.mark.parametrize("config", CONFIGS)
+def test_tiny_n_paths_equal_the_general_paths(config, monkeypatch):
+    layer = make_layer(torch.float64, **config).train()
+    x = torch.randn(3, 2, 8, dtype=torch.float64)
+    grad_out = torch.randn(3, 2, 6, dtype=torch.float64)
+    fast = _step(layer, x, grad_out)  # 6 tokens: reshape-and-sum, gather residuals
+    monkeypatch.setattr(layer_module, "REGULAR_SUM_MAX_TOKENS", 0)
+    for bank in layer.experts:
+        bank.path = "masked"
+    _close(_step(layer, x, grad_out), fast)  # message passing, one-hot GEMM
+
+
+def test_tiny_n_takes_the_gather_residuals():
+    bank = ResidualExperts(8, num_experts=4, rank=8, out_features=16)
+    assert bank.choose_path(GATHER_MAX_NODES, 2) == "gather"  # tiny: fewest ops
+    assert bank.choose_path(GATHER_MAX_NODES + 1, 2) == "masked"  # CPU cost model
+    bank.path = "masked"
+    assert bank.choose_path(1, 2) == "masked"  # a forced path wins
+
+
+def test_all_real_mask_equals_no_mask():
+    layer = make_layer(torch.float64, gate_type="switch").train()
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    grad_out = torch.randn(2, 4, 6, dtype=torch.float64)
+    ones = torch.ones(2, 4, dtype=torch.bool)
+    _close(_step(layer, x, grad_out, ones), _step(layer, x, grad_out))
+    padded = ones.clone()
+    padded[1, 3] = False
+    loss_padded = _step(layer, x, grad_out, padded)[1]
+    assert not torch.equal(loss_padded, _step(layer, x, grad_out)[1])  # padding still masks
+
+
+def test_stacked_weight_cache_follows_updates():
+    layer = make_layer(torch.float32, gate_type="switch").eval()
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        layer(x)
+        assert "stacked" in layer._cache  # no grad: the stacked weight is kept
+        for bank in layer.experts:
+            bank.lora_A.weight.add_(0.5)  # an optimizer step (in place)
+        layer.router.down_proj.bias.mul_(2.0)
+        cached = layer(x)
+    torch.testing.assert_close(cached, layer(x).detach())  # with grad: stacked per call
+    double = copy.deepcopy(layer).double()
+    with torch.no_grad():
+        out = double(x.double())
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out.float(), cached, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_edges_made_in_inference_mode_serve_a_backward():
+    layer = make_layer(torch.float64, gate_type="switch", num_experts=[3, 4],
+                       fanout=[2, 2], rank=[2, 2]).train()  # fmt: skip
+    x = torch.randn(100, 8, dtype=torch.float64)  # over the tiny-N limit: message passing
+    with torch.inference_mode():
+        routing = layer.router(x)
+        tree = RoutingTree.from_routing(routing)
+        edges = tree.layer_edge_index(0)
+    assert not edges.is_inference()
+    assert edges.tolist() == torch.stack([torch.arange(400), torch.arange(400) // 2]).tolist()
+    layer(x.requires_grad_(True)).sum().backward()  # would fail on an inference tensor
+    assert x.grad is not None
+
+
+def test_last_routing_is_detached_only_under_autograd():
+    layer = make_layer(torch.float64, gate_type="switch").train()
+    x = torch.randn(4, 8, dtype=torch.float64)
+    layer(x)
+    assert not layer.last_routing.balance_loss.requires_grad
+    with torch.no_grad():
+        layer(x)
+    assert not layer.last_routing.scores[0].requires_grad
