@@ -22,6 +22,7 @@ _PAIRS = "H:hydrogen He:helium Li:lithium Be:beryllium B:boron C:carbon N:nitrog
 F:fluorine Ne:neon Na:sodium Mg:magnesium Al:aluminum Si:silicon P:phosphorus S:sulfur \
 Cl:chlorine Ar:argon K:potassium Ca:calcium"
 ELEMENTS = [tuple(pair.split(":")) for pair in re.split(r"\s+", _PAIRS)]
+DATABASES = ("elements", "vera", *(f"freedict-eng-{c}" for c in ("fra", "deu", "spa")))
 SYLLABLES = ["ka", "lo", "mi", "nu", "pe", "ri", "so", "tu"]
 
 
@@ -177,7 +178,7 @@ def test_shipped_copy_is_valid_balanced_and_has_no_leakage() -> None:
     for task in TASKS:
         train_keys = {r["key"] for r in train if r["task"] == task}
         assert not train_keys & {r["key"] for r in test if r["task"] == task}, task
-    # dictd tasks are split by the headword hash, WordNet by synset (its own builder)
+    # dictd tasks are split by the headword hash (WordNet: by synset, then by headword above)
     assert all(in_test(r["key"], 0) for r in test if r["task"] != "wordnet")
     assert not any(in_test(r["key"], 0) for r in train if r["task"] != "wordnet")
     assert not {r["question"] for r in train} & {r["question"] for r in test}
@@ -215,7 +216,7 @@ def test_shipped_copy_records_sources_and_licences() -> None:
 
 
 needs_debian = pytest.mark.skipif(
-    not all((DICTD / f"{db}.index").is_file() for db in ("elements", "vera", "foldoc"))
+    not all((DICTD / f"{db}.index").is_file() for db in (*DATABASES, "foldoc"))
     or not Path("/usr/share/wordnet/data.noun").is_file(),
     reason="Debian dict-* / wordnet-base packages not installed",
 )
