@@ -58,6 +58,7 @@ def goals(results: dict) -> list[tuple[str, str, str]]:
         t, m = step["median_step_ms_over_lora"], step["train_peak_rss_mb_over_lora"]
         add("train step <= 1.5x LoRA (equal params)", t, t <= 1.5, "x")
         add("peak RSS <= 1.3x LoRA (equal params)", m, m <= 1.3, "x")
+    _issue13_goals(results, add)
     theory = results.get("theory", {})
     if "total_s" in theory:
         add("theory count L=3, s=4, f=2 < 60 s", theory["total_s"], theory["total_s"] < 60, " s")
@@ -72,6 +73,56 @@ def goals(results: dict) -> list[tuple[str, str, str]]:
         verdict = "met" if order else "NOT met"
     rows.append(("quality: S'MoRE >= MoLRE >= LoRA > base", "see below", verdict))
     return rows
+
+
+def _case(results: dict, key: tuple) -> dict | None:
+    return next((c for c in results.get("adapter_speed", [])
+                 if (c["config"], c["d"], c["tokens"]) == key), None)  # fmt: skip
+
+
+def _issue13_goals(results: dict, add) -> None:
+    """Issue 13's goals (decode, L=3, training step, GPU); rows go through ``add``."""
+    for batch in results.get("generate", {}).get("batches", []):
+        r = batch.get("time_over_lora", {}).get("smore")
+        if r is not None:
+            add(f"decode (greedy, KV cache) S'MoRE <= 1.3x unmerged LoRA, batch {batch['batch']}",
+                r, r <= 1.3, "x")  # fmt: skip
+    for key in (HEADLINE, ("L=3 (4-4-4)", 576, 2048)):
+        case = _case(results, key)
+        if case is not None:
+            r = case["gnn_over_lora"]
+            add(f"{key[0]} layer fwd+bwd <= 1.15x equal-param LoRA (d=576, 2048 tokens)", r,
+                r <= 1.15, "x")  # fmt: skip
+    step = results.get("train_step", {}).get("methods", {}).get("smore")
+    if step is not None:
+        t, m = step["median_step_ms_over_lora"], step["train_peak_rss_mb_over_lora"]
+        add("train step <= 1.15x LoRA (equal params)", t, t <= 1.15, "x")
+        add("peak RSS <= 1.1x LoRA (equal params)", m, m <= 1.1, "x")
+    add("GPU: layer <= 1.3x LoRA, theory count < 5 s (no GPU was lent: nothing measured)",
+        None, None)  # fmt: skip
+
+
+def _generate_table(gen: dict) -> list[str]:
+    methods = list(gen["batches"][0]["tokens_per_s"])
+    head = ["batch", *[f"{m} tok/s" for m in methods], *[f"{m} / LoRA" for m in methods]]
+    lines = [_row(head), "|" + "---|" * len(head)]
+    for b in gen["batches"]:
+        ratios = b.get("time_over_lora", {})
+        lines.append(_row([b["batch"], *[b["tokens_per_s"][m] for m in methods],
+                           *[ratios.get(m) for m in methods]]))  # fmt: skip
+    prof = gen.get("profile_smore_batch1")
+    if prof:
+        lines += [
+            "",
+            f"Where S'MoRE's batch-1 decode time goes (`torch.profiler`, one generate, "
+            f"{prof['aten_calls_per_adapted_layer_per_step']} aten calls per adapted layer "
+            "per step):",
+            "",
+            _row(["op", "calls", "self ms", "share"]),
+            "|---|---|---|---|",
+        ]
+        lines += [_row([o["op"], o["calls"], o["self_ms"], o["share"]]) for o in prof["top_ops"]]
+    return lines
 
 
 def _adapter_table(cases: list[dict]) -> list[str]:
@@ -166,6 +217,13 @@ def render(results: dict) -> str:
         out += ["", "The same headline case with 2 torch threads (the machine's default; OpenMP "
                 "spin-waits, so it is fast only while the other core is idle):", ""]  # fmt: skip
         out += _adapter_table([two])
+    if "batches" in results.get("generate", {}):
+        g = results["generate"]
+        out += ["", "## Greedy decoding (`bench/generate.py`)", "",
+                f"{g['model']}; {g['batches'][0]['new_tokens']} new tokens per prompt with the "
+                f"KV cache; {g['rounds']} interleaved rounds; time ratios to unmerged peft LoRA "
+                "(medians of per-round ratios).", ""]  # fmt: skip
+        out += _generate_table(g)
     if "train_step" in results:
         t = results["train_step"]
         model = next(iter(t["methods"].values()))["model"]

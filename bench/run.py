@@ -1,7 +1,8 @@
 """Run the benchmarks and write ``bench/results/latest.json`` and ``BENCHMARKS.md``.
 
 ``--quick`` (what ``make bench`` runs, a few minutes): the quick adapter-speed cases, the
-quick training-step comparison (one subprocess per method) and the theory count. Fine-tuning
+quick training-step comparison (one subprocess per method), greedy decoding on SmolLM2
+(``bench.generate``, with a profile of S'MoRE's decode step) and the theory count. Fine-tuning
 quality (``bench.quality``) takes far longer and is run on its own; its latest result
 (``bench/results/quality.json``) is folded into the report when present.
 
@@ -19,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from bench import adapter_speed, train_step
+from bench import adapter_speed, generate, train_step
 from bench.common import RESULTS_DIR, machine_info
 from bench.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("adapter_speed", "train_step", "theory")
+PARTS = ("adapter_speed", "train_step", "generate", "theory")
 
 
 def run_theory(threads: int) -> dict:
@@ -81,6 +82,13 @@ def main(argv: list[str] | None = None) -> dict:
         print("== training step", flush=True)
         step = train_step.main(quick + threads)
         results["train_step"] = {k: v for k, v in step.items() if k != "machine"}
+    if "generate" not in args.skip:
+        print("== greedy decoding", flush=True)
+        try:
+            gen = generate.main(quick + threads + ["--profile"])
+            results["generate"] = {k: v for k, v in gen.items() if k != "machine"}
+        except (FileNotFoundError, ImportError, OSError) as err:  # no SmolLM2 GGUF installed
+            results["generate"] = {"error": f"{type(err).__name__}: {err}"}
     if "theory" not in args.skip:
         print("== theory count", flush=True)
         results["theory"] = run_theory(args.threads)
