@@ -24,14 +24,16 @@ def load_bundled(name: str, split: str) -> list[dict[str, Any]]:
     """Load a prebuilt multiple-choice split shipped with the package.
 
     Args:
-        name: ``"wordnet"`` (WordNet 3.0 questions, 2000 train / 500 test) or ``"multitask"``
-            (seven task families, every record with a ``task`` field; see
-            ``smore_gnn/resources/multitask_mc/README.md``).
+        name: ``"wordnet"`` (WordNet 3.0 questions, 2000 train / 500 test, with ``type`` and
+            ``synset`` fields, no ``task``) or ``"multitask"`` (3924 train / 1014 test from
+            seven tasks: ``wordnet``, ``elements``, ``acronyms``, ``en_fr``, ``en_de``,
+            ``en_es``, ``computing``; every record has ``task``, ``type`` and its headword
+            ``key``; sources and licences in ``smore_gnn/resources/multitask_mc``).
         split: ``"train"`` or ``"test"``.
 
     Returns:
         Records ``{"question", "choices", "answer", ...}`` in the multiple-choice format of
-        :mod:`smore_gnn.data` (``answer`` is the index of the right choice).
+        :mod:`smore_gnn.data` (``answer`` is the index of the right choice, one of 4).
 
     Raises:
         ValueError: If ``name`` or ``split`` is unknown.
