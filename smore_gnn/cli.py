@@ -44,14 +44,8 @@ def user_input(name: str) -> Iterator[None]:
 
 
 def _bundled(name: str, split: str) -> list[dict]:
-    try:
-        from smore_gnn.datasets import load_bundled
-    except ModuleNotFoundError:  # before smore_gnn.datasets: the WordNet copy only
-        if name != "wordnet":
-            raise ValueError(f"bundled data {name!r} is not available; use 'wordnet'") from None
-        from smore_gnn.wordnet import load_bundled_wordnet_mc as load
+    from smore_gnn.datasets import load_bundled
 
-        return load(split)
     return load_bundled(name, split)
 
 
