@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from smore_gnn.cli_args import COMMANDS, UsageError
-from smore_gnn.cli_health import draw_health, routing_health_of
+from smore_gnn.cli_health import draw_health, routing_health_of, summary_lines
 from smore_gnn.cli_parse import parse
 
 BUNDLED = ("wordnet", "multitask")
@@ -209,6 +209,7 @@ def finetune(args: Any) -> dict[str, Any]:
     settings = {k: v for k, v in asdict(args).items() if k != "smore_config"}
     (out / "finetune_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=True))
     m = metrics
+    print("\n".join(summary_lines(m)))
     print(f"{m['method']}: base accuracy {m['base_accuracy']} -> tuned accuracy "
           f"{m['tuned_accuracy']} ({m['trainable_parameters']:,} trainable parameters, "
           f"{m['wall_time_s']:.0f} s); adapter and metrics.json in {out}")  # fmt: skip

@@ -18,14 +18,11 @@ def routing_health_of(
 ) -> dict | None:
     """``routing_health`` of ``model`` on the prompts of ``test`` (tasks when all have one).
 
-    ``None`` without test questions, for a model without S'MoRE adapters, or before the
-    health module exists. The global RNG state is left as it was (training is unaffected).
+    ``None`` without test questions or for a model without S'MoRE adapters. The global RNG
+    state is left as it was (training is unaffected).
     """
-    try:
-        from smore_gnn.analysis import text_batches
-        from smore_gnn.analysis.health import routing_health
-    except ImportError:
-        return None
+    from smore_gnn.analysis import text_batches
+    from smore_gnn.analysis.health import routing_health
     from smore_gnn.data import mc_prompt
 
     if not test or not hasattr(model, "adapters"):
@@ -52,3 +49,36 @@ def draw_health(health: dict, out: Path, module: str) -> list[Path]:
         paths.append(out / "routing_tasks.png")
         plt.close(plot_task_expert_heatmap(health, modules=[module], path=paths[1]))
     return paths
+
+
+HEALTH_KEYS = (
+    ("median_spread", "median within-parent score spread"),
+    ("max_top_share", "busiest expert's share, top layer, worst module"),
+    ("median_top_share", "busiest expert's share, top layer, median module"),
+    ("mean_load_entropy", "normalised load entropy (mean)"),
+    ("task_nmi", "task NMI of the routing tree"),
+    ("task_nmi_shuffled", "  shuffled-task control"),
+)
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """Per-task accuracy (base -> tuned) and the routing-health summary (before -> after)."""
+    lines = []
+    per_task = metrics.get("per_task") or {}
+    tuned, base = per_task.get("tuned") or {}, per_task.get("base") or {}
+    for task in sorted(tuned):
+        before = base.get(task, {}).get("accuracy")
+        before = "-" if before is None else f"{before:.3f}"
+        lines.append(f"  {task:<12} {before} -> {tuned[task]['accuracy']:.3f} "
+                     f"({tuned[task]['n']} questions)")  # fmt: skip
+    if lines:
+        lines.insert(0, "accuracy per task (base -> tuned):")
+    health = metrics.get("routing_health")
+    if health:
+        lines.append("routing health on the test prompts (before -> after training):")
+        for key, label in HEALTH_KEYS:
+            old, new = health["before"].get(key), health["after"].get(key)
+            if new is not None:
+                old = "-" if old is None else f"{old:.3f}"
+                lines.append(f"  {label:<50} {old} -> {new:.3f}")
+    return lines

@@ -191,3 +191,23 @@ def test_inspect_draws_routing_health_on_test_questions(tmp_path, capsys):
     sft.write_text(json.dumps({"instruction": "i", "output": "o"}) + "\n")
     assert main([*argv[:4], str(sft), *argv[5:]]) == 2
     assert "--health-data" in capsys.readouterr().err
+
+
+def test_summary_lines_show_per_task_accuracy_and_health():
+    from smore_gnn.cli_health import summary_lines
+
+    metrics = {
+        "per_task": {
+            "base": {"a": {"accuracy": 0.25, "n": 4}},
+            "tuned": {"a": {"accuracy": 0.5, "n": 4}, "b": {"accuracy": 1.0, "n": 2}},
+        },
+        "routing_health": {
+            "before": {"median_spread": 0.01, "task_nmi": 0.02},
+            "after": {"median_spread": 0.2, "task_nmi": 0.3, "task_nmi_shuffled": 0.01},
+        },
+    }
+    text = "\n".join(summary_lines(metrics))
+    assert "a            0.250 -> 0.500 (4 questions)" in text
+    assert "b            - -> 1.000 (2 questions)" in text
+    assert "0.010 -> 0.200" in text and "- -> 0.010" in text
+    assert summary_lines({}) == []
