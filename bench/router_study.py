@@ -159,31 +159,47 @@ def run_one(name: str, knobs: dict[str, Any], settings: dict[str, Any]) -> dict[
 
 
 def report(out_dir: Path = OUT) -> str:
-    """A Markdown table of the finished runs (routing health after training, val accuracy)."""
-    rows = ["| run | knobs | val acc | median spread | max top share | median top share "
-            "| task NMI (shuffled) | router grad lm / balance (step 0 -> last) | wall s |",
-            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """Markdown tables of the finished runs: routing health at init -> after training on the
+    validation prompts, validation accuracy, logits and router gradients."""
+    rows = ["| run | knobs | val acc | median spread | max / median top share | task NMI "
+            "(shuffled) | distinct structures |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    grads = ["| run | router grad: LM / balance (steps) | expert grad | train-batch spread "
+             "| logit std over experts / token part (init -> after) |",
+             "|---|---|---|---|---|"]  # fmt: skip
     for name in RUNS:
         path = out_dir / f"{name}.json"
         if not path.exists():
             continue
         r = json.loads(path.read_text())
-        acc = f"{100 * r['val']['accuracy']:.1f} %"
-        if "health" not in r:
-            rows.append(f"| {name} | (no adapter) | {acc} | | | | | | {r['wall_s']} |")
+        if r.get("settings") != SETTINGS:  # made with other settings: not comparable
             continue
-        h, d = r["health"], r["diagnostics"]
-        grads = (
-            f"{d[0]['router_grad_lm']:.2g} / {d[0]['router_grad_balance']:.2g} -> "
-            f"{d[-1]['router_grad_lm']:.2g} / {d[-1]['router_grad_balance']:.2g}"
-        )
+        acc = f"{100 * r['val']['accuracy']:.1f}"
+        if "health" not in r:
+            rows.append(f"| {name} | (no adapter) | {acc} | | | | |")
+            continue
+        h0, h, d = r["health_init"], r["health"], r["diagnostics"]
         knobs = json.dumps(r["knobs"]).replace("|", "/")
         rows.append(
-            f"| {name} | `{knobs}` | {acc} | {h['median_spread']:.3f} | {h['max_top_share']:.3f} "
-            f"| {h['median_top_share']:.3f} | {h['task_nmi']:.3f} ({h['task_nmi_shuffled']:.3f}) "
-            f"| {grads} | {r['wall_s']} |"
+            f"| {name} | `{knobs}` | {acc} | {h0['median_spread']:.3f} -> "
+            f"{h['median_spread']:.3f} | {h['max_top_share']:.3f} / {h['median_top_share']:.3f} "
+            f"| {h['task_nmi']:.3f} ({h['task_nmi_shuffled']:.3f}) | "
+            f"{h0['median_distinct_structures']:g} -> {h['median_distinct_structures']:g} |"
         )
-    return "\n".join(rows)
+        steps = ", ".join(f"{e['router_grad_lm']:.2g} / {e['router_grad_balance']:.2g} "
+                          f"({e['step']})" for e in d)  # fmt: skip
+        expert = ", ".join(f"{e['expert_grad']:.2g}" for e in d)
+        spread = ", ".join(f"{e['train_median_spread']:.3f}" for e in d)
+        top0, top1 = r["logits_init"][-1], r["logits"][-1]
+        logits = (
+            f"{top0['logit_std']:.3f} / {top0.get('logit_token_std', float('nan')):.3f}"
+            f" -> {top1['logit_std']:.3f} / {top1.get('logit_token_std', float('nan')):.3f}"
+        )
+        grads.append(f"| {name} | {steps} | {expert} | {spread} | {logits} |")
+    note = (
+        "Gradient norms over all routers (down-projections, MLPs, keys) and over all other "
+        "adapter parameters at the diagnostic steps; logits of the top layer's routers:"
+    )
+    return "\n".join([*rows, "", note, "", *grads])
 
 
 def main(argv: list[str] | None = None) -> None:
