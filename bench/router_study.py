@@ -58,6 +58,11 @@ RUNS: dict[str, dict[str, Any]] = {
     "bal_warmup": {"balance_warmup": 0.5},
     "rlr3": {"router_lr_scale": 3.0},
     "scale_learn": {"smore": {"learn_logit_scale": True}},
+    "norm_scale10": {"smore": {"router_input_norm": True, "logit_scale": 10.0}},
+    "norm_scale10_rlr10": {
+        "smore": {"router_input_norm": True, "logit_scale": 10.0},
+        "router_lr_scale": 10.0,
+    },
 }
 
 
