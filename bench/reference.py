@@ -1,9 +1,10 @@
 """The paper's reference formulation, for scale: every expert on every token as tiny matmuls.
 
 The public S'MoRE code evaluates each expert of each layer for every token as a batch of
-per-token matrix-vector products (``[N, s, r, d] @ [N, 1, d, 1]``, SPEC §10), then picks the
-routed ones. This re-implementation of that *style* (main propagation rule only) exists to
-time it against the GNN path; it shares nothing with ``smore_gnn`` except the parameters.
+per-token matrix-vector products (``[N, s, r, d] @ [N, 1, d, 1]``, docs/spec.md §10), then
+picks the routed ones. This re-implementation of that *style* (main propagation rule only)
+exists to time it against the GNN path; it shares nothing with ``smore_gnn`` except the
+parameters.
 """
 
 from __future__ import annotations

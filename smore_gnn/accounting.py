@@ -1,4 +1,4 @@
-"""Parameter and FLOP accounting of one adapted linear layer (SPEC §8).
+"""Parameter and FLOP accounting of one adapted linear layer (docs/spec.md §8).
 
 FLOPs count a multiply-add as 2. Expert FLOPs follow what the GNN path computes: one GEMM of
 every token with the ``A`` of all experts of a layer, every expert's ``B`` (narrow), then per
@@ -7,7 +7,10 @@ node the shared ``W_l``, the gate-weighted aggregation and finally ``W_proj``.
 
 from __future__ import annotations
 
-from smore_gnn.config import SMoREConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: config imports this module for num_parameters
+    from smore_gnn.config import SMoREConfig
 
 
 def _router_layer_params(cfg: SMoREConfig, in_dim: int, num_experts: int) -> int:

@@ -1,4 +1,7 @@
-"""A bank of low-rank residual experts of one layer: ``B^i (A^i x + a^i) + b^i`` (SPEC §2)."""
+"""A bank of low-rank residual experts of one layer: ``B^i (A^i x + a^i) + b^i``.
+
+See docs/spec.md §2.
+"""
 
 from __future__ import annotations
 
@@ -88,7 +91,7 @@ class ResidualExperts(nn.Module):
     """``num_experts`` experts ``A^i: rank x in_features``, ``B^i: out_features x rank``.
 
     The ``A`` of all experts is stored as one matrix ``[num_experts * rank, in_features]`` so
-    that one GEMM projects every token onto every expert (SPEC §10).
+    that one GEMM projects every token onto every expert (docs/spec.md §10).
     """
 
     def __init__(

@@ -1,10 +1,10 @@
-"""``SMoRELinear``: a frozen ``nn.Linear`` plus the S'MoRE adapter delta (SPEC §1, §5).
+"""``SMoRELinear``: a frozen ``nn.Linear`` plus the S'MoRE adapter delta (docs/spec.md §1, §5).
 
 Forward: route every token top-down, materialise the routed sub-trees as one batched graph,
 then propagate bottom-up with :class:`~smore_gnn.conv.SMoREConv` (``backend="gnn"``) or with
 the dense oracle (``backend="dense"``). On the GNN path one GEMM projects the tokens for the
 router (``D``) and for every expert layer (``A_l``) at once, and each layer's picked residuals
-come from :meth:`~smore_gnn.experts.ResidualExperts.residuals` (SPEC §10).
+come from :meth:`~smore_gnn.experts.ResidualExperts.residuals` (docs/spec.md §10).
 """
 
 from __future__ import annotations

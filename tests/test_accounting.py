@@ -73,7 +73,7 @@ def test_flops_hand_computed():
 
 
 def test_paper_scale_overhead_is_small():
-    """SPEC §8: at d = 4096 the extra work over a LoRA of rank d_L is a few per cent."""
+    """docs/spec.md §8: at d = 4096 the extra work over a LoRA of rank d_L is a few per cent."""
     cfg = SMoREConfig(num_experts=[4, 4], fanout=[2, 2], rank=[8, 8])
     f = flops_per_token(cfg, 4096, 4096)
     assert 0.0 < f["delta"] < 0.06  # the paper's Table 1: 1.0 % - 5.9 %

@@ -1,4 +1,4 @@
-"""SMoRELinear: special cases of SPEC §6, inits, dtypes, shapes and errors."""
+"""SMoRELinear: special cases of docs/spec.md §6, inits, dtypes, shapes and errors."""
 
 import pytest
 import torch

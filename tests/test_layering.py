@@ -72,12 +72,7 @@ CORE_DEPENDENCIES = {"torch", "torch_geometric", "torch_scatter"}
 
 # Known violations whose owner has not fixed them yet: (importer, imported) -> owner and why.
 # Every entry must still occur (test_allow_list_is_current), so a fix forces its removal.
-ALLOWED: dict[tuple[str, str], str] = {
-    # CORE-A: SMoREConfig.num_parameters imports accounting lazily while accounting imports
-    # SMoREConfig (for annotations only). Fix: in accounting.py import SMoREConfig under
-    # `if TYPE_CHECKING:`, or drop SMoREConfig.num_parameters (use count_parameters).
-    ("smore_gnn.config", "smore_gnn.accounting"): "CORE-A: lazy config <-> accounting cycle",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 Edge = tuple[str, str, int, bool]  # (importer, imported, line, runtime: not under TYPE_CHECKING)
 
