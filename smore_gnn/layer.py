@@ -134,7 +134,8 @@ class SMoRELinear(nn.Module):
             x: tokens ``[..., d]`` (zero tokens give the base output, an empty tensor).
             attention_mask: padding mask, 1/True for real tokens and 0/False for padding,
                 bool or integer/float 0/1, of shape ``x.shape[:-1]`` or flat ``[N]``.
-                Padding is routed like any token but left out of every balance statistic.
+                Padding enters the adapter as the zero token and is left out of every
+                balance statistic.
                 If omitted, the mask set in :attr:`attention_mask` is used (checked the same
                 way; also accepted with ``N`` elements when ``x`` is already flattened to
                 ``[N, d]``). HF's additive or 4-D masks are rejected: ``SMoREModel`` converts

@@ -45,7 +45,8 @@ def _oracle(block, x, weight):
     for i, layer in enumerate(block.layers()):
         flat = h.reshape(-1, 8)  # [N, d]
         routing = layer.router(flat, MASK.reshape(-1))
-        h = layer.base_layer(flat) + layer.adapter_delta(flat, routing)
+        pad_zero = torch.where(MASK.reshape(-1, 1).bool(), flat, 0.0)  # padding enters as 0
+        h = layer.base_layer(flat) + layer.adapter_delta(pad_zero, routing)
         h = h.view(2, 5, 8)
         total = total + routing.balance_loss
         h = torch.tanh(h) if i == 0 else h
