@@ -138,3 +138,24 @@ def test_options_round_trip_and_default_off():
     default = SMoREConfig()
     assert (default.logit_scale, default.learn_logit_scale) == (1.0, False)
     assert (default.z_loss_weight, default.router_input_norm) == (0.0, False)
+
+
+def test_learned_scale_and_options_survive_save_and_load(tmp_path):
+    from smore_gnn.model import SMoREModel, get_smore_model
+    from smore_gnn.testing import tiny_llama
+
+    cfg = SMoREConfig(num_experts=[3, 2], fanout=[2, 1], rank=[2, 2], gate_type="switch",
+                      logit_scale=4.0, learn_logit_scale=True, router_input_norm=True,
+                      z_loss_weight=1e-3)  # fmt: skip
+    model = get_smore_model(tiny_llama(seed=0)[0], cfg)
+    with torch.no_grad():
+        for layer in model.adapters().values():
+            for router in layer.router.layers:
+                router.log_logit_scale.fill_(0.75)  # as if trained
+    model.save_pretrained(tmp_path / "a")
+    loaded = SMoREModel.from_pretrained(tiny_llama(seed=1)[0], tmp_path / "a")
+    assert loaded.smore_config == cfg
+    for layer in loaded.adapters().values():
+        assert layer.router.input_norm
+        for router in layer.router.layers:
+            assert router.log_logit_scale.item() == pytest.approx(0.75)
