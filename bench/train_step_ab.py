@@ -1,0 +1,92 @@
+"""Training-step before/after in ONE process: S'MoRE built by an older copy of the package
+(``--before DIR`` holding ``smore_gnn_before``, see :mod:`bench.generate_ab`), S'MoRE now and
+peft LoRA at the same budget, on SmolLM2-135M, interleaved step by step (peak RSS: see
+:mod:`bench.train_step`, which runs each method in its own process).
+
+    .venv/bin/python -m bench.train_step_ab --before DIR [--rounds 6] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from bench.common import machine_info
+
+
+def _stepper(model, old_api, ids: torch.Tensor):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+
+    def step() -> float:
+        start = time.perf_counter()
+        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
+        aux = old_api.auxiliary_loss(model)
+        (loss if aux is None else loss + aux).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--before", required=True, help="directory holding smore_gnn_before")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, args.before)
+    old = importlib.import_module("smore_gnn_before.methods")
+    from smore_gnn import methods as new
+    from smore_gnn.loading import load_model_and_tokenizer
+
+    base, _ = load_model_and_tokenizer("smollm2")
+    ids = torch.randint(3, base.config.vocab_size, (args.batch, args.seq),
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    steps = {}
+    for name, api, method in (("lora", new, "lora"), ("smore", new, "smore"),
+                              ("smore_before", old, "smore")):  # fmt: skip
+        model, _ = api.build_for_budget(method, copy.deepcopy(base), api.smore_paper_config())
+        steps[name] = _stepper(model, api, ids)
+    for fn in steps.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(args.rounds):
+        for name, fn in steps.items():
+            times[name].append(fn())
+    out = {
+        "machine": machine_info(),
+        "tokens_per_step": args.batch * args.seq,
+        "rounds": args.rounds,
+        "median_step_ms": {k: round(statistics.median(v) * 1e3, 1) for k, v in times.items()},
+        "time_over_lora": {
+            k: round(statistics.median(a / b for a, b in zip(v, times["lora"])), 3)
+            for k, v in times.items()
+        },
+        "after_over_before": round(
+            statistics.median(a / b for a, b in zip(times["smore"], times["smore_before"])), 3
+        ),
+    }
+    print(json.dumps(out["median_step_ms"]), json.dumps(out["time_over_lora"]),
+          out["after_over_before"])  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()
