@@ -23,9 +23,8 @@ from smore_gnn.masks import check_mask_values, resolve_mask
 from smore_gnn.router import RoutingResult, SMoRERouter
 from smore_gnn.tree import RoutingTree
 
-#: Up to this many tokens (decode steps, short prompts) the routed trees are summed by a
-#: reshape (:meth:`SMoREConv.regular_sum`) instead of message passing's gather and scatter:
-#: fewer, larger ops where per-op overhead dominates. 0 keeps message passing everywhere.
+#: Up to this many tokens (decode steps) the trees are summed by a reshape (fewer, larger ops:
+#: :meth:`SMoREConv.regular_sum`), not by message passing. 0: message passing everywhere.
 REGULAR_SUM_MAX_TOKENS = 64
 
 
@@ -301,15 +300,9 @@ def _detached(routing: RoutingResult) -> RoutingResult:
 
 
 def compile_adapters(model: nn.Module, **compile_kwargs) -> int:
-    """``torch.compile`` the forward of every ``SMoRELinear`` in ``model`` in place (PyTorch's
-    ``nn.Module.compile``; ``compile_kwargs`` go to ``torch.compile``), e.g. an ``SMoREModel``
-    or one layer. Returns the number of layers compiled. The forward is one graph without
-    breaks and compiled = eager (tests/test_compile.py); each new input shape compiles first
-    (tens of seconds on a CPU), so it pays off for long runs, not for a few calls.
-
-    Raises:
-        ValueError: ``model`` holds no ``SMoRELinear``.
-    """
+    """``torch.compile`` (``nn.Module.compile``, with ``compile_kwargs``) every ``SMoRELinear``
+    of ``model`` in place; returns how many. One graph, no breaks, compiled = eager; each new
+    input shape compiles first (tens of seconds on a CPU). ValueError if there is none."""
     layers = [m for m in model.modules() if isinstance(m, SMoRELinear)]
     if not layers:
         raise ValueError(f"compile_adapters found no SMoRELinear in {type(model).__name__}")
