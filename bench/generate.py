@@ -18,6 +18,8 @@ operators by self CPU time and the operator calls per adapted layer per decode s
 
     .venv/bin/python -m bench.generate [--quick] [--threads 1] [--json out.json] [--profile]
         [--compile]
+
+Before/after of a code change in one process: :mod:`bench.generate_ab`.
 """
 
 from __future__ import annotations
