@@ -8,7 +8,7 @@ from smore_gnn.accounting import active_parameters, count_parameters, flops_per_
 from smore_gnn.config import SMoREConfig
 from smore_gnn.conv import SMoREConv
 from smore_gnn.dense import dense_delta
-from smore_gnn.layer import SMoRELinear
+from smore_gnn.layer import SMoRELinear, compile_adapters
 from smore_gnn.router import RoutingResult, SMoRERouter
 from smore_gnn.tree import RoutingTree, build_routing_tree
 
@@ -22,6 +22,7 @@ __all__ = [
     "build_routing_tree",
     "SMoREConv",
     "SMoRELinear",
+    "compile_adapters",
     "dense_delta",
     "count_parameters",
     "active_parameters",
