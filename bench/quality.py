@@ -54,6 +54,12 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "small": {"rank": [1, 1], "router_dim": 8, "down_proj_dim": 8},
 }
+#: MoLRE's router at each budget (its registry default, width 32, is 4.4 M parameters at
+#: rank 1: twice the small budget), as narrow as S'MoRE's there
+MOLRE_OPTIONS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small": {"router_dim": 8, "down_proj_dim": 8},
+}
 FULL = {"seeds": [0, 1, 2], "datasets": ["multitask", "wordnet"], "budgets": ["small", "paper"],
         "n_train": 640, "n_test": {"multitask": 700, "wordnet": 500}, "lr": 1e-3,
         "warmup": 0.1, "batch_size": 8, "max_length": 64}  # fmt: skip
@@ -67,11 +73,14 @@ def settings_for(quick: bool) -> dict[str, Any]:
             "router_options": ROUTER_OPTIONS}  # fmt: skip
 
 
-def run_config(settings: dict[str, Any], data: str) -> dict[str, Any]:
+def run_config(settings: dict[str, Any], data: str, method: str, budget: str | None) -> dict:
     """What a finished run must have been run with to count under ``settings``."""
     keys = ("n_train", "lr", "warmup", "batch_size", "max_length", "router_lr_scale",
             "router_options")  # fmt: skip
-    return {**{k: settings[k] for k in keys}, "n_test": settings["n_test"][data]}
+    out = {**{k: settings[k] for k in keys}, "n_test": settings["n_test"][data]}
+    if method == "molre":
+        out["molre_options"] = MOLRE_OPTIONS[budget]
+    return out
 
 
 def is_done(path: Path, settings: dict[str, Any]) -> bool:
@@ -79,7 +88,7 @@ def is_done(path: Path, settings: dict[str, Any]) -> bool:
     if not path.exists():
         return False
     run = json.loads(path.read_text())
-    return run.get("config") == run_config(settings, run["dataset"])
+    return run.get("config") == run_config(settings, run["dataset"], run["method"], run["budget"])
 
 
 def results_dir(quick: bool) -> Path:
@@ -118,7 +127,13 @@ def run_one(run_id: str, settings: dict[str, Any], work_dir: Path) -> dict[str, 
 
     from smore_gnn.eval import evaluate_mc
     from smore_gnn.loading import load_model_and_tokenizer
-    from smore_gnn.methods import build_for_budget, smore_paper_config, trainable_parameters
+    from smore_gnn.methods import (
+        build_for_budget,
+        get_method,
+        molre_config,
+        smore_paper_config,
+        trainable_parameters,
+    )
     from smore_gnn.training import build_trainer, training_arguments
 
     torch.set_num_threads(1)
@@ -132,12 +147,19 @@ def run_one(run_id: str, settings: dict[str, Any], work_dir: Path) -> dict[str, 
     model, tok = load_model_and_tokenizer("smollm2")
     out: dict[str, Any] = {"run": run_id, "dataset": data, "budget": budget, "method": method,
                            "seed": seed, "n_train": len(train), "n_test": len(test),
-                           "config": run_config(settings, data)}  # fmt: skip
+                           "config": run_config(settings, data, method, budget)}  # fmt: skip
     if method != "base":
         cfg = smore_paper_config(**{**BUDGETS[budget], **settings["router_options"]})
-        model, sizes = build_for_budget(method, model, cfg, seed=seed)
+        if method == "molre" and MOLRE_OPTIONS[budget]:
+            molre, target = get_method("molre"), get_method("smore").count(model, None, cfg)
+            template = molre_config(**MOLRE_OPTIONS[budget])
+            match = molre.match_budget(model, None, target, template=template)
+            torch.manual_seed(seed)
+            model, out["rank"] = molre.build(model, match.spec), match.rank
+        else:
+            model, sizes = build_for_budget(method, model, cfg, seed=seed)
+            out["rank"] = sizes[method]["rank"]
         out["trainable_parameters"] = trainable_parameters(model)
-        out["rank"] = sizes[method]["rank"]
         args = training_arguments(
             str(work_dir / run_id), learning_rate=settings["lr"], num_train_epochs=1,
             per_device_train_batch_size=settings["batch_size"], warmup_steps=settings["warmup"],

@@ -22,7 +22,11 @@ def load_runs(out_dir: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
     if not out_dir.is_dir():
         return []
     runs = [json.loads(p.read_text()) for p in sorted(out_dir.glob("[!.]*.json"))]
-    return [r for r in runs if r.get("config") == run_config(settings, r["dataset"])]
+    return [
+        r
+        for r in runs
+        if r.get("config") == run_config(settings, r["dataset"], r["method"], r["budget"])
+    ]
 
 
 def mean_se(values: list[float]) -> dict[str, Any]:

@@ -19,10 +19,11 @@ def _settings() -> dict:
 
 
 def _write(tmp_path, settings, method, seed, acc, per_task=None, **extra):
+    config = quality.run_config(settings, "multitask", method, "small")
     run = {"run": f"multitask-small-{method}-s{seed}", "dataset": "multitask", "budget": "small",
            "method": method, "seed": seed, "accuracy": acc, "trainable_parameters": 100,
            "rank": 2, "wall_s": 10.0, "per_task": per_task or {"a": {"accuracy": acc, "n": 4}},
-           "config": quality.run_config(settings, "multitask"), **extra}  # fmt: skip
+           "config": config, **extra}  # fmt: skip
     (tmp_path / f"{run['run']}.json").write_text(json.dumps(run))
 
 
