@@ -29,6 +29,7 @@ made with other settings, e.g. before a router default changed, is run again).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -152,7 +153,8 @@ def run_one(run_id: str, settings: dict[str, Any], work_dir: Path) -> dict[str, 
         cfg = smore_paper_config(**{**BUDGETS[budget], **settings["router_options"]})
         if method == "molre" and MOLRE_OPTIONS[budget]:
             molre, target = get_method("molre"), get_method("smore").count(model, None, cfg)
-            template = molre_config(**MOLRE_OPTIONS[budget])
+            # molre_config(router_dim=...) raises (it sets router_dim itself): replace
+            template = dataclasses.replace(molre_config(), **MOLRE_OPTIONS[budget])
             match = molre.match_budget(model, None, target, template=template)
             torch.manual_seed(seed)
             model, out["rank"] = molre.build(model, match.spec), match.rank
