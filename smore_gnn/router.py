@@ -180,10 +180,10 @@ class SMoRERouter(nn.Module):
             if valid is not None:  # no NaN of a padding token may reach D's gradient
                 x = torch.where(valid[:, None], x, 0.0)
             u = _f32(x) if self.down_proj is None else linear32(x, self.down_proj)  # [N, d_u]
-        if self.input_norm:  # RMS-normalised router input (no affine); 0 stays 0
-            u = F.rms_norm(_f32(u), (u.size(-1),), eps=1e-6)
         if valid is not None:  # padding routes as u = 0 (either way u was obtained)
             u = torch.where(valid[:, None], u, 0.0)
+        if self.input_norm:  # RMS-normalised router input (no affine), after the padding
+            u = F.rms_norm(_f32(u), (u.size(-1),), eps=1e-6)  # is zeroed: 0 stays 0, no NaN
         ancestors = None  # [N, F_{l+1}, keys of the path so far]
         experts, scores, outs = [], [], []
         for l in reversed(range(len(self.layers))):

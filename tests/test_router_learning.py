@@ -107,9 +107,14 @@ def test_router_input_norm_makes_routing_invariant_to_the_scale_of_u():
     c, d = plain(x, mask, u=u), plain(x, mask, u=25.0 * u)
     assert not all(torch.allclose(sc, sd) for sc, sd in zip(c.scores, d.scores))
     u_nan = u.clone()
-    u_nan[-1] = float("nan")  # padding holds NaN: nothing may reach a statistic
+    u_nan[-1] = float("nan")  # padding holds NaN: nothing may reach a statistic or gradient
+    u_nan.requires_grad_(True)
+    normed.train()
     e = normed(x, mask, u=u_nan)
     assert torch.isfinite(e.balance_loss) and all(torch.isfinite(s).all() for s in e.scores)
+    (e.balance_loss + sum(s.sum() for s in e.scores)).backward()
+    assert torch.isfinite(u_nan.grad).all() and not u_nan.grad[-1].any()
+    assert all(torch.isfinite(p.grad).all() for p in normed.parameters() if p.grad is not None)
 
 
 @pytest.mark.parametrize(
