@@ -42,7 +42,7 @@ def smore_paper_config(**overrides: Any) -> SMoREConfig:
 
 def molre_config(num_experts: int = 8, fanout: int = 2, rank: int = 8, **kw: Any) -> SMoREConfig:
     """MoLRE: one layer of ``num_experts`` LoRA experts, top-``fanout``, identity activation."""
-    kwargs = dict(router_dim=32, router_act="relu", down_proj_dim=32, gate_type="switch", **kw)
+    kwargs = {**dict(router_dim=32, router_act="relu", down_proj_dim=32, gate_type="switch"), **kw}
     return SMoREConfig(
         num_experts=[num_experts], fanout=[fanout], rank=[rank], expert_act="identity", **kwargs
     )

@@ -147,3 +147,10 @@ def test_baselines_module_still_reexports_the_0_1_names():
     assert budget == get_method("smore").count(model, None, smore_paper_config())
     assert baselines.match_parameters("lora", model, None, budget).method == "lora"
     assert isinstance(baselines.apply_method("lora", model, 2), PeftModel)
+
+
+def test_molre_config_overrides_its_router_defaults():
+    from smore_gnn.methods import molre_config
+
+    cfg = molre_config(router_dim=8, gate_type="noisy_topk")
+    assert (cfg.router_dim, cfg.gate_type, cfg.num_layers) == (8, "noisy_topk", 1)
