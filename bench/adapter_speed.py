@@ -31,6 +31,7 @@ from bench.common import (
     median_ms,
     peft_lora_layer,
     ratio,
+    save_json,
 )
 from bench.reference import reference_delta
 from smore_gnn import RoutingTree, SMoREConfig, SMoRELinear, count_parameters, flops_per_token
@@ -211,9 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps({k: v for k, v in res.items() if k != "flops_per_token"}), flush=True)
         results.append(res)
     out = {"machine": machine_info(), "cases": results}
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    save_json(args.json, out)
     return out
 
 

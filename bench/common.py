@@ -7,6 +7,7 @@ over rounds; ratios are medians of the per-round ratios, i.e. measured in the sa
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -162,3 +163,9 @@ def matmul_rate(flops: float, rows: int, inner: int, rounds: int = 5) -> float:
     a, b = torch.randn(rows, inner), torch.randn(inner, cols)
     times = interleaved({"mm": lambda: torch.matmul(a, b)}, rounds=rounds, inner=3)
     return 2 * rows * inner * cols / statistics.median(times["mm"])
+
+
+def save_json(path: str | None, result: dict) -> None:
+    """Write a benchmark's ``result`` to ``path`` as indented JSON (nothing when it is None)."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")

@@ -19,6 +19,7 @@ import time
 import torch
 from torch import nn
 
+from bench.common import save_json
 from smore_gnn import RoutingTree, SMoREConfig, SMoRELinear
 
 CASES = {
@@ -95,9 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in results:
         print(json.dumps(r))
     out = {"torch": torch.__version__, "cases": results}
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    save_json(args.json, out)
     return out
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bench.common import RESULTS_DIR, machine_info
+from bench.common import RESULTS_DIR, machine_info, save_json
 
 PROMPTS = [
     "The capital of France is",
@@ -221,9 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.profile and "smore" in models:
         out["profile_smore_batch1"] = profile_decode(models["smore"], tokenizer, args.new_tokens)
         print(json.dumps(out["profile_smore_batch1"], indent=1), flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    save_json(args.json, out)
     return out
 
 

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from bench.common import machine_info
+from bench.common import machine_info, save_json
 from bench.generate import _randomise_zero_weights, bench_batch, build_models, encode, generate_fn
 
 
@@ -54,9 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         res = bench_batch(models, tokenizer, batch, args.rounds, args.new_tokens)
         print(json.dumps(res), flush=True)
         out["batches"].append(res)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    save_json(args.json, out)
     return out
 
 

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from bench.common import machine_info, reset_peak_rss, rss_mb
+from bench.common import machine_info, reset_peak_rss, rss_mb, save_json
 from smore_gnn.methods import method_names
 
 METHODS = method_names()
@@ -155,9 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(out))
         return out
     out = {"machine": machine_info(), **compare(args)}
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    save_json(args.json, out)
     print(json.dumps({m: {k: v for k, v in s.items() if k != "runs"}
                       for m, s in out["methods"].items()}, indent=2))  # fmt: skip
     return out

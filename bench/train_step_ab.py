@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from bench.common import machine_info
+from bench.common import machine_info, save_json
 
 
 def _stepper(model, old_api, ids: torch.Tensor):
@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(out["median_step_ms"]), json.dumps(out["time_over_lora"]),
           out["after_over_before"])  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    save_json(args.json, out)
     return out
 
 
