@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import smore_gnn.layer
 from smore_gnn import SMoREConv
 from tests.conftest import make_layer
 
@@ -28,8 +29,26 @@ CONFIGS = {
 }
 
 
-def test_the_real_package_is_used(monkeypatch):
-    """The kernel really is ``torch_scatter.scatter`` (not a silent fallback)."""
+@pytest.fixture(autouse=True)
+def message_passing_everywhere(monkeypatch):
+    """Small inputs skip message passing (a reshape sums regular trees), so route every test
+    here through the aggregation kernel under test."""
+    monkeypatch.setattr(smore_gnn.layer, "REGULAR_SUM_MAX_TOKENS", 0)
+
+
+DEFAULT_REGULAR_SUM_MAX_TOKENS = smore_gnn.layer.REGULAR_SUM_MAX_TOKENS
+
+
+@pytest.mark.parametrize(
+    "num_tokens,threshold", [(3, 0), (DEFAULT_REGULAR_SUM_MAX_TOKENS + 1, None)]
+)
+def test_the_real_package_is_used(monkeypatch, num_tokens, threshold):
+    """The kernel really is ``torch_scatter.scatter`` (not a silent fallback), also past the
+    default small-input threshold."""
+    if threshold is None:
+        monkeypatch.setattr(
+            smore_gnn.layer, "REGULAR_SUM_MAX_TOKENS", DEFAULT_REGULAR_SUM_MAX_TOKENS
+        )
     calls = []
     real = torch_scatter.scatter
 
@@ -39,7 +58,7 @@ def test_the_real_package_is_used(monkeypatch):
 
     monkeypatch.setattr(torch_scatter, "scatter", spy)
     layer = make_layer(gate_type="switch", scatter="torch_scatter")
-    layer(torch.randn(3, 8, dtype=torch.float64))
+    layer(torch.randn(num_tokens, 8, dtype=torch.float64))
     assert calls and set(calls) == {"sum"}
 
 
