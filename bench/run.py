@@ -3,8 +3,8 @@
 ``--quick`` (what ``make bench`` runs, a few minutes): the quick adapter-speed cases, the
 quick training-step comparison (one subprocess per method), greedy decoding on SmolLM2
 (``bench.generate``, with a profile of S'MoRE's decode step) and the theory count. Fine-tuning
-quality (``bench.quality``) takes far longer and is run on its own; its latest result
-(``bench/results/quality.json``) is folded into the report when present.
+quality (``bench.quality``) takes far longer and is run on its own; its finished runs
+(``bench/results/quality/``, else ``quality_quick/``) are folded into the report.
 
     .venv/bin/python -m bench.run [--quick] [--threads 1] [--skip train_step ...]
 """
@@ -40,9 +40,16 @@ def run_theory(threads: int) -> dict:
 
 
 def _with_quality(results: dict) -> dict:
-    for name in ("quality.json", "quality_quick.json"):  # the full run wins
-        if (RESULTS_DIR / name).exists():
-            results["quality"] = json.loads((RESULTS_DIR / name).read_text())
+    """Adds the summary and Markdown of ``bench.quality``'s finished runs (the full study wins
+    over ``--quick``); nothing when neither has a finished run."""
+    from bench.quality import results_dir, settings_for
+    from bench.quality_report import report, summarise
+
+    for quick in (False, True):
+        settings, out_dir = settings_for(quick), results_dir(quick)
+        summary = summarise(out_dir, settings)
+        if summary["runs_finished"]:
+            results["quality"] = {"summary": summary, "markdown": report(out_dir, settings)}
             break
     return results
 
