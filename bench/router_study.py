@@ -44,7 +44,8 @@ SETTINGS = {"n_train": 160, "n_val": 80, "batch_size": 8, "lr": 1e-3, "warmup": 
             "max_length": 64, "seed": 0, "diag_steps": [0, 5, 19]}  # fmt: skip
 #: name -> knobs. ``smore``: SMoREConfig overrides of :func:`study_config`; ``router_lr_scale``;
 #: ``balance_reduce`` "sum" (as SMoREModel.balance_loss) or "mean" over adapted modules;
-#: ``balance_warmup``: fraction of the steps over which the balance loss ramps up from 0.
+#: ``balance_warmup``: fraction of the steps over which the balance loss ramps up from 0;
+#: ``settings``: overrides of :data:`SETTINGS` (the ``long_*`` runs train as long as the demo).
 RUNS: dict[str, dict[str, Any]] = {
     "base": {"eval_only": True},
     "baseline": {},
@@ -66,7 +67,26 @@ RUNS: dict[str, dict[str, Any]] = {
         "smore": {"router_input_norm": True, "logit_scale": 10.0},
         "router_lr_scale": 10.0,
     },
+    # the demo's length (640 questions, 80 steps): does the busiest expert's share stay <= 0.70?
+    "long_norm_scale10": {
+        "smore": {"router_input_norm": True, "logit_scale": 10.0},
+        "settings": {"n_train": 640, "diag_steps": [0, 20, 79]},
+    },
+    "long_norm_scale10_bal5": {
+        "smore": {"router_input_norm": True, "logit_scale": 10.0, "balance_loss_weight": 0.05},
+        "settings": {"n_train": 640, "diag_steps": [0, 20, 79]},
+    },
+    "long_norm_scale10_warmup": {
+        "smore": {"router_input_norm": True, "logit_scale": 10.0},
+        "balance_warmup": 0.5,
+        "settings": {"n_train": 640, "diag_steps": [0, 20, 79]},
+    },
 }
+
+
+def run_settings(name: str) -> dict[str, Any]:
+    """:data:`SETTINGS` with the run's own overrides."""
+    return {**SETTINGS, **RUNS[name].get("settings", {})}
 
 
 def study_config(**overrides: Any) -> Any:
@@ -178,7 +198,7 @@ def report(out_dir: Path = OUT) -> str:
         if not path.exists():
             continue
         r = json.loads(path.read_text())
-        if r.get("settings") != SETTINGS:  # made with other settings: not comparable
+        if r.get("settings") != run_settings(name):  # made with other settings: stale
             continue
         acc = f"{100 * r['val']['accuracy']:.1f}"
         if "health" not in r:
@@ -217,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", default=None, help="(check) --run at 16 questions into DIR")
     args = parser.parse_args(argv)
     if args.smoke:
-        tiny = {**SETTINGS, "n_train": 16, "n_val": 16, "diag_steps": [0]}
+        tiny = {**run_settings(args.run), "n_train": 16, "n_val": 16, "diag_steps": [0]}
         result = run_one(args.run, RUNS[args.run], tiny)
         Path(args.smoke).mkdir(parents=True, exist_ok=True)
         (Path(args.smoke) / f"{args.run}.json").write_text(json.dumps(result, indent=1))
@@ -228,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     if args.run:
-        result = run_one(args.run, RUNS[args.run], SETTINGS)
+        result = run_one(args.run, RUNS[args.run], run_settings(args.run))
         tmp = OUT / f".{args.run}.json.tmp"
         tmp.write_text(json.dumps(result, indent=1) + "\n")
         tmp.replace(OUT / f"{args.run}.json")  # only finished runs appear
@@ -253,9 +273,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _done(name: str) -> bool:
-    """Whether ``name`` finished with the current :data:`SETTINGS` (else it is run again)."""
+    """Whether ``name`` finished with its current settings (else it is run again)."""
     path = OUT / f"{name}.json"
-    return path.exists() and json.loads(path.read_text()).get("settings") == SETTINGS
+    return path.exists() and json.loads(path.read_text()).get("settings") == run_settings(name)
 
 
 def _running(name: str) -> bool:
