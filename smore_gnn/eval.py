@@ -3,20 +3,19 @@
 :func:`evaluate_mc` is the entry point. Two scorings (``answer=``):
 
 * ``"text"``: an option's score is the summed log-probability of its text (``" pear"``) after
-  the prompt that lists the choices (lm-eval-harness style ``acc``); see
-  :func:`answer_text_accuracy`.
+  the prompt that lists the choices (lm-eval-harness ``acc``): :func:`answer_text_accuracy`.
 * ``"letter"``: an option's score is the log-probability of its letter (``" B"``) after the
-  prompt; see :func:`letter_accuracy` (one forward per question) and
+  prompt: :func:`letter_accuracy` (one forward per question) and
   :func:`multiple_choice_accuracy` (one sequence per option; the reference definition).
 
-The prompt is :func:`smore_gnn.data.mc_prompt`. Every scorer batches questions with
-:func:`batches` and puts the model in eval mode for the duration of the call.
+The prompt is :func:`smore_gnn.data.mc_prompt`. Every scorer runs the batching, eval-mode and
+argmax loop of :func:`_score_questions`; the model's train/eval mode is restored afterwards.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -34,16 +33,13 @@ __all__ = [
     "multiple_choice_accuracy",
 ]
 
-ANSWERS = ("letter", "text")
-
 
 def batches(
     records: Sequence[dict[str, Any]], batch_size: int, desc: str = "MC", progress: bool = False
 ) -> Iterator[Sequence[dict[str, Any]]]:
     """Consecutive chunks of ``batch_size`` records (the last may be shorter), with a tqdm bar.
 
-    Raises:
-        ValueError: If ``batch_size < 1``.
+    Raises ValueError if ``batch_size`` is not an int >= 1.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1 (got {batch_size!r})")
@@ -51,19 +47,48 @@ def batches(
         yield records[start : start + batch_size]
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
 def _prompt_ids(
     record: dict[str, Any], tokenizer: Any, max_length: int | None, reserve: int
 ) -> list[int]:
     """Prompt token ids, cut from the left so that ``reserve`` answer tokens still fit."""
     ids = tokenizer(mc.mc_prompt(record))["input_ids"]
-    if max_length is None:
-        return ids
-    keep = max(1, max_length - reserve)
-    return ids[-keep:]
+    return ids if max_length is None else ids[-max(1, max_length - reserve) :]
+
+
+def _letter_ids(tokenizer: Any) -> list[list[int]]:
+    """Token ids of each answer letter as it follows the prompt (``" A"``, ``" B"``, ...)."""
+    return [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in mc.LETTERS]
+
+
+def _score_questions(
+    model: nn.Module,
+    records: Sequence[dict[str, Any]],
+    batch_size: int,
+    desc: str,
+    progress: bool,
+    score_chunk: Callable[[Sequence[dict[str, Any]], torch.device], list[list[float]]],
+    with_scores: bool = False,
+) -> dict[str, Any]:
+    """The loop every scorer shares: eval mode, batches, the best-scored option per question.
+
+    ``score_chunk(chunk, device)`` gives one list of option scores per record of ``chunk``; a
+    prediction is the index of the first highest score. The train/eval mode is restored after,
+    also if ``score_chunk`` raises. Returns ``{"accuracy", "n", "predictions"}`` (+ ``"scores"``).
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    scores: list[list[float]] = []
+    try:
+        for chunk in batches(records, batch_size, desc, progress):
+            scores.extend(score_chunk(chunk, device))
+    finally:
+        model.train(was_training)
+    predictions = [max(range(len(s)), key=s.__getitem__) for s in scores]
+    correct = sum(int(p == mc.answer_index(r)) for p, r in zip(predictions, records, strict=True))
+    n = len(records)
+    result = {"accuracy": correct / n if n else 0.0, "n": n, "predictions": predictions}
+    return {**result, "scores": scores} if with_scores else result
 
 
 @torch.no_grad()
@@ -85,12 +110,10 @@ def multiple_choice_accuracy(
     """
     if records and mc.detect_format(records) != "mc":
         raise ValueError("expected multiple-choice records {question, choices, answer}, got SFT")
-    device, was_training = _device(model), model.training
-    model.eval()
-    pad, predictions, correct = mc.pad_id_of(tokenizer), [], 0
-    letters = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in mc.LETTERS]
+    pad, letters = mc.pad_id_of(tokenizer), _letter_ids(tokenizer)
     reserve = max((len(ids) for ids in letters), default=1)
-    for chunk in batches(records, batch_size, "MC accuracy", progress):
+
+    def score_chunk(chunk: Sequence[dict[str, Any]], device: torch.device) -> list[list[float]]:
         seqs, spans, owners = [], [], []
         for q, record in enumerate(chunk):
             prompt_ids = _prompt_ids(record, tokenizer, max_length, reserve)
@@ -107,13 +130,9 @@ def multiple_choice_accuracy(
             pos = torch.arange(offset - 1, offset - 1 + n_tok)
             targets = batch["input_ids"][row, offset : offset + n_tok]
             scores[q].append(float(logprobs[row, pos, targets].sum()))
-        for q, record in enumerate(chunk):
-            pred = max(range(len(scores[q])), key=scores[q].__getitem__)
-            predictions.append(pred)
-            correct += int(pred == mc.answer_index(record))
-    model.train(was_training)
-    n = len(records)
-    return {"accuracy": correct / n if n else 0.0, "n": n, "predictions": predictions}
+        return scores
+
+    return _score_questions(model, records, batch_size, "MC accuracy", progress, score_chunk)
 
 
 @torch.no_grad()
@@ -132,31 +151,29 @@ def letter_accuracy(
     otherwise this falls back to :func:`multiple_choice_accuracy`.
     """
     n_choices = max((len(r["choices"]) for r in records), default=0)
-    letters = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in mc.LETTERS]
-    if any(len(ids) != 1 for ids in letters[:n_choices]):
+    letters = _letter_ids(tokenizer)[:n_choices]
+    if any(len(ids) != 1 for ids in letters):
         args = (batch_size, progress, max_length)
         return multiple_choice_accuracy(model, tokenizer, records, *args)
-    letter_ids = torch.tensor([ids[0] for ids in letters[:n_choices]])
-    device, was_training, predictions, correct = _device(model), model.training, [], 0
-    model.eval()
-    for chunk in batches(records, batch_size, "MC accuracy", progress):
+    letter_ids, pad = torch.tensor([ids[0] for ids in letters]), mc.pad_id_of(tokenizer)
+
+    def score_chunk(chunk: Sequence[dict[str, Any]], device: torch.device) -> list[list[float]]:
         feats = [
             {"input_ids": ids, "attention_mask": [1] * len(ids)}
             for ids in (_prompt_ids(r, tokenizer, max_length, 1) for r in chunk)
         ]
-        batch = {k: v.to(device) for k, v in mc.collate(feats, mc.pad_id_of(tokenizer)).items()}
+        batch = {k: v.to(device) for k, v in mc.collate(feats, pad).items()}
         last = batch["attention_mask"].sum(1) - 1  # [B] position of each prompt's last token
         keep = torch.unique(last)  # only these positions need the (large) vocabulary head
         logits = model(**batch, logits_to_keep=keep).logits.float()  # [B, K, V]
         column = torch.searchsorted(keep, last) if logits.size(1) == keep.numel() else last
         logprobs = logits[torch.arange(len(chunk)), column].log_softmax(-1).cpu()  # [B, V]
-        for row, record in enumerate(chunk):
-            pred = int(logprobs[row, letter_ids[: len(record["choices"])]].argmax())
-            predictions.append(pred)
-            correct += int(pred == mc.answer_index(record))
-    model.train(was_training)
-    n = len(records)
-    return {"accuracy": correct / n if n else 0.0, "n": n, "predictions": predictions}
+        return [
+            logprobs[row, letter_ids[: len(record["choices"])]].tolist()
+            for row, record in enumerate(chunk)
+        ]
+
+    return _score_questions(model, records, batch_size, "MC accuracy", progress, score_chunk)
 
 
 def _cache_keyword(model: nn.Module) -> str:
@@ -183,12 +200,9 @@ def answer_text_accuracy(
     Returns:
         ``{"accuracy", "n", "predictions", "scores"}`` (``scores``: per-option log-probs).
     """
-    device, was_training = _device(model), model.training
-    predictions, correct, pad = [], 0, mc.pad_id_of(tokenizer)
-    key = _cache_keyword(model)
-    all_scores: list[list[float]] = []
-    model.eval()
-    for chunk in batches(records, batch_size, "MC text", progress):
+    pad, key = mc.pad_id_of(tokenizer), _cache_keyword(model)
+
+    def score_chunk(chunk: Sequence[dict[str, Any]], device: torch.device) -> list[list[float]]:
         options = [mc.choice_ids(r, tokenizer) for r in chunk]
         reserve = [max(map(len, opts)) for opts in options]
         prompts = [_prompt_ids(r, tokenizer, max_length, k) for r, k in zip(chunk, reserve)]
@@ -211,24 +225,14 @@ def answer_text_accuracy(
         logits = model(input_ids=cont, attention_mask=full_mask, position_ids=cont_pos,
                        use_cache=True, **{key: cache}).logits  # fmt: skip
         logp = logits.float().log_softmax(-1)  # [B * k, S, V] predicts option token j + 1
-        scores = []
+        scores: list[list[float]] = [[] for _ in chunk]
         for row, option in enumerate(flat):
             target = torch.tensor(option, device=device)
-            score = (
-                first[owner[row], target[0]]
-                + logp[row, : len(option) - 1].gather(-1, target[1:, None]).sum()
-            )
-            scores.append(float(score))
-        for q, record in enumerate(chunk):
-            rows = [scores[r] for r in range(len(flat)) if int(owner[r]) == q]
-            pred = max(range(len(rows)), key=rows.__getitem__)
-            all_scores.append(rows)
-            predictions.append(pred)
-            correct += int(pred == mc.answer_index(record))
-    model.train(was_training)
-    n = len(records)
-    result = {"accuracy": correct / n if n else 0.0, "n": n, "predictions": predictions}
-    return {**result, "scores": all_scores}
+            tail = logp[row, : len(option) - 1].gather(-1, target[1:, None]).sum()
+            scores[int(owner[row])].append(float(first[owner[row], target[0]] + tail))
+        return scores
+
+    return _score_questions(model, records, batch_size, "MC text", progress, score_chunk, True)
 
 
 def evaluate_mc(
@@ -260,7 +264,7 @@ def evaluate_mc(
         ValueError: On an unknown ``answer``, bad ``batch_size``/``max_length``, no records,
             or a record that is not a valid multiple-choice question (its index is named).
     """
-    if answer not in ANSWERS:
+    if answer not in mc.ANSWERS:
         raise ValueError(f"answer must be 'letter' or 'text' (got {answer!r})")
     if max_length is not None and (isinstance(max_length, bool) or max_length < 2):
         raise ValueError(f"max_length must be None or an int >= 2 (got {max_length!r})")
@@ -272,12 +276,8 @@ def evaluate_mc(
         if record.get("task") is not None:
             groups.setdefault(str(record["task"]), []).append(int(pred == mc.answer_index(record)))
     per_task = {t: {"accuracy": sum(h) / len(h), "n": len(h)} for t, h in sorted(groups.items())}
-    return {
-        "accuracy": result["accuracy"],
-        "n": result["n"],
-        "per_task": per_task,
-        "predictions": result["predictions"],
-    }
+    summary = {"accuracy": result["accuracy"], "n": result["n"], "per_task": per_task}
+    return {**summary, "predictions": result["predictions"]}
 
 
 def validate_mc_records(records: Sequence[dict[str, Any]], where: str) -> None:

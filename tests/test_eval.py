@@ -166,3 +166,59 @@ def test_evaluate_mc_rejects_bad_input():
 def test_batches_chunks_in_order():
     assert [list(c) for c in batches(list(range(7)), 3)] == [[0, 1, 2], [3, 4, 5], [6]]
     assert list(batches([], 2)) == []
+
+
+def _letter_merging_tokenizer() -> PreTrainedTokenizerFast:
+    """:func:`byte_tokenizer` plus one merged token per answer letter (``" A"`` -> ``ĠA``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    letters = [f"Ġ{c}" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", *alphabet, *letters])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", t[1]) for t in letters]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<pad>", "<s>", "</s>"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def test_letter_accuracy_one_forward_per_question_when_letters_are_single_tokens():
+    tokenizer = _letter_merging_tokenizer()
+    assert tokenizer(" C", add_special_tokens=False)["input_ids"] == [len(tokenizer) - 24]
+    model, _ = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, seed=2)
+    with torch.no_grad():  # letter tokens with distinct, large embeddings: varied predictions
+        model.get_input_embeddings().weight[-26:].normal_(
+            0, 3.0, generator=torch.Generator().manual_seed(1)
+        )
+    model = get_smore_model(model, smore_paper_config())
+    records = RECORDS[:7] + [{"question": "Yes or no?", "choices": ["yes", "no"], "answer": 1}]
+    rows: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    fast = letter_accuracy(model, tokenizer, records, batch_size=3, progress=False)
+    hook.remove()
+    assert rows == [3, 3, 2]  # one row per question, not one per (question, option) pair
+    slow = multiple_choice_accuracy(model, tokenizer, records, batch_size=2, progress=False)
+    assert fast == slow and fast["n"] == 8
+    assert len(set(fast["predictions"])) > 1
+
+
+def test_scorers_restore_train_mode_even_when_the_forward_fails():
+    tok = byte_tokenizer()
+
+    class Broken(LetterModel):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
+            assert not self.training  # scorers run the model in eval mode
+            raise RuntimeError("boom")
+
+    model = Broken(tok, ["A"]).train()
+    with pytest.raises(RuntimeError, match="boom"):
+        multiple_choice_accuracy(model, tok, [MC], progress=False)
+    assert model.training
+    model.eval()
+    with pytest.raises(RuntimeError, match="boom"):
+        multiple_choice_accuracy(model, tok, [MC], progress=False)
+    assert not model.training
