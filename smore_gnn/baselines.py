@@ -6,13 +6,15 @@ caller has switched; it will be removed.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from smore_gnn.methods import (
     Budgeted,
-    Spec,
     auxiliary_loss,
     get_method,
     load_any,
@@ -21,7 +23,6 @@ from smore_gnn.methods import (
     smore_paper_config,
     trainable_parameters,
 )
-from smore_gnn.model import Patterns
 
 METHODS = method_names()
 __all__ = [
@@ -31,34 +32,36 @@ __all__ = [
 ]  # fmt: skip
 
 
-def count_adapter_parameters(
-    method: str, model: nn.Module, target_modules: Patterns | None, spec: Spec
-) -> int:
-    """``get_method(method).count(model, target_modules, spec)``."""
-    return get_method(method).count(model, target_modules, spec)
+def _by_name(old: str, attribute: str) -> Callable[..., Any]:
+    """The 0.1 function ``old(method, *args)``: ``get_method(method).<attribute>(*args)``."""
+
+    def call(method: str, *args: Any, **kwargs: Any) -> Any:
+        warnings.warn(
+            f"smore_gnn.baselines.{old} is deprecated; call "
+            f"smore_gnn.methods.get_method({method!r}).{attribute}(...) instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(get_method(method), attribute)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = old
+    call.__doc__ = f"Deprecated: ``get_method(method).{attribute}(...)`` with the same arguments."
+    return call
 
 
-def match_parameters(
-    method: str,
-    model: nn.Module,
-    target_modules: Patterns | None,
-    budget: int,
-    template: Spec | None = None,
-    max_rank: int = 512,
-) -> Budgeted:
-    """``get_method(method).match_budget(model, target_modules, budget, template, max_rank)``."""
-    return get_method(method).match_budget(model, target_modules, budget, template, max_rank)
-
-
-def apply_method(
-    method: str, model: nn.Module, spec: Spec, target_modules: Patterns | None = None
-) -> nn.Module:
-    """``get_method(method).build(model, spec, target_modules)``."""
-    return get_method(method).build(model, spec, target_modules)
+count_adapter_parameters = _by_name("count_adapter_parameters", "count")
+match_parameters = _by_name("match_parameters", "match_budget")
+apply_method = _by_name("apply_method", "build")
 
 
 def load_method_adapter(
     model: nn.Module, directory: str | Path, trainable: bool = False
 ) -> nn.Module:
-    """``load_any(model, directory, is_trainable=trainable)``."""
+    """Deprecated: ``load_any(model, directory, is_trainable=trainable)``."""
+    warnings.warn(
+        "smore_gnn.baselines.load_method_adapter is deprecated; call "
+        "smore_gnn.methods.load_any(model, directory, is_trainable=...) instead",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return load_any(model, directory, is_trainable=trainable)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smore_gnn.data import answer_index, detect_format
+from smore_gnn.data import answer_index, detect_format, load_jsonl
 from smore_gnn.datasets import families, load_bundled, multitask, sources
 from smore_gnn.datasets.dictd import DictdDatabase, encode_b64
 from smore_gnn.datasets.multitask import TASKS, dictd_items, in_test, split_items
@@ -245,3 +245,29 @@ def test_shipped_copy_is_reproducible_from_debian_files() -> None:
     train, test = multitask.build_multitask(fits=fits)
     assert train == load_bundled("multitask", "train")
     assert test == load_bundled("multitask", "test")
+
+
+def test_write_bundled_writes_records_readme_and_licences(tmp_path: Path) -> None:
+    docs = tmp_path / "doc"
+    (docs / "dict-vera").mkdir(parents=True)
+    (docs / "dict-vera" / "copyright").write_text("vera terms\n", encoding="utf-8")
+    train = [{"question": "Q é", "choices": ["a", "b"], "answer": 1, "task": "acronyms"}] * 2
+    test = [{**train[0], "task": "wordnet"}]
+    out = tmp_path / "out"
+    multitask.write_bundled(out, train, test, "make data", doc_dir=docs)
+    assert (out / "train.jsonl").read_text(encoding="utf-8") == (
+        '{"question": "Q é", "choices": ["a", "b"], "answer": 1, "task": "acronyms"}\n' * 2
+    )
+    assert load_jsonl(out / "test.jsonl") == test
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert "(2 train + 1 test), built from Debian data files by `make data`." in readme
+    assert "Train per task: acronyms 2.\nTest per task: wordnet 1.\n" in readme
+    licences = (out / "LICENSES.md").read_text(encoding="utf-8").splitlines()
+    assert len([row for row in licences if row.startswith("| ")]) == 1 + len(TASKS)
+    assert "| acronyms | dict-vera | GNU FDL 1.1 or later (Oliver Heidelbach) | " \
+        "licenses/dict-vera.copyright |" in licences  # fmt: skip
+    assert "| en_fr | dict-freedict-eng-fra | GPL-2+ (FreeDict contributors) | (not found) |" in (
+        licences
+    )
+    assert [p.name for p in (out / "licenses").iterdir()] == ["dict-vera.copyright"]
+    assert (out / "licenses" / "dict-vera.copyright").read_text() == "vera terms\n"

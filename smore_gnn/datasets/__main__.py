@@ -59,9 +59,10 @@ def main(argv: list[str] | None = None) -> None:
             + ["--n-train", str(n_train), "--n-test", str(n_test), "--seed", str(args.seed)]
             + ["--tokenizer", args.tokenizer, "--max-tokens", str(args.max_tokens)]
         )
-        multitask.write_bundled(
-            args.out, args.dictd_dir, args.wordnet_dir, n_train, n_test, args.seed, fits, command
+        built = multitask.build_multitask(
+            args.dictd_dir, args.wordnet_dir, n_train, n_test, args.seed, fits
         )
+        multitask.write_bundled(args.out, *built, command)
     per_task = " per task" if args.name == "multitask" else ""
     print(f"wrote {args.name} ({n_train} train + {n_test} test{per_task}) to {args.out}")
 

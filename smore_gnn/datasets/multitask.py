@@ -243,20 +243,20 @@ def _counts(records: Sequence[dict[str, Any]]) -> str:
 
 def write_bundled(
     out_dir: str | Path,
-    dictd_dir: str | Path = DEFAULT_DICTD_DIR,
-    wordnet_dir: str | Path = wordnet.DEFAULT_WORDNET_DIR,
-    n_train: int = N_TRAIN,
-    n_test: int = N_TEST,
-    seed: int = 0,
-    fits: Fits | None = None,
-    command: str = "",
+    train: Sequence[dict[str, Any]],
+    test: Sequence[dict[str, Any]],
+    command: str,
     doc_dir: str | Path = "/usr/share/doc",
 ) -> None:
     """Write ``train.jsonl``, ``test.jsonl``, ``README.md``, ``LICENSES.md`` and ``licenses/``.
 
-    Arguments as for :func:`build_multitask`; ``command`` (how it was built) goes in the README.
+    Args:
+        out_dir: Output folder (created if missing).
+        train: Training records, from :func:`build_multitask`.
+        test: Test records, from :func:`build_multitask`.
+        command: The command that built them, quoted in the README.
+        doc_dir: Where the Debian ``<package>/copyright`` files are copied from.
     """
-    train, test = build_multitask(dictd_dir, wordnet_dir, n_train, n_test, seed, fits)
     out = Path(out_dir)
     (out / "licenses").mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "train.jsonl", train)
@@ -279,10 +279,6 @@ def write_bundled(
         "under that source's licence (full texts in the copyright files).",
     ]
     (out / "LICENSES.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    command = command or (
-        f"python -m smore_gnn.datasets build multitask --out {out_dir} "
-        f"--n-train {n_train} --n-test {n_test} --seed {seed}"
-    )
     (out / "README.md").write_text(
         f"Multi-task multiple-choice questions ({len(train)} train + {len(test)} test), built "
         f"from Debian data files by `{command}`.\n\nSplit by headword (the `key` field): no "
