@@ -176,15 +176,12 @@ class SMoREConfig:
                 "SMoREConfig.shared_pool=True needs the same num_experts and rank in every layer "
                 f"(got num_experts={self.num_experts}, rank={self.rank})"
             )
-        if not _is_int(self.router_dim):
-            raise TypeError(
-                f"SMoREConfig.router_dim must be an int (got {_name(self.router_dim)})"
-            )
-        if self.router_dim <= 0:
-            raise ValueError(
-                f"SMoREConfig.router_dim must be a positive int (got {self.router_dim})"
-            )
-        self._set("router_dim", int(self.router_dim))
+        dim = self.router_dim
+        if not _is_int(dim):
+            raise TypeError(f"SMoREConfig.router_dim must be an int (got {_name(dim)})")
+        if dim <= 0:
+            raise ValueError(f"SMoREConfig.router_dim must be a positive int (got {dim})")
+        self._set("router_dim", int(dim))
         self._check_down_proj_dim()
         self._check_floats(n)
         self._warn_ignored()
@@ -203,17 +200,8 @@ class SMoREConfig:
         self._set("down_proj_dim", int(dim) if dim else None)
 
     def _check_floats(self, n: int) -> None:
-        weight = _real("balance_loss_weight", self.balance_loss_weight, "a float >= 0")
-        if weight < 0:
-            raise ValueError(
-                f"SMoREConfig.balance_loss_weight must be a float >= 0 (got {weight})"
-            )
-        self._set("balance_loss_weight", weight)
-        eps = _real("noise_eps", self.noise_eps, "a float > 0")
-        if not eps > 0:
-            raise ValueError(f"SMoREConfig.noise_eps must be > 0 (got {eps})")
-        self._set("noise_eps", eps)
-        for name, bound in (("logit_scale", "> 0"), ("z_loss_weight", ">= 0")):
+        for name, bound in (("balance_loss_weight", ">= 0"), ("noise_eps", "> 0"),
+                            ("logit_scale", "> 0"), ("z_loss_weight", ">= 0")):  # fmt: skip
             value = _real(name, getattr(self, name), f"a float {bound}")
             if value < 0 or (value == 0 and bound == "> 0"):
                 raise ValueError(f"SMoREConfig.{name} must be a float {bound} (got {value})")

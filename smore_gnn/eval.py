@@ -32,6 +32,7 @@ __all__ = [
     "letter_accuracy",
     "multiple_choice_accuracy",
 ]
+ANSWERS = mc.ANSWERS  # the answer scorings, defined with the formats in smore_gnn.data
 
 
 def batches(
@@ -264,7 +265,7 @@ def evaluate_mc(
         ValueError: On an unknown ``answer``, bad ``batch_size``/``max_length``, no records,
             or a record that is not a valid multiple-choice question (its index is named).
     """
-    if answer not in mc.ANSWERS:
+    if answer not in ANSWERS:
         raise ValueError(f"answer must be 'letter' or 'text' (got {answer!r})")
     if max_length is not None and (isinstance(max_length, bool) or max_length < 2):
         raise ValueError(f"max_length must be None or an int >= 2 (got {max_length!r})")

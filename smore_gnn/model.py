@@ -1,10 +1,9 @@
 """``SMoREModel``: a base model with named S'MoRE adapters, with the API PEFT users know.
 
-``get_smore_model`` / ``SMoREModel.from_pretrained`` / ``save_pretrained`` /
-``disable_adapter()`` / ``add_adapter`` / ``set_adapter`` / ``delete_adapter`` /
-``print_trainable_parameters`` behave as their ``peft.PeftModel`` namesakes. Merging is
-rejected: routing depends on the input, so no single weight matrix equals the adapter.
-Target matching is peft's (see :mod:`smore_gnn.peft_targets`).
+``get_smore_model``, ``SMoREModel.from_pretrained``, ``save_pretrained``, ``disable_adapter()``,
+``add_adapter``/``set_adapter``/``delete_adapter`` and ``print_trainable_parameters`` behave as
+their ``peft.PeftModel`` namesakes. Merging is rejected: routing depends on the input, so no
+single weight matrix equals the adapter. Target matching is :mod:`smore_gnn.peft_targets`.
 """
 
 from __future__ import annotations
@@ -114,9 +113,8 @@ class SMoREModel(AdapterFolders, nn.Module):
                     for child_name, child in layer.named_children():
                         if child_name != "base_layer":
                             child._apply(fn)
-                    layer._buffers.update(
-                        {k: fn(b) for k, b in layer._buffers.items() if b is not None}
-                    )
+                    moved = {k: fn(b) for k, b in layer._buffers.items() if b is not None}
+                    layer._buffers.update(moved)
         return self
 
     def train(self, mode: bool = True) -> SMoREModel:
@@ -164,13 +162,15 @@ class SMoREModel(AdapterFolders, nn.Module):
             layer.train(self.training)
         self.peft_config[adapter_name], self._bank[adapter_name] = spec, layers
 
+    def _check_known(self, adapter_name: str, hint: str = "") -> None:
+        """ValueError listing the adapters if there is none named ``adapter_name``."""
+        if adapter_name not in self.peft_config:
+            known = list(self.peft_config)
+            raise ValueError(f"No adapter named {adapter_name!r} (adapters: {known}){hint}")
+
     def set_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
         """Make ``adapter_name`` the active adapter, trainable unless ``inference_mode``."""
-        if adapter_name not in self.peft_config:
-            raise ValueError(
-                f"No adapter named {adapter_name!r} (adapters: {list(self.peft_config)}); "
-                "add_adapter or load_adapter it first"
-            )
+        self._check_known(adapter_name, "; add_adapter or load_adapter it first")
         new = self._bank[adapter_name]
         if self._active is not None:
             for name, layer in self._bank[self._active].items():
@@ -186,10 +186,7 @@ class SMoREModel(AdapterFolders, nn.Module):
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter; deleting the active one activates the first remaining one."""
-        if adapter_name not in self.peft_config:
-            raise ValueError(
-                f"No adapter named {adapter_name!r} (adapters: {list(self.peft_config)})"
-            )
+        self._check_known(adapter_name)
         if len(self.peft_config) == 1:
             raise ValueError(
                 f"Cannot delete {adapter_name!r}, the only adapter; use unload() to get the "

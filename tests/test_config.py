@@ -78,7 +78,7 @@ def test_json_round_trip(tmp_path):
         (dict(key_init="zeros"), ValueError, "key_init must be one of"),
         (dict(down_proj_dim=-3), ValueError, "down_proj_dim must be a positive int or None"),
         (dict(balance_loss_weight=-1.0), ValueError, "balance_loss_weight must be a float >= 0"),
-        (dict(noise_eps=0.0), ValueError, "noise_eps must be > 0"),
+        (dict(noise_eps=0.0), ValueError, r"noise_eps must be a float > 0 \(got 0.0\)"),
         (dict(lora_alpha=[1.0]), ValueError, "lora_alpha must be None"),
         (dict(lora_alpha=-2.0), ValueError, "lora_alpha must be None"),
     ],
