@@ -15,6 +15,7 @@ from torch import nn
 
 from smore_gnn.methods import (
     Budgeted,
+    Spec,  # noqa: F401 (importable here in 0.1)
     auxiliary_loss,
     get_method,
     load_any,
@@ -23,6 +24,7 @@ from smore_gnn.methods import (
     smore_paper_config,
     trainable_parameters,
 )
+from smore_gnn.model import Patterns  # noqa: F401 (importable here in 0.1)
 
 METHODS = method_names()
 __all__ = [

@@ -11,6 +11,7 @@ Loss is only taken on answer tokens: prompt tokens and padding get the label ``-
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 import warnings
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+Record = dict[str, Any]  # one JSONL record (SFT or multiple choice)
 IGNORE_INDEX = -100
 LETTERS = string.ascii_uppercase
 SFT_KEYS = frozenset({"instruction", "output"})
@@ -62,9 +64,8 @@ def _numbered_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The records of a UTF-8 JSON-lines file, in order (blank lines are skipped).
 
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If a line is not UTF-8, not JSON or not an object (``path:line:`` named).
+    Raises FileNotFoundError if ``path`` does not exist and ValueError naming ``path:line`` if
+    a line is not UTF-8, not JSON or not an object; records themselves are not validated.
     """
     return [record for _, record in _numbered_records(path)]
 
@@ -73,24 +74,20 @@ def read_dataset(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL training or evaluation file and validate every record up front.
 
     All records must share one format (SFT or multiple choice) and every multiple-choice
-    answer must resolve to a choice.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: On bad bytes or JSON, an empty file, a record of no or another format, or
-            a bad answer; the message starts with ``path:line:`` and ends with the fix.
+    answer must resolve to a choice. Raises FileNotFoundError if ``path`` does not exist, and
+    ValueError on bad bytes or JSON, an empty file, a record of no or another format, or a bad
+    answer (the message starts with ``path:line:`` and ends with the fix).
     """
     numbered = _numbered_records(path)
     if not numbered:
         raise ValueError(f"{path}: expected at least one record, got none; {_FORMATS_HELP}")
-    first: str | None = None
+    formats: list[str] = []
     for lineno, record in numbered:
         try:
-            fmt = record_format(record)
-            if first is not None and fmt != first:
-                raise ValueError(f"record is {fmt!r}, line {numbered[0][0]} is {first!r}; "
+            formats.append(fmt := record_format(record))
+            if fmt != formats[0]:
+                raise ValueError(f"record is {fmt!r}, line {numbered[0][0]} is {formats[0]!r}; "
                                  "put one format per file")  # fmt: skip
-            first = fmt
             if fmt == "mc":
                 answer_index(record)
         except (TypeError, ValueError) as err:
@@ -198,11 +195,8 @@ def _fit(prompt_ids: list[int], target_ids: list[int], max_length: int) -> dict[
     target_ids = target_ids[:max_length]
     keep = max_length - len(target_ids)
     prompt_ids = prompt_ids[max(0, len(prompt_ids) - keep) :] if keep > 0 else []
-    return {
-        "input_ids": [*prompt_ids, *target_ids],
-        "attention_mask": [1] * (len(prompt_ids) + len(target_ids)),
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + list(target_ids),
-    }
+    ids, labels = [*prompt_ids, *target_ids], [IGNORE_INDEX] * len(prompt_ids) + list(target_ids)
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
 def tokenize_example(
@@ -222,9 +216,8 @@ class SFTDataset(Dataset):
     """A torch ``Dataset`` of tokenized records (SFT or multiple choice), tokenized up front.
 
     Examples longer than ``max_length`` lose prompt tokens from the left, with a warning that
-    counts them. An example that would keep no prompt token (its answer alone fills
-    ``max_length``, e.g. ``max_length=1``) has nothing to condition on and nothing a causal LM
-    predicts from context, so it is refused.
+    counts them. An example whose answer alone fills ``max_length`` (e.g. ``max_length=1``)
+    would keep no prompt token, nothing to condition on, so it is refused.
     """
 
     def __init__(self, records: Sequence[dict], tokenizer: Any, max_length: int = 512,
@@ -236,11 +229,10 @@ class SFTDataset(Dataset):
         self.examples = [_fit(prompt, target, max_length) for prompt, target in parts]
         no_prompt = [i for i, ex in enumerate(self.examples) if ex["labels"][0] != IGNORE_INDEX]
         if no_prompt:
-            need = max(len(parts[i][1]) for i in no_prompt) + 1
-            msg = f"{len(no_prompt)} of {len(records)} examples keep no prompt token at "
-            raise ValueError(f"{msg}max_length={max_length} (their answer fills it; first: "
-                             f"record {no_prompt[0]}); use max_length >= {need} or drop "
-                             "those records")  # fmt: skip
+            need, first = max(len(parts[i][1]) for i in no_prompt) + 1, no_prompt[0]
+            raise ValueError(f"{len(no_prompt)} of {len(records)} examples keep no prompt token "
+                             f"at max_length={max_length} (their answer fills it; first: record "
+                             f"{first}); use max_length >= {need} or drop them")  # fmt: skip
         cut = [len(p) + len(t) - max_length for p, t in parts if len(p) + len(t) > max_length]
         if cut:
             warnings.warn(
@@ -268,44 +260,36 @@ def pad_id_of(tokenizer: Any) -> int:
 
 
 def collate(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch to its longest example; padded labels are ``-100``.
+    """Right-pad a batch to its longest example, as ``long`` tensors; padded labels are ``-100``.
 
-    Returns:
-        ``input_ids``, ``attention_mask`` and (if present) ``labels`` as ``long`` tensors.
+    Keys: ``input_ids``, ``attention_mask`` and, if the features have them, ``labels``.
     """
     if not features:
         raise ValueError("expected a non-empty batch of features, got none")
     width = max(len(f["input_ids"]) for f in features)
     fill = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
-    batch: dict[str, torch.Tensor] = {}
-    for key, value in fill.items():
-        if key not in features[0]:
-            continue
-        rows = [list(f[key]) + [value] * (width - len(f[key])) for f in features]
-        batch[key] = torch.tensor(rows, dtype=torch.long)
-    return batch
+    rows = {
+        key: [list(f[key]) + [value] * (width - len(f[key])) for f in features]  # [B, width]
+        for key, value in fill.items()
+        if key in features[0]
+    }
+    return {key: torch.tensor(r, dtype=torch.long) for key, r in rows.items()}
 
 
 def make_collator(tokenizer: Any) -> Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]:
     """A ``data_collator`` for the HF ``Trainer`` using the tokenizer's pad (or eos) id."""
-    pad = pad_id_of(tokenizer)
-    return lambda features: collate(features, pad)
+    return functools.partial(collate, pad_token_id=pad_id_of(tokenizer))
 
 
 def split_train_test(
-    records: Sequence[dict[str, Any]],
-    eval_records: Sequence[dict[str, Any]] | None,
-    n_train: int,
-    n_test: int,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    records: Sequence[Record], eval_records: Sequence[Record] | None, n_train: int, n_test: int
+) -> tuple[list[Record], list[Record]]:
     """The fine-tuning split policy: at most ``n_train`` training and ``n_test`` test records.
 
     With ``eval_records`` the test set is their first ``n_test``. Without, multiple-choice
     ``records`` hold out their last ``n_test`` records as the test set (SFT records have no
-    multiple-choice test set). Training uses the first ``n_train`` of what remains.
-
-    Raises:
-        ValueError: If ``n_train`` or ``n_test`` is negative.
+    multiple-choice test set). Training uses the first ``n_train`` of what remains. Raises
+    ValueError if ``n_train`` or ``n_test`` is negative.
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f"n_train and n_test must be >= 0 (got {n_train}, {n_test})")
