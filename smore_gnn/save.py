@@ -9,7 +9,9 @@ A folder is written as a unit (:func:`atomic_folder`): the files go to a hidden 
 folder, are flushed to disk, and the sibling is renamed into place; an existing folder is
 renamed aside first and removed last. A reader therefore sees the old adapter or the new one,
 never a mix, and an interrupted save leaves the previous adapter loadable. Other entries of
-an existing folder (``metrics.json``, checkpoints, ...) are carried over by renaming.
+an existing folder (``metrics.json``, checkpoints, ...) are carried over by renaming. The next
+save into the same folder cleans up after a save whose process was killed (see
+:func:`recover_killed_saves`).
 
 Saving and loading a model live with the model (``SMoREModel.save_pretrained`` /
 ``SMoREModel.from_pretrained``, :mod:`smore_gnn.peft_folders`); this module only knows files.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -59,7 +62,9 @@ def atomic_folder(directory: str | Path, write: Callable[[Path], Any]) -> None:
     Steps: write into ``.<name>.saving-<id>``; fsync its files and itself; move the other
     entries of an existing ``directory`` (those ``write`` did not create) into it; rename
     ``directory`` aside to ``.<name>.old-<id>``; rename the new folder in; remove the old one.
-    If a step raises, the new folder is removed and the old one is put back.
+    If a step raises, the new folder is removed and the old one is put back. Before the
+    entries move, what killed saves into ``directory`` left behind is cleaned up
+    (:func:`recover_killed_saves`); ``<id>`` is ``<pid>-<8 hex digits>``.
     """
     out = Path(os.path.abspath(directory))
     if out.exists() and not out.is_dir():
@@ -81,6 +86,7 @@ def atomic_folder(directory: str | Path, write: Callable[[Path], Any]) -> None:
             if path.is_file():
                 _fsync(path)
         _fsync(tmp)
+        recover_killed_saves(out, keep=tmp)
         if out.exists():
             for entry in sorted(os.listdir(out)):
                 if not (tmp / entry).exists():  # keep what the writer did not replace
@@ -98,6 +104,62 @@ def atomic_folder(directory: str | Path, write: Callable[[Path], Any]) -> None:
         raise
     _fsync(out.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run here (True whenever that cannot be told)."""
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill(pid, 0) sends CTRL_C
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: the process exists, owned by another user
+        return True
+    return True
+
+
+def recover_killed_saves(directory: str | Path, keep: str | Path | None = None) -> list[Path]:
+    """Clean up the temporary siblings that killed :func:`atomic_folder` saves left beside it.
+
+    Only siblings named ``.<name>.saving-<pid>-<8 hex>`` of this ``directory`` are touched, and
+    only if process ``<pid>`` no longer runs on this machine (saves into one folder from
+    several machines at once are not supported). A save killed during its renames may have
+    carried entries of ``directory`` (``metrics.json``, ...) into its temporary folder, and,
+    if killed between its last two renames, left ``directory`` itself as
+    ``.<name>.old-<pid>-<hex>``. So that old folder is renamed back first, every entry that
+    ``directory`` lacks returns to it (unless ``keep``, the folder of the save now running,
+    holds that name: the new save supersedes it), and the temporary folder is removed once
+    nothing in it is unaccounted for; otherwise it is left in place.
+
+    Returns:
+        The temporary folders removed.
+    """
+    out = Path(os.path.abspath(directory))
+    keep = None if keep is None else Path(keep)
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.saving-(\d+)-([0-9a-f]{{8}})")
+    removed = []
+    for stale in sorted(out.parent.iterdir()) if out.parent.is_dir() else []:
+        match = pattern.fullmatch(stale.name)
+        if not match or stale == keep or not stale.is_dir() or _alive(int(match[1])):
+            continue
+
+        def superseded(entry: str) -> bool:
+            return (out / entry).exists() or (keep is not None and (keep / entry).exists())
+
+        try:
+            old = out.parent / f".{out.name}.old-{match[1]}-{match[2]}"
+            if not out.exists() and old.is_dir():
+                os.rename(old, out)  # killed between its renames: the previous folder returns
+            for entry in sorted(os.listdir(stale)):
+                if out.is_dir() and not superseded(entry):
+                    os.rename(stale / entry, out / entry)  # carried over by the killed save
+            if all(superseded(entry) for entry in os.listdir(stale)):
+                shutil.rmtree(stale)
+                removed.append(stale)
+        except OSError:  # best effort: a folder that cannot be cleaned now stays for later
+            continue
+    return removed
 
 
 def adapter_parameters(layers: dict[str, SMoRELinear]) -> dict[str, nn.Parameter]:

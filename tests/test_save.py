@@ -222,6 +222,63 @@ def test_killed_resave_never_leaves_a_mix(tmp_path, kill_at):
         assert torch.equal(_logits(loaded, tokenizer), expected)
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    run = [sys.executable, "-c", "import os; print(os.getpid())"]
+    return int(subprocess.run(run, capture_output=True, text=True, check=True).stdout)
+
+
+def _siblings(tmp_path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3])
+def test_next_save_cleans_up_after_a_killed_save(tmp_path, kill_at):
+    """Killed before carrying metrics.json (1), after it (2), between the renames (3): the next
+    save removes the temp folder, metrics.json survives, the new adapter is saved."""
+    out = tmp_path / "adapter"
+    sm, tokenizer = _adapted(out)
+    (out / "metrics.json").write_text('{"loss": 1}')
+    run = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(out), str(kill_at)], check=False)
+    assert run.returncode == 9
+    assert any(".adapter.saving-" in name for name in _siblings(tmp_path))
+    _other_weights(sm)
+    sm.save_pretrained(out)
+    assert _siblings(tmp_path) == ["adapter"]
+    assert sorted(os.listdir(out)) == sorted([CONFIG_NAME, WEIGHTS_NAME, "metrics.json"])
+    assert (out / "metrics.json").read_text() == '{"loss": 1}'
+    loaded = SMoREModel.from_pretrained(_tiny()[0], out)
+    assert torch.equal(_logits(loaded, tokenizer), _logits(sm, tokenizer))
+
+
+def test_stale_cleanup_touches_only_dead_saves_of_this_target(tmp_path):
+    dead, alive = _dead_pid(), os.getppid()
+    out = tmp_path / "adapter"
+    stale = [f".adapter.saving-{dead}-0123abcd", f".adapter.saving-{dead}-89ef4567"]
+    kept = [
+        f".adapter.saving-{alive}-0123abcd",  # its process still runs: maybe a save in progress
+        f".adapter2.saving-{dead}-0123abcd",  # another target
+        f".adapter.saving-{dead}-0123ABCD",  # not the pattern atomic_folder writes
+        f".adapter.saving-{dead}-0123abcd.bak",
+        f".adapter.old-{dead}-fedcba98",  # a previous adapter: never removed by a save
+        "adapter.saving-1-0123abcd",
+    ]
+    for name in stale + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / WEIGHTS_NAME).write_bytes(b"partial")
+    (tmp_path / stale[1] / "notes.txt").write_text("carried")  # out does not exist yet
+    sm, _ = _adapted(out)
+    assert _siblings(tmp_path) == sorted(["adapter", stale[1], *kept])
+    assert sorted(os.listdir(tmp_path / stale[1])) == [WEIGHTS_NAME, "notes.txt"]  # no home yet
+    (tmp_path / "adapter" / "metrics.json").write_text("{}")
+    assert folder.recover_killed_saves(out) == [tmp_path / stale[1]]  # now it has a home
+    assert (out / "notes.txt").read_text() == "carried"
+    assert (out / "metrics.json").read_text() == "{}"
+    assert _siblings(tmp_path) == sorted(["adapter", *kept])
+    for name in kept:
+        assert (tmp_path / name / WEIGHTS_NAME).read_bytes() == b"partial"
+
+
 def test_save_into_a_file_or_the_working_directory_is_refused(tmp_path, monkeypatch):
     sm, _ = _adapted(tmp_path / "a")
     (tmp_path / "file").write_text("x")
