@@ -174,6 +174,46 @@ def dense_gate(logits: Tensor, valid: Tensor | None) -> GateOutput:
     return GateOutput(experts, scores, logits.new_zeros(()), load, importance)
 
 
+def gate_output(
+    gate_type: str,
+    logits: Tensor,
+    fanout: int,
+    valid: Tensor | None,
+    weight: float,
+    z_loss_weight: float = 0.0,
+    noise_std: Tensor | None = None,
+) -> GateOutput:
+    """The ``gate_type`` gate on ``logits`` [E, s] with its balance loss (plus the z-loss
+    ``z_loss_weight * z_loss(logits, valid)`` when that weight is positive).
+
+    ``noise_std`` [E, s] is the noisy top-k gate's noise scale (None: no noise).
+    """
+    if gate_type == "noisy_topk":
+        out = noisy_topk_gate(logits, noise_std, fanout, valid, weight)
+    elif gate_type == "switch":
+        out = switch_gate(logits, fanout, valid, weight)
+    else:
+        out = dense_gate(logits, valid)
+    if z_loss_weight > 0:
+        out.loss = out.loss + z_loss_weight * z_loss(logits, valid)
+    return out
+
+
+def pick(gate_type: str, logits: Tensor, fanout: int) -> tuple[Tensor, Tensor]:
+    """``(experts [E, f], scores [E, f])`` of the gate without noise and without statistics:
+    the picks :func:`gate_output` makes when ``noise_std`` is None (evaluation)."""
+    if gate_type == "noisy_topk":
+        top_val, top_idx = logits.topk(min(fanout + 1, logits.size(-1)), dim=-1)  # [E, k]
+        picked = top_val[:, :fanout]
+        return top_idx[:, :fanout], softmax_rows(picked) if fanout > 1 else picked
+    probs = softmax_rows(logits)  # [E, s]
+    if gate_type == "dense":
+        num_events, num_experts = logits.shape
+        return torch.arange(num_experts, device=logits.device).expand(num_events, -1), probs
+    top_val, experts = probs.topk(fanout, dim=-1)  # [E, f]
+    return experts, top_val / top_val.sum(-1, keepdim=True) if fanout > 1 else top_val
+
+
 def cosine_logits(query: Tensor, keys: Tensor) -> Tensor:
     """``normalize(q) . normalize(k)`` for queries [E, d_g] and keys [s, d_g] -> [E, s]."""
     return F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).t()

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from smore_gnn.balance_grad import AttachBalanceLoss, in_backward, probe
 from smore_gnn.config import SMoREConfig
 from smore_gnn.conv import SMoREConv
+from smore_gnn.decode_layer import small_forward, small_forward_applies
 from smore_gnn.dense import dense_delta
 from smore_gnn.experts import ResidualExperts, stacked_linear
 from smore_gnn.masks import check_mask_values, resolve_mask
@@ -79,6 +80,7 @@ class SMoRELinear(nn.Module):
         for module in (self.router, self.experts, self.convs, self.proj):  # not the base layer
             module.to(device=weight.device, dtype=dtype)
         self._balance_value: Tensor | None = None  # detached
+        self._balance_routing: RoutingResult | None = None  # lazy statistics, not yet read
         self._balance_graph: Tensor | None = None  # with grad; dropped by deepcopy/pickle
         self.register_buffer(
             "_balance_grad", torch.zeros((), dtype=dtype, device=weight.device), persistent=False
@@ -165,6 +167,7 @@ class SMoRELinear(nn.Module):
             self._balance_grad.zero_()
         if lead.numel() == 0:  # nothing to route: the base output, no balance loss
             self._balance_value = self._balance_grad.new_zeros(())
+            self._balance_routing = None
             self.last_routing = None
             return result
         flat = x.reshape(-1, self.in_features)  # [N, d]
@@ -173,18 +176,22 @@ class SMoRELinear(nn.Module):
         if self.config.backend == "dense":
             routing = self.router(flat, mask)
             delta = dense_delta(self, flat.to(self.proj.weight.dtype), routing)
+        elif small_forward_applies(self, flat.size(0)):  # a decode step: fewer ops, same math
+            delta, routing = small_forward(self, flat.to(self.proj.weight.dtype), mask)
         else:  # one GEMM projects x for the router and for every expert (docs/spec.md §10)
             u, hidden = self._project(flat.to(self.proj.weight.dtype), with_router=True)
             routing = self.router(flat, mask, u=u)
             delta = self.proj(self._propagate(hidden, RoutingTree.from_routing(routing)))
-        loss = routing.balance_loss
-        if fresh:
-            self._balance_graph = loss if loss.requires_grad else None
-        elif loss.requires_grad and self._balance_graph is None:
-            # recomputing a forward that ran without autograd (reentrant checkpointing):
-            # d(total)/d(loss) = g, recorded by the probe, arrives through the delta
-            delta = AttachBalanceLoss.apply(delta, loss, self._balance_grad)
-        self._balance_value = loss.detach()
+        self._balance_value, self._balance_routing = None, routing
+        if not routing.is_lazy:  # lazy (no autograd): computed when balance_loss is read
+            loss = routing.balance_loss
+            if fresh:
+                self._balance_graph = loss if loss.requires_grad else None
+            elif loss.requires_grad and self._balance_graph is None:
+                # recomputing a forward that ran without autograd (reentrant checkpointing):
+                # d(total)/d(loss) = g, recorded by the probe, arrives through the delta
+                delta = AttachBalanceLoss.apply(delta, loss, self._balance_grad)
+            self._balance_value, self._balance_routing = loss.detach(), None
         self.last_routing = _detached(routing) if torch.is_grad_enabled() else routing
         return result + delta.view(*lead, self.out_features).to(result.dtype)
 
@@ -208,6 +215,9 @@ class SMoRELinear(nn.Module):
         graph (reentrant checkpointing), a probe whose gradient the recomputation applies
         (see the class docstring). Otherwise the detached value.
         """
+        if self._balance_value is None and self._balance_routing is not None:
+            self._balance_value = self._balance_routing.balance_loss.detach()
+            self._balance_routing = None
         value = self._balance_value
         if value is None or not torch.is_grad_enabled():
             return value

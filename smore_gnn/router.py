@@ -16,21 +16,15 @@ layer's balance loss, and ``router_input_norm`` RMS-normalises the router input 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smore_gnn.config import SMoREConfig
-from smore_gnn.gates import (
-    GateOutput,
-    cosine_logits,
-    dense_gate,
-    noisy_topk_gate,
-    switch_gate,
-    z_loss,
-)
+from smore_gnn.decode import no_autograd, route_without_autograd, routing_tables
+from smore_gnn.gates import GateOutput, cosine_logits, gate_output
+from smore_gnn.routing_result import RoutingResult
 
 _ACTS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 
@@ -43,27 +37,6 @@ def linear32(x: Tensor, layer: nn.Linear) -> Tensor:
     """``layer(x)`` computed in float32 whatever the dtype of ``x`` and of the weights."""
     bias = None if layer.bias is None else _f32(layer.bias)
     return F.linear(_f32(x), _f32(layer.weight), bias)
-
-
-@dataclass
-class RoutingResult:
-    """The router's decisions for ``N`` tokens, per layer ``l`` (bottom first).
-
-    ``experts[l]`` and ``scores[l]`` are ``[N, F_l]``; node ``j`` of layer ``l`` hangs under
-    node ``j // f_l`` of layer ``l + 1`` (the root for the top layer).
-    """
-
-    experts: list[Tensor]  # per layer: [N, F_l] long
-    scores: list[Tensor]  # per layer: [N, F_l] float32, alpha of the edge to the parent
-    fanout: list[int]
-    balance_loss: Tensor  # [] summed over layers
-    load: list[Tensor] = field(default_factory=list)  # per layer: [s_l] picks (valid tokens)
-    importance: list[Tensor] = field(default_factory=list)  # per layer: [s_l] summed scores
-    layer_losses: list[Tensor] = field(default_factory=list)  # per layer: []
-
-    @property
-    def num_tokens(self) -> int:
-        return self.experts[0].size(0)
 
 
 class LayerRouter(nn.Module):
@@ -114,12 +87,14 @@ class LayerRouter(nn.Module):
             return self.init_logit_scale
         return _f32(self.log_logit_scale).exp()
 
+    def activate(self, q: Tensor) -> Tensor:
+        """The router MLP's activation ``config.router_act`` on ``fc1``'s output ``q``."""
+        return _ACTS[self.act](q) if self.act != "identity" else q
+
     def logits(self, h: Tensor) -> Tensor:
         """``[E, s]`` float32 logits of router inputs ``h`` [E, in_dim], scaled by
         :attr:`logit_scale`: cosine similarities (``noisy_topk``) or ``q . k`` (others)."""
-        q = linear32(h, self.fc1)
-        q = _ACTS[self.act](q) if self.act != "identity" else q
-        q = linear32(q, self.fc2)  # [E, d_g]
+        q = linear32(self.activate(linear32(h, self.fc1)), self.fc2)  # [E, d_g]
         keys = _f32(self.keys)
         logits = cosine_logits(q, keys) if self.gate_type == "noisy_topk" else q @ keys.t()
         scale = self.logit_scale
@@ -128,18 +103,18 @@ class LayerRouter(nn.Module):
     def forward(self, h: Tensor, valid: Tensor | None) -> GateOutput:
         # h: [E, in_dim] float32 router input of E routing events; valid: [E] bool or None
         logits = self.logits(h)  # [E, s]
-        if self.gate_type == "noisy_topk":
-            std = None
-            if self.training:
-                std = F.softplus(linear32(h, self.noise)) + self.noise_eps  # [E, s]
-            out = noisy_topk_gate(logits, std, self.fanout, valid, self.weight)
-        elif self.gate_type == "switch":
-            out = switch_gate(logits, self.fanout, valid, self.weight)
-        else:
-            out = dense_gate(logits, valid)
-        if self.z_loss_weight > 0:
-            out.loss = out.loss + self.z_loss_weight * z_loss(logits, valid)
-        return out
+        std = None
+        if self.gate_type == "noisy_topk" and self.training:
+            std = F.softplus(linear32(h, self.noise)) + self.noise_eps  # [E, s]
+        return self.gate(logits, valid, std)
+
+    def gate(
+        self, logits: Tensor, valid: Tensor | None, noise_std: Tensor | None = None
+    ) -> GateOutput:
+        """This layer's gate on ``logits`` [E, s] (:func:`~smore_gnn.gates.gate_output`)."""
+        return gate_output(
+            self.gate_type, logits, self.fanout, valid, self.weight, self.z_loss_weight, noise_std
+        )
 
 
 class SMoRERouter(nn.Module):
@@ -159,12 +134,27 @@ class SMoRERouter(nn.Module):
             LayerRouter(d_u + extra, s, f, config)
             for extra, s, f in zip(config.router_input_dims, config.num_experts, config.fanout)
         )
+        self._tables: dict = {}  # no-autograd routing tables (smore_gnn.decode), rebuilt on change
 
     def reset_parameters(self) -> None:
         if self.down_proj is not None:
             self.down_proj.reset_parameters()
         for layer in self.layers:
             layer.reset_parameters()
+
+    def router_input(self, x: Tensor, valid: Tensor | None, u: Tensor | None = None) -> Tensor:
+        """The router input ``u`` [N, d_u] float32 of tokens ``x`` [N, d] (``D x``, or ``x``
+        without ``D``; ``u`` when precomputed): padding rows zero, then RMS-normalised when
+        ``config.router_input_norm``."""
+        if u is None:
+            if valid is not None:  # no NaN of a padding token may reach D's gradient
+                x = torch.where(valid[:, None], x, 0.0)
+            u = _f32(x) if self.down_proj is None else linear32(x, self.down_proj)  # [N, d_u]
+        if valid is not None:  # padding routes as u = 0 (either way u was obtained)
+            u = torch.where(valid[:, None], u, 0.0)
+        if self.input_norm:  # RMS-normalised router input (no affine), after the padding
+            u = F.rms_norm(_f32(u), (u.size(-1),), eps=1e-6)  # is zeroed: 0 stays 0, no NaN
+        return _f32(u)
 
     def forward(
         self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None
@@ -176,14 +166,11 @@ class SMoRERouter(nn.Module):
         """
         num_tokens = x.size(0)
         valid = None if mask is None else mask.reshape(num_tokens).bool()  # None: all valid
-        if u is None:
-            if valid is not None:  # no NaN of a padding token may reach D's gradient
-                x = torch.where(valid[:, None], x, 0.0)
-            u = _f32(x) if self.down_proj is None else linear32(x, self.down_proj)  # [N, d_u]
-        if valid is not None:  # padding routes as u = 0 (either way u was obtained)
-            u = torch.where(valid[:, None], u, 0.0)
-        if self.input_norm:  # RMS-normalised router input (no affine), after the padding
-            u = F.rms_norm(_f32(u), (u.size(-1),), eps=1e-6)  # is zeroed: 0 stays 0, no NaN
+        u = self.router_input(x, valid, u)  # [N, d_u] float32
+        if not self.training and no_autograd():  # evaluation, generation: fewer, larger ops
+            tables = routing_tables(self, self._tables)
+            token = F.linear(u, tables["token_w"], tables["token_b"])  # [N, L d_g]
+            return route_without_autograd(self, token, valid, tables)
         ancestors = None  # [N, F_{l+1}, keys of the path so far]
         experts, scores, outs = [], [], []
         for l in reversed(range(len(self.layers))):

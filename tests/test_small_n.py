@@ -109,12 +109,13 @@ def test_all_real_mask_equals_no_mask():
     assert not torch.equal(loss_padded, _step(layer, x, grad_out)[1])  # padding still masks
 
 
-def test_stacked_weight_cache_follows_updates():
+@pytest.mark.parametrize(("tokens", "entry"), [(5, "decode"), (100, "stacked")])
+def test_stacked_weight_cache_follows_updates(tokens, entry):
     layer = make_layer(torch.float32, gate_type="switch").eval()
-    x = torch.randn(5, 8)
+    x = torch.randn(tokens, 8)
     with torch.no_grad():
         layer(x)
-        assert "stacked" in layer._cache  # no grad: the stacked weight is kept
+        assert entry in layer._cache  # no grad: the stacked weight is kept
         for bank in layer.experts:
             bank.lora_A.weight.add_(0.5)  # an optimizer step (in place)
         layer.router.down_proj.bias.mul_(2.0)

@@ -1,0 +1,165 @@
+"""Routing without autograd in fewer, larger operations (evaluation, generation; issue 13).
+
+The same router as :class:`~smore_gnn.router.SMoRERouter` (docs/spec.md §3), rearranged for
+the steps that need no gradient, where a decode step routes a handful of tokens and the
+number of operations, not the arithmetic, sets the time:
+
+* ``fc1`` of a child router is split by its input blocks,
+  ``fc1(concat(u, k_1, ..., k_j)) = (W_u u + b) + W_1 k_1 + ... + W_j k_j``: the ``W_u u + b``
+  of every layer come from ONE GEMM and each ``W_j k`` from a per-key table ``[s, d_g]``
+  whose picked rows are gathered, so no concatenation and no expansion per layer;
+* under the ``switch`` and ``dense`` gates ``fc2`` and the keys fold into one matrix,
+  ``logits = scale (a (K W_2)^T + K b_2)`` (``a`` the activated ``fc1`` output);
+* the switch gate's renormalised top-``f`` probabilities (``f > 1``) are the softmax of the
+  top-``f`` logits (the same numbers, two operations instead of five);
+* the balance statistics are left to the :class:`~smore_gnn.routing_result.RoutingResult`,
+  which computes them with the general gate (:func:`~smore_gnn.gates.gate_output`) on first
+  access.
+
+The tables are cached and rebuilt when a parameter changes (:func:`cached`). The path is taken
+only in eval mode (no router noise, nothing to recompute for checkpointing) and outside
+``torch.compile``; it equals the general path up to float32 rounding
+(``tests/test_decode.py``). :mod:`smore_gnn.decode_layer` does the same for a whole
+``SMoRELinear`` forward of a few tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smore_gnn.gates import GateOutput, gate_output, pick
+from smore_gnn.routing_result import RoutingResult
+
+
+def no_autograd() -> bool:
+    """Whether autograd is off and no ``torch.compile`` trace is running."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def _f32(t: Tensor) -> Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def cached(cache: dict, name: str, tensors: tuple[Tensor, ...], build: Callable[[], object]):
+    """``build()``, kept in ``cache[name]`` until one of ``tensors`` (the parameters it reads)
+    is replaced or changed in place (identity, storage, version counter; a dtype or device
+    move gives new storage)."""
+    key = [(t.data_ptr(), t._version) for t in tensors]
+    hit = cache.get(name)
+    if hit is None or hit[1] != key or any(a is not b for a, b in zip(hit[0], tensors)):
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, no graph
+            hit = cache[name] = (tensors, key, build())
+    return hit[2]
+
+
+def router_tensors(router: nn.Module) -> list[Tensor]:
+    """The parameters :func:`build_tables` reads (attribute access: ``parameters()`` is slow
+    for a per-step check)."""
+    out = []
+    for layer in router.layers:
+        fc1, fc2 = layer.fc1, layer.fc2
+        out += [fc1.weight, fc1.bias, fc2.weight, fc2.bias, layer.keys]
+        if layer.log_logit_scale is not None:
+            out.append(layer.log_logit_scale)
+    return out
+
+
+def build_tables(router: nn.Module) -> dict:
+    """The float32 tables of an :class:`~smore_gnn.router.SMoRERouter` (see module docstring)."""
+    layers = router.layers
+    num_layers, d_g = len(layers), layers[0].fc2.out_features
+    d_u = layers[0].fc1.in_features - (num_layers - 1) * d_g
+    keys = [layer.passed_keys for layer in layers]  # [s_l, d_g] float32
+    token_w, token_b, ancestors, heads = [], [], [], []
+    for l, layer in enumerate(layers):
+        w1, b1 = _f32(layer.fc1.weight), _f32(layer.fc1.bias)  # [d_g, d_u + j d_g]
+        token_w.append(w1[:, :d_u])
+        token_b.append(b1)
+        blocks = w1[:, d_u:].split(d_g, dim=1) if l < num_layers - 1 else ()  # top first
+        ancestors.append([keys[num_layers - 1 - j] @ w.t() for j, w in enumerate(blocks)])
+        w2, b2, k = _f32(layer.fc2.weight), _f32(layer.fc2.bias), _f32(layer.keys)
+        scale = layer.logit_scale
+        if layer.gate_type == "noisy_topk":  # cosine: q is normalised, nothing folds
+            heads.append((w2, b2, F.normalize(k, dim=-1).t().contiguous(), scale))
+        else:  # [s, d_g], [s]
+            heads.append(((k @ w2) * scale, (k @ b2) * scale, None, 1.0))
+    return {
+        "token_w": torch.cat(token_w),  # [L d_g, d_u], layer 0 first
+        "token_b": torch.cat(token_b),  # [L d_g]
+        "ancestors": ancestors,  # per layer: [s_j, d_g] per ancestor layer j, top first
+        "heads": heads,
+        "d_g": d_g,
+    }
+
+
+def routing_tables(router: nn.Module, cache: dict) -> dict:
+    """:func:`build_tables`, cached in ``cache`` (:func:`cached`)."""
+    return cached(cache, "tables", tuple(router_tensors(router)), partial(build_tables, router))
+
+
+def _logits(a: Tensor, head: tuple) -> Tensor:
+    # a: [E, d_g] activated fc1 output -> [E, s] logits
+    w, b, unit_keys, scale = head
+    if unit_keys is None:  # switch / dense: fc2, keys and scale folded
+        return F.linear(a, w, b)
+    logits = F.normalize(F.linear(a, w, b), dim=-1) @ unit_keys  # cosine
+    return logits if isinstance(scale, float) and scale == 1.0 else logits * scale
+
+
+def _pick(gate_type: str, logits: Tensor, fanout: int) -> tuple[Tensor, Tensor]:
+    # [E, s] -> experts, scores [E, f], as gates.pick
+    if gate_type != "switch" or fanout == 1:
+        return pick(gate_type, logits, fanout)
+    top, experts = logits.topk(fanout, dim=-1)  # softmax is monotone: the same picks
+    return experts, top.softmax(dim=-1)  # p_i / sum_top p = softmax of the top logits
+
+
+def _stats(parts: list[Callable[[], GateOutput]]) -> list[GateOutput]:
+    return [part() for part in parts]
+
+
+def route_without_autograd(
+    router: nn.Module, token: Tensor, valid: Tensor | None, tables: dict
+) -> RoutingResult:
+    """Route ``N`` tokens from their own part of every layer's ``fc1``.
+
+    Args:
+        router: an :class:`~smore_gnn.router.SMoRERouter` in eval mode.
+        token: ``[N, L d_g]`` float32, ``W_u u + b`` of every layer's ``fc1`` (layer 0 first)
+            for the router input ``u`` (padding rows zero: ``token`` is the bias there).
+        valid: ``[N]`` bool (False: padding, left out of the statistics) or None.
+        tables: :func:`routing_tables` of ``router``.
+
+    Returns:
+        The routing, its statistics computed on first access.
+    """
+    n, d_g, layers = token.size(0), tables["d_g"], router.layers
+    num_layers = len(layers)
+    token = token.split(d_g, dim=1)  # L x [N, d_g]
+    experts: list = [None] * num_layers  # filled top-down, stored bottom first
+    scores: list = [None] * num_layers
+    stats: list = [None] * num_layers
+    for l in reversed(range(num_layers)):
+        layer, h, parents = layers[l], token[l], 1
+        if l < num_layers - 1:  # events (token, parent): own part plus the ancestors' keys
+            parents = experts[l + 1].size(1)  # F_{l+1}
+            h = h[:, None, :]  # [N, 1, d_g]
+            for j, table in zip(range(num_layers - 1, l, -1), tables["ancestors"][l]):
+                ids = experts[j]  # [N, F_j]; parent p descends from ancestor p // (F_{l+1}/F_j)
+                if ids.size(1) != parents:
+                    ids = ids.repeat_interleave(parents // ids.size(1), dim=1)  # [N, F_{l+1}]
+                h = h + table.index_select(0, ids.reshape(-1)).view(n, parents, d_g)
+            h = h.reshape(n * parents, d_g)
+        logits = _logits(layer.activate(h), tables["heads"][l])  # [N P, s]
+        picked, score = _pick(layer.gate_type, logits, layer.fanout)  # [N P, f]
+        experts[l] = picked.reshape(n, parents * layer.fanout)  # [N, F_l]
+        scores[l] = score.reshape(n, parents * layer.fanout)
+        events = valid if valid is None or parents == 1 else valid.repeat_interleave(parents)
+        stats[l] = partial(gate_output, layer.gate_type, logits, layer.fanout, events,
+                           layer.weight, layer.z_loss_weight)  # fmt: skip
+    return RoutingResult(experts, scores, list(router.fanout), stats=partial(_stats, stats))

@@ -1,0 +1,173 @@
+"""A whole ``SMoRELinear`` forward of a few tokens without autograd (a decode step; issue 13).
+
+The GNN pass of :meth:`SMoRELinear._propagate` on the regular trees (docs/spec.md §4-§5, §10)
+in fewer operations, from weights rearranged once and cached (:func:`smore_gnn.decode.cached`):
+
+* ONE GEMM projects the tokens for every expert layer (``A_l``) and for every layer's router:
+  with the router input ``u = D x + d`` only feeding ``fc1``, its rows ``W_u D`` (bias
+  ``W_u d + b``) join the stack, so the router starts from ``fc1``'s token part
+  (:func:`smore_gnn.decode.route_without_autograd`); with ``router_input_norm`` the stack holds
+  ``D`` and ``u`` is normalised first, as in the general path;
+* each layer's residual bias carries ``W_l``'s bias and the scale ``c_l`` is folded into ``B``;
+  residuals are computed for every expert and the picked rows gathered;
+* children are summed with their scores by one batched matmul per layer.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smore_gnn.decode import (
+    _f32,
+    build_tables,
+    cached,
+    no_autograd,
+    route_without_autograd,
+    router_tensors,
+)
+from smore_gnn.routing_result import RoutingResult
+
+#: Up to this many tokens an eval forward without autograd takes :func:`small_forward`.
+SMALL_MAX_TOKENS = 64
+
+
+def small_forward_applies(layer: nn.Module, num_tokens: int) -> bool:
+    """Whether :func:`small_forward` serves this forward of an ``SMoRELinear``: eval mode, no
+    autograd, the GNN backend, ``1..SMALL_MAX_TOKENS`` tokens, ``smore``/``smore_star``."""
+    cfg = layer.config
+    return (
+        0 < num_tokens <= SMALL_MAX_TOKENS
+        and not layer.training
+        and cfg.backend == "gnn"
+        and cfg.propagation != "momor"
+        and no_autograd()
+    )
+
+
+def _banks(layer: nn.Module) -> list[nn.Module]:
+    return list(layer.experts[:1] if layer.config.shared_pool else layer.experts)
+
+
+def _tensors(layer: nn.Module) -> tuple[Tensor, ...]:
+    # every adapter parameter _build reads (not W_proj: read per call)
+    out = router_tensors(layer.router)
+    down = layer.router.down_proj
+    if down is not None:
+        out += [down.weight, down.bias]
+    for bank in _banks(layer):
+        out += [bank.lora_A.weight, bank.lora_A.bias, bank.lora_B, bank.lora_B_bias]
+    for conv in layer.convs:
+        if conv.lin is not None:
+            out += [conv.lin.weight, conv.lin.bias]
+    return tuple(t for t in out if t is not None)
+
+
+def _stack(rows: list[tuple[Tensor, Tensor | None]], dtype: torch.dtype):
+    # [(W [o_i, d], b [o_i] | None)] -> W [sum o_i, d], b [sum o_i] | None, in dtype
+    weight = torch.cat([w.to(dtype) for w, _ in rows])
+    if all(b is None for _, b in rows):
+        return weight, None
+    biases = [weight.new_zeros(w.size(0)) if b is None else b.to(dtype) for w, b in rows]
+    return weight, torch.cat(biases)
+
+
+def _propagation(layer: nn.Module) -> list[tuple[Tensor, Tensor | None, Tensor | None]]:
+    # per layer l: (c_l B^T [s, r, d_{l+1}], c_l b + b_W [s, 1, d_{l+1}] or None, W^T or None)
+    out = []
+    for bank, conv, c in zip(layer.experts, layer.convs, layer.config.residual_scales):
+        weight = bank.lora_B.transpose(1, 2) * c  # [s, r, d_{l+1}]
+        bias = None if bank.lora_B_bias is None else bank.lora_B_bias * c  # [s, d_{l+1}]
+        lin = conv.lin
+        if lin is not None and lin.bias is not None:  # W m + b_W: b_W joins the residual
+            bias = lin.bias.expand(bank.num_experts, -1) if bias is None else bias + lin.bias
+        bias = None if bias is None else bias[:, None, :].contiguous()
+        out.append((weight.contiguous(), bias, None if lin is None else lin.weight.t()))
+    return out
+
+
+def _build(layer: nn.Module) -> dict:
+    router = layer.router
+    tables = build_tables(router)
+    down, fold = router.down_proj, not router.input_norm
+    lead: list[tuple[Tensor, Tensor | None]] = []
+    if fold:  # fc1's token part of every layer: W_u (D x + d) + b = (W_u D) x + (W_u d + b)
+        w_u, b_u = tables["token_w"], tables["token_b"]  # [L d_g, d_u], [L d_g]
+        if down is None:
+            lead.append((w_u, b_u))
+        else:
+            bias = b_u if down.bias is None else b_u + w_u @ _f32(down.bias)
+            lead.append((w_u @ _f32(down.weight), bias))
+    elif down is not None:
+        lead.append((down.weight, down.bias))
+    banks = [(bank.lora_A.weight, bank.lora_A.bias) for bank in _banks(layer)]
+    return {
+        "tables": tables,
+        "fold": fold,
+        "stack": _stack(lead + banks, layer.proj.weight.dtype),
+        "sizes": [w.size(0) for w, _ in lead + banks],
+        "lead": len(lead),
+        "propagation": _propagation(layer),
+    }
+
+
+def _activation(module: nn.Module):
+    if isinstance(module, nn.Identity):
+        return None
+    if isinstance(module, nn.Tanh):
+        return torch.tanh
+    return torch.relu if isinstance(module, nn.ReLU) else module
+
+
+def _residuals(hidden: Tensor, experts: Tensor, weights: tuple) -> Tensor:
+    # hidden [N, s r], experts [N, K] -> [N K, d]: every expert's residual, picked rows gathered
+    weight, bias = weights[0], weights[1]
+    n, s, r = hidden.size(0), weight.size(0), weight.size(1)
+    h = hidden.view(n, s, r).transpose(0, 1)  # [s, N, r]
+    every = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias, h, weight)  # [s, N, d]
+    rows = experts if n == 1 else experts * n + torch.arange(n, device=experts.device)[:, None]
+    return every.view(s * n, -1).index_select(0, rows.view(-1))  # [N K, d], row e N + t
+
+
+def small_forward(
+    layer: nn.Module, x: Tensor, mask: Tensor | None
+) -> tuple[Tensor, RoutingResult]:
+    """``(delta [N, d_out], routing)`` of an ``SMoRELinear`` for tokens ``x`` [N, d] in the
+    adapter's dtype (padding rows zero; ``mask`` [N] bool or None), where
+    :func:`small_forward_applies`; the routing's statistics are computed on first access."""
+    w = cached(layer._cache, "decode", _tensors(layer), partial(_build, layer))
+    router, tables = layer.router, w["tables"]
+    chunks = F.linear(x, *w["stack"]).split(w["sizes"], dim=1)  # [N, o_i] each
+    if w["fold"]:
+        token = _f32(chunks[0])  # [N, L d_g]; padding rows: x = 0 gives W_u d + b, want b
+        if mask is not None:
+            token = torch.where(mask[:, None], token, tables["token_b"])
+    else:
+        u = router.router_input(x, mask, chunks[0] if w["lead"] else None)  # [N, d_u]
+        token = F.linear(u, tables["token_w"], tables["token_b"])  # [N, L d_g]
+    hidden = list(chunks[w["lead"] :])
+    if layer.config.shared_pool:
+        hidden = hidden * len(layer.convs)
+    routing = route_without_autograd(router, token, mask, tables)
+    star, weights = layer.config.propagation == "smore_star", w["propagation"]
+    n, z = x.size(0), None
+    for l, conv in enumerate(layer.convs):
+        res = _residuals(hidden[l], routing.experts[l], weights[l])  # [N F_l, d_{l+1}]
+        act = _activation(conv.act)
+        if z is None:  # leaves
+            z = res if star or act is None else act(res)
+            continue
+        alpha = routing.scores[l - 1].to(z.dtype)  # [N, F_{l-1}] = [N, F_l f]
+        nodes, f = res.size(0), alpha.size(1) // routing.experts[l].size(1)
+        m = torch.bmm(alpha.view(nodes, 1, f), z.view(nodes, f, -1)).view(nodes, -1)
+        if star:  # z = r + W sigma(m); m: [N F_l, d_l]
+            z = torch.addmm(res, m if act is None else act(m), weights[l][2])
+        else:  # z = sigma(r + W m)
+            z = torch.addmm(res, m, weights[l][2])
+            z = z if act is None else act(z)
+    alpha = routing.scores[-1].to(z.dtype)  # [N, F_{L-1}]
+    root = torch.bmm(alpha.view(n, 1, -1), z.view(n, alpha.size(1), -1)).view(n, -1)  # [N, d_L]
+    return F.linear(root, layer.proj.weight, layer.proj.bias), routing

@@ -1,0 +1,102 @@
+"""The decode-step forward of ``SMoRELinear`` (``smore_gnn.decode_layer``, issue 13).
+
+An eval forward of up to ``SMALL_MAX_TOKENS`` tokens without autograd takes the fused path (one
+GEMM with the router's ``W_u D`` rows, folded biases and scales, batched child sums). It must
+equal the general GNN path (the same layer with autograd on) and the dense oracle, balance
+statistics included, for every propagation and option it serves, padding included.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import smore_gnn.decode_layer as decode_layer
+from smore_gnn.dense import dense_delta
+from tests.conftest import make_layer
+
+CONFIGS = [
+    dict(gate_type="switch"),
+    dict(gate_type="noisy_topk", lora_alpha=[4.0, 2.0]),
+    dict(gate_type="dense", num_experts=[3, 2], fanout=[3, 2], rank=[2, 3]),
+    dict(num_experts=[3, 4, 2], fanout=[2, 2, 2], rank=[2, 3, 2], gate_type="switch"),
+    dict(num_experts=[3, 4, 2], fanout=[2, 1, 2], rank=[2, 3, 2], propagation="smore_star"),
+    dict(gate_type="switch", shared_pool=True, num_experts=[4, 4], rank=[2, 2]),
+    dict(gate_type="switch", bias=False, expert_act="relu"),
+    dict(gate_type="switch", router_input_norm=True, logit_scale=10.0, z_loss_weight=0.1),
+    dict(gate_type="noisy_topk", down_proj_dim=None, expert_act="prelu"),
+    dict(num_experts=[3], fanout=[2], rank=[2], expert_act="identity", gate_type="switch"),
+]
+
+
+def _general(layer, x, mask):
+    with torch.enable_grad():  # autograd on: the general GNN path
+        y = layer(x, mask)
+    return y.detach(), layer.balance_loss.detach(), layer.last_routing
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_decode_step_equals_the_general_path(config, dtype, monkeypatch):
+    layer = make_layer(dtype, **config).eval()
+    x = torch.randn(2, 3, 8, dtype=dtype)
+    mask = torch.tensor([[True, True, True], [False, True, True]])
+    calls = []
+    real = decode_layer.small_forward
+    monkeypatch.setattr(
+        "smore_gnn.layer.small_forward", lambda *a: calls.append(1) or real(*a)
+    )  # fmt: skip
+    for m in (None, mask):
+        if m is not None:
+            x[1, 0] = float("nan")  # padding: must reach nothing
+        with torch.no_grad():
+            fast = layer(x, m)
+            routing = layer.last_routing
+            assert routing.is_lazy  # the statistics wait until read
+            loss = layer.balance_loss
+        want, want_loss, general = _general(layer, x, m)
+        tol = 1e-5 if dtype == torch.float32 else 1e-6  # routing and tables run in float32
+        torch.testing.assert_close(fast, want, rtol=tol, atol=tol, equal_nan=True)
+        assert fast[0].isfinite().all() and fast[1, 1:].isfinite().all()  # NaN stays put
+        torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+        for a, b in zip(routing.experts, general.experts):
+            assert torch.equal(a, b)
+        for a, b in zip(routing.load, general.load):
+            torch.testing.assert_close(a, b)
+        flat = (
+            x.reshape(-1, 8) if m is None else torch.where(m.reshape(-1, 1), x.reshape(-1, 8), 0)
+        )
+        with torch.no_grad():  # the dense oracle on the same routing
+            oracle = layer.base_layer(x.reshape(-1, 8)) + dense_delta(layer, flat, routing)
+        torch.testing.assert_close(fast.reshape(-1, 6), oracle, rtol=tol, atol=tol, equal_nan=True)
+    assert len(calls) == 2
+
+
+def test_where_the_decode_step_applies(monkeypatch):
+    layer = make_layer(torch.float64, gate_type="switch").eval()
+    calls = []
+    real = decode_layer.small_forward
+    monkeypatch.setattr("smore_gnn.layer.small_forward", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        layer(torch.randn(decode_layer.SMALL_MAX_TOKENS, 8, dtype=torch.float64))
+        assert len(calls) == 1
+        layer(torch.randn(decode_layer.SMALL_MAX_TOKENS + 1, 8, dtype=torch.float64))
+        layer.train()(torch.randn(3, 8, dtype=torch.float64))  # training mode: general
+        assert len(calls) == 1
+    layer.eval()(torch.randn(3, 8, dtype=torch.float64))  # autograd on: general
+    assert len(calls) == 1
+    momor = make_layer(torch.float64, propagation="momor", expert_act="identity").eval()
+    assert not decode_layer.small_forward_applies(momor, 1)
+
+
+def test_decode_weights_follow_updates():
+    layer = make_layer(torch.float32, gate_type="switch").eval()
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        layer(x)
+        layer.experts[1].lora_B.mul_(2.0)  # an optimizer step between two evaluations
+        layer.convs[1].lin.bias.add_(0.5)
+        layer.router.down_proj.weight.mul_(-1.0)
+        got = layer(x)
+    torch.testing.assert_close(got, _general(layer, x, None)[0], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,113 @@
+"""Routing without autograd (``smore_gnn.decode``, issue 13) equals the general router.
+
+In eval mode with autograd off the router takes the split-``fc1`` / folded-head path and leaves
+its statistics to be computed on first access; with autograd on it takes the general path.
+Both must pick the same experts with the same scores, and the lazy statistics must equal the
+eager ones (balance loss, z-loss, load, importance; padding excluded).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smore_gnn import SMoREConfig, SMoRERouter
+from smore_gnn.decode import build_tables, routing_tables
+
+CONFIGS = [
+    dict(gate_type="switch"),
+    dict(gate_type="switch", fanout=[1, 1]),
+    dict(gate_type="noisy_topk"),
+    dict(gate_type="noisy_topk", fanout=[1, 2]),
+    dict(gate_type="dense", num_experts=[3, 2], fanout=[3, 2]),
+    dict(gate_type="switch", num_experts=[3, 4, 5], fanout=[2, 3, 2], rank=[1, 1, 1]),
+    dict(gate_type="noisy_topk", num_experts=[3, 4, 5], fanout=[2, 1, 2], rank=[1, 1, 1]),
+    dict(gate_type="switch", logit_scale=10.0, z_loss_weight=0.1, router_input_norm=True),
+    dict(gate_type="noisy_topk", learn_logit_scale=True, logit_scale=3.0, z_loss_weight=0.1),
+    dict(gate_type="switch", down_proj_dim=None, router_act="tanh"),
+    dict(gate_type="switch", router_act="identity", balance_loss_weight=0.5),
+]
+
+
+def _router(config: dict, seed: int = 0) -> SMoRERouter:
+    torch.manual_seed(seed)
+    cfg = SMoREConfig(**{"rank": [2] * len(config.get("num_experts", [4, 4])), **config})
+    router = SMoRERouter(6, cfg).eval()
+    with torch.no_grad():  # non-zero biases so every folded term counts
+        for name, p in router.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.3)
+    return router
+
+
+def _assert_same(fast, general, tol=1e-5):
+    for a, b in zip(fast.experts, general.experts):
+        assert torch.equal(a, b)
+    for a, b in zip(fast.scores, general.scores):
+        torch.testing.assert_close(a, b.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        fast.balance_loss, general.balance_loss.detach(), rtol=tol, atol=tol
+    )
+    for name in ("load", "importance", "layer_losses"):
+        for a, b in zip(getattr(fast, name), getattr(general, name)):
+            torch.testing.assert_close(a, b.detach(), rtol=tol, atol=tol, msg=name)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("masked", [False, True])
+def test_no_autograd_routing_equals_the_general_router(config, masked):
+    router = _router(config)
+    x = torch.randn(9, 6)
+    mask = None
+    if masked:
+        mask = torch.ones(9, dtype=torch.bool)
+        mask[[2, 7]] = False
+        x[2] = float("nan")  # a padding token must not reach anything
+    with torch.no_grad():
+        fast = router(x, mask)
+    assert fast.is_lazy  # nothing computed yet
+    general = router(x, mask)  # autograd on: the general path
+    assert not general.is_lazy and general.scores[0].requires_grad
+    _assert_same(fast, general)
+    assert not fast.is_lazy
+
+
+def test_training_mode_takes_the_general_path():
+    router = _router(dict(gate_type="noisy_topk")).train()  # noise: sampled in the gate
+    with torch.no_grad():
+        out = router(torch.randn(5, 6))
+    assert not out.is_lazy
+
+
+def test_tables_split_fc1_exactly():
+    """fc1(concat(u, k_top, k_parent)) = token part + the two key tables' rows."""
+    router = _router(dict(num_experts=[3, 4, 5], fanout=[2, 2, 2], rank=[1, 1, 1]))
+    tables = build_tables(router)
+    layer, d_g = router.layers[0], tables["d_g"]
+    u = torch.randn(d_g)
+    top, parent = router.layers[2].passed_keys[4], router.layers[1].passed_keys[1]
+    want = layer.fc1(torch.cat([u, top, parent]))
+    token = tables["token_w"][:d_g] @ u + tables["token_b"][:d_g]
+    got = token + tables["ancestors"][0][0][4] + tables["ancestors"][0][1][1]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_tables_follow_in_place_updates_and_replacement():
+    router = _router(dict(gate_type="switch"))
+    x = torch.randn(7, 6)
+    with torch.no_grad():
+        before = router(x)
+        first = routing_tables(router, router._tables)
+        router.layers[1].keys.mul_(-1.0)  # an optimizer step: the version counter moves
+        router.layers[0].fc1.bias.add_(1.0)
+        fast = router(x)
+        assert routing_tables(router, router._tables) is not first
+    _assert_same(fast, router(x))
+    assert not all(torch.equal(a, b) for a, b in zip(before.scores, fast.scores))
+    second = routing_tables(router, router._tables)
+    router.layers[0].fc2.weight = torch.nn.Parameter(torch.randn(32, 32))  # replaced
+    with torch.no_grad():
+        fast = router(x)
+        assert routing_tables(router, router._tables) is not second
+    _assert_same(fast, router(x))
