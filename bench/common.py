@@ -7,14 +7,21 @@ over rounds; ratios are medians of the per-round ratios, i.e. measured in the sa
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -169,3 +176,51 @@ def save_json(path: str | None, result: dict) -> None:
     """Write a benchmark's ``result`` to ``path`` as indented JSON (nothing when it is None)."""
     if path:
         Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+BEFORE = "smore_gnn_before"  # the package name an older copy is imported under
+
+
+def before_after_parser(doc: str, rounds: int) -> argparse.ArgumentParser:
+    """The arguments every before/after benchmark shares: ``--before``, ``--rounds``,
+    ``--threads``, ``--json`` (:func:`import_before` reads ``--before``)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument(
+        "--before", required=True,
+        help=f"a git commit, or a directory holding {BEFORE} (the old smore_gnn, renamed)",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None)
+    return parser
+
+
+def export_before(commit: str, directory: str | None = None) -> str:
+    """Write ``smore_gnn`` as of ``commit`` to ``directory/smore_gnn_before`` with its imports
+    renamed, so it imports next to the current package; returns ``directory`` (a new temporary
+    one when None). Equivalent to ``git archive`` plus a ``sed`` of ``smore_gnn``."""
+    root = Path(__file__).resolve().parent.parent
+    directory = directory or tempfile.mkdtemp(prefix="smore_gnn_before_")
+    files = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", commit, "smore_gnn"],
+        cwd=root, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    pattern = re.compile(r"\bsmore_gnn\b")
+    for name in files:
+        blob = subprocess.run(["git", "show", f"{commit}:{name}"], cwd=root, check=True,
+                              capture_output=True).stdout  # fmt: skip
+        target = Path(directory) / BEFORE / Path(name).relative_to("smore_gnn")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".py"):
+            blob = pattern.sub(BEFORE, blob.decode()).encode()
+        target.write_bytes(blob)
+    return directory
+
+
+def import_before(before: str, module: str = "methods") -> ModuleType:
+    """``smore_gnn_before.<module>``: the package as it was, from ``before`` (a directory holding
+    ``smore_gnn_before``, or a git commit exported with :func:`export_before`)."""
+    if not (Path(before) / BEFORE).is_dir():
+        before = export_before(before)
+    sys.path.insert(0, before)
+    return importlib.import_module(f"{BEFORE}.{module}")

@@ -1,40 +1,29 @@
 """Before/after of the generation benchmark in ONE process: S'MoRE built by an older copy of
-the package (``--before DIR``: a directory holding ``smore_gnn_before``, the old
-``smore_gnn`` with its imports renamed) next to every method of :mod:`bench.generate`.
+the package (``--before``: a git commit, or a directory holding ``smore_gnn_before``, see
+:func:`bench.common.import_before`) next to every method of :mod:`bench.generate`.
 
-    git archive <old-commit> smore_gnn | tar -x -C DIR && mv DIR/smore_gnn DIR/smore_gnn_before
-    grep -rl smore_gnn DIR/smore_gnn_before \\
-        | xargs sed -i -E 's/\\bsmore_gnn\\b/smore_gnn_before/g'
-    .venv/bin/python -m bench.generate_ab --before DIR [--rounds 4] [--json out.json]
+    .venv/bin/python -m bench.generate_ab --before <commit> [--rounds 4] [--json out.json]
 
 Both S'MoRE models get the same weights (same seeds), so their greedy tokens must agree.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import importlib
 import json
-import sys
 
 import torch
 
-from bench.common import machine_info, save_json
+from bench.common import before_after_parser, import_before, machine_info, save_json
 from bench.generate import _randomise_zero_weights, bench_batch, build_models, encode, generate_fn
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--before", required=True, help="directory holding smore_gnn_before")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
+    parser = before_after_parser(__doc__, rounds=4)
     parser.add_argument("--new-tokens", type=int, default=24)
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, args.before)
-    old = importlib.import_module("smore_gnn_before.methods")
+    old = import_before(args.before)
     from smore_gnn.loading import load_model_and_tokenizer
 
     base, tokenizer = load_model_and_tokenizer("smollm2")

@@ -1,24 +1,21 @@
 """Training-step before/after in ONE process: S'MoRE built by an older copy of the package
-(``--before DIR`` holding ``smore_gnn_before``, see :mod:`bench.generate_ab`), S'MoRE now and
+(``--before``: a git commit or a directory, see :func:`bench.common.import_before`), S'MoRE now and
 peft LoRA at the same budget, on SmolLM2-135M, interleaved step by step (peak RSS: see
 :mod:`bench.train_step`, which runs each method in its own process).
 
-    .venv/bin/python -m bench.train_step_ab --before DIR [--rounds 6] [--json out.json]
+    .venv/bin/python -m bench.train_step_ab --before <commit> [--rounds 6] [--json out.json]
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import importlib
 import json
 import statistics
-import sys
 import time
 
 import torch
 
-from bench.common import machine_info, save_json
+from bench.common import before_after_parser, import_before, machine_info, save_json
 
 
 def _stepper(model, old_api, ids: torch.Tensor):
@@ -39,17 +36,12 @@ def _stepper(model, old_api, ids: torch.Tensor):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--before", required=True, help="directory holding smore_gnn_before")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser = before_after_parser(__doc__, rounds=6)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, args.before)
-    old = importlib.import_module("smore_gnn_before.methods")
+    old = import_before(args.before)
     from smore_gnn import methods as new
     from smore_gnn.loading import load_model_and_tokenizer
 
