@@ -45,21 +45,47 @@ def _f32(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
-def cached(cache: dict, name: str, tensors: tuple[Tensor, ...], build: Callable[[], object]):
-    """``build()``, kept in ``cache[name]`` until one of ``tensors`` (the parameters it reads)
-    is replaced or changed in place (identity, storage, version counter; a dtype or device
-    move gives new storage)."""
-    key = [(t.data_ptr(), t._version) for t in tensors]
-    hit = cache.get(name)
-    if hit is None or hit[1] != key or any(a is not b for a, b in zip(hit[0], tensors)):
+_EPOCH = [0]  # bumped whenever any module registers a parameter or a submodule
+
+
+def _registered(*_args: object) -> None:
+    _EPOCH[0] += 1  # returns None: the registered object is kept as it is
+
+
+nn.modules.module.register_module_parameter_registration_hook(_registered)
+nn.modules.module.register_module_module_registration_hook(_registered)
+
+
+def cached(
+    cache: dict, name: str, gather: Callable[[], list[Tensor]], build: Callable[[], object]
+):
+    """``build()``, kept in ``cache[name]`` until one of the tensors it reads (``gather()``)
+    is replaced or changed in place.
+
+    A change in place moves the tensor's version counter; ``.to()`` swaps its storage; a
+    replacement (``module.weight = ...``, ``load_state_dict(assign=True)``, a new submodule)
+    registers a parameter or module, which bumps a process-wide epoch, and only then are the
+    tensors gathered again and compared by identity. So a decode step checks version counters
+    and storage pointers only (``gather`` walks the modules, which costs more).
+    """
+    hit, epoch = cache.get(name), _EPOCH[0]
+    if hit is not None and hit[0] == epoch:
+        tensors = hit[1]
+    else:
+        tensors = tuple(gather())
+        same = hit is not None and len(hit[1]) == len(tensors)
+        if same and all(a is b for a, b in zip(hit[1], tensors)):  # same tensors, new epoch
+            hit = cache[name] = (epoch, tensors, *hit[2:])
+    versions = [t._version for t in tensors]
+    pointers = [t.data_ptr() for t in tensors]
+    if hit is None or hit[0] != epoch or hit[2] != versions or hit[3] != pointers:
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, no graph
-            hit = cache[name] = (tensors, key, build())
-    return hit[2]
+            hit = cache[name] = (epoch, tensors, versions, pointers, build())
+    return hit[4]
 
 
 def router_tensors(router: nn.Module) -> list[Tensor]:
-    """The parameters :func:`build_tables` reads (attribute access: ``parameters()`` is slow
-    for a per-step check)."""
+    """The parameters :func:`build_tables` reads."""
     out = []
     for layer in router.layers:
         fc1, fc2 = layer.fc1, layer.fc2
@@ -99,7 +125,7 @@ def build_tables(router: nn.Module) -> dict:
 
 def routing_tables(router: nn.Module, cache: dict) -> dict:
     """:func:`build_tables`, cached in ``cache`` (:func:`cached`)."""
-    return cached(cache, "tables", tuple(router_tensors(router)), partial(build_tables, router))
+    return cached(cache, "tables", partial(router_tensors, router), partial(build_tables, router))
 
 
 def _logits(a: Tensor, head: tuple) -> Tensor:

@@ -52,7 +52,7 @@ def _banks(layer: nn.Module) -> list[nn.Module]:
     return list(layer.experts[:1] if layer.config.shared_pool else layer.experts)
 
 
-def _tensors(layer: nn.Module) -> tuple[Tensor, ...]:
+def _tensors(layer: nn.Module) -> list[Tensor]:
     # every adapter parameter _build reads (not W_proj: read per call)
     out = router_tensors(layer.router)
     down = layer.router.down_proj
@@ -63,7 +63,7 @@ def _tensors(layer: nn.Module) -> tuple[Tensor, ...]:
     for conv in layer.convs:
         if conv.lin is not None:
             out += [conv.lin.weight, conv.lin.bias]
-    return tuple(t for t in out if t is not None)
+    return [t for t in out if t is not None]
 
 
 def _stack(rows: list[tuple[Tensor, Tensor | None]], dtype: torch.dtype):
@@ -138,7 +138,7 @@ def small_forward(
     """``(delta [N, d_out], routing)`` of an ``SMoRELinear`` for tokens ``x`` [N, d] in the
     adapter's dtype (padding rows zero; ``mask`` [N] bool or None), where
     :func:`small_forward_applies`; the routing's statistics are computed on first access."""
-    w = cached(layer._cache, "decode", _tensors(layer), partial(_build, layer))
+    w = cached(layer._cache, "decode", partial(_tensors, layer), partial(_build, layer))
     router, tables = layer.router, w["tables"]
     chunks = F.linear(x, *w["stack"]).split(w["sizes"], dim=1)  # [N, o_i] each
     if w["fold"]:

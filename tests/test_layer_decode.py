@@ -100,3 +100,9 @@ def test_decode_weights_follow_updates():
         layer.router.down_proj.weight.mul_(-1.0)
         got = layer(x)
     torch.testing.assert_close(got, _general(layer, x, None)[0], rtol=1e-5, atol=1e-5)
+    layer.router.layers[0].fc1 = torch.nn.Linear(64, 32)  # a replaced submodule
+    other = make_layer(torch.float32, gate_type="switch", seed=3)
+    layer.experts[0].load_state_dict(other.experts[0].state_dict(), assign=True)  # replaced
+    with torch.no_grad():
+        got = layer(x)
+    torch.testing.assert_close(got, _general(layer, x, None)[0], rtol=1e-5, atol=1e-5)
