@@ -96,30 +96,33 @@ def router_tensors(router: nn.Module) -> list[Tensor]:
 
 
 def build_tables(router: nn.Module) -> dict:
-    """The float32 tables of an :class:`~smore_gnn.router.SMoRERouter` (see module docstring)."""
+    """The float32 tables of an :class:`~smore_gnn.router.SMoRERouter` (see module docstring)
+    and per layer what routing reads (``plan``)."""
     layers = router.layers
     num_layers, d_g = len(layers), layers[0].fc2.out_features
     d_u = layers[0].fc1.in_features - (num_layers - 1) * d_g
     keys = [layer.passed_keys for layer in layers]  # [s_l, d_g] float32
-    token_w, token_b, ancestors, heads = [], [], [], []
+    token_w, token_b, plan = [], [], []
     for l, layer in enumerate(layers):
         w1, b1 = _f32(layer.fc1.weight), _f32(layer.fc1.bias)  # [d_g, d_u + j d_g]
         token_w.append(w1[:, :d_u])
         token_b.append(b1)
         blocks = w1[:, d_u:].split(d_g, dim=1) if l < num_layers - 1 else ()  # top first
-        ancestors.append([keys[num_layers - 1 - j] @ w.t() for j, w in enumerate(blocks)])
+        ancestors = [keys[num_layers - 1 - j] @ w.t() for j, w in enumerate(blocks)]  # [s_j, d_g]
         w2, b2, k = _f32(layer.fc2.weight), _f32(layer.fc2.bias), _f32(layer.keys)
         scale = layer.logit_scale
         if layer.gate_type == "noisy_topk":  # cosine: q is normalised, nothing folds
-            heads.append((w2, b2, F.normalize(k, dim=-1).t().contiguous(), scale))
+            head = (w2, b2, F.normalize(k, dim=-1).t().contiguous(), scale)
         else:  # [s, d_g], [s]
-            heads.append(((k @ w2) * scale, (k @ b2) * scale, None, 1.0))
+            head = ((k @ w2) * scale, (k @ b2) * scale, None, 1.0)
+        plan.append((layer.activate, head, ancestors, layer.gate_type, layer.fanout,
+                     layer.weight, layer.z_loss_weight))  # fmt: skip
     return {
         "token_w": torch.cat(token_w),  # [L d_g, d_u], layer 0 first
         "token_b": torch.cat(token_b),  # [L d_g]
-        "ancestors": ancestors,  # per layer: [s_j, d_g] per ancestor layer j, top first
-        "heads": heads,
+        "plan": plan,
         "d_g": d_g,
+        "fanout": list(router.fanout),
     }
 
 
@@ -137,55 +140,48 @@ def _logits(a: Tensor, head: tuple) -> Tensor:
     return logits if isinstance(scale, float) and scale == 1.0 else logits * scale
 
 
-def _pick(gate_type: str, logits: Tensor, fanout: int) -> tuple[Tensor, Tensor]:
-    # [E, s] -> experts, scores [E, f], as gates.pick
-    if gate_type != "switch" or fanout == 1:
-        return pick(gate_type, logits, fanout)
-    top, experts = logits.topk(fanout, dim=-1)  # softmax is monotone: the same picks
-    return experts, top.softmax(dim=-1)  # p_i / sum_top p = softmax of the top logits
-
-
 def _stats(parts: list[Callable[[], GateOutput]]) -> list[GateOutput]:
     return [part() for part in parts]
 
 
-def route_without_autograd(
-    router: nn.Module, token: Tensor, valid: Tensor | None, tables: dict
-) -> RoutingResult:
+def route_without_autograd(token: Tensor, valid: Tensor | None, tables: dict) -> RoutingResult:
     """Route ``N`` tokens from their own part of every layer's ``fc1``.
 
     Args:
-        router: an :class:`~smore_gnn.router.SMoRERouter` in eval mode.
         token: ``[N, L d_g]`` float32, ``W_u u + b`` of every layer's ``fc1`` (layer 0 first)
             for the router input ``u`` (padding rows zero: ``token`` is the bias there).
         valid: ``[N]`` bool (False: padding, left out of the statistics) or None.
-        tables: :func:`routing_tables` of ``router``.
+        tables: :func:`routing_tables` of the router (in eval mode).
 
     Returns:
         The routing, its statistics computed on first access.
     """
-    n, d_g, layers = token.size(0), tables["d_g"], router.layers
-    num_layers = len(layers)
-    token = token.split(d_g, dim=1)  # L x [N, d_g]
+    plan, d_g, n = tables["plan"], tables["d_g"], token.size(0)
+    num_layers = len(plan)
+    token = token.reshape(n, num_layers, d_g).unbind(1)  # L x [N, d_g]
     experts: list = [None] * num_layers  # filled top-down, stored bottom first
     scores: list = [None] * num_layers
     stats: list = [None] * num_layers
     for l in reversed(range(num_layers)):
-        layer, h, parents = layers[l], token[l], 1
+        act, head, ancestors, gate_type, f, weight, z_weight = plan[l]
+        h, parents = token[l], 1
         if l < num_layers - 1:  # events (token, parent): own part plus the ancestors' keys
             parents = experts[l + 1].size(1)  # F_{l+1}
             h = h[:, None, :]  # [N, 1, d_g]
-            for j, table in zip(range(num_layers - 1, l, -1), tables["ancestors"][l]):
+            for j, table in zip(range(num_layers - 1, l, -1), ancestors):
                 ids = experts[j]  # [N, F_j]; parent p descends from ancestor p // (F_{l+1}/F_j)
                 if ids.size(1) != parents:
                     ids = ids.repeat_interleave(parents // ids.size(1), dim=1)  # [N, F_{l+1}]
                 h = h + table.index_select(0, ids.reshape(-1)).view(n, parents, d_g)
-            h = h.reshape(n * parents, d_g)
-        logits = _logits(layer.activate(h), tables["heads"][l])  # [N P, s]
-        picked, score = _pick(layer.gate_type, logits, layer.fanout)  # [N P, f]
-        experts[l] = picked.reshape(n, parents * layer.fanout)  # [N, F_l]
-        scores[l] = score.reshape(n, parents * layer.fanout)
+            h = h.view(n * parents, d_g)
+        logits = _logits(act(h), head)  # [N P, s]
+        if gate_type == "switch" and f > 1:  # softmax is monotone: the same picks, and
+            top, picked = logits.topk(f, dim=-1)  # p_i / sum_top p = softmax(top logits)
+            score = top.softmax(dim=-1)  # [N P, f]
+        else:
+            picked, score = pick(gate_type, logits, f)  # [N P, f]
+        experts[l] = picked.reshape(n, parents * f)  # [N, F_l]
+        scores[l] = score.reshape(n, parents * f)
         events = valid if valid is None or parents == 1 else valid.repeat_interleave(parents)
-        stats[l] = partial(gate_output, layer.gate_type, logits, layer.fanout, events,
-                           layer.weight, layer.z_loss_weight)  # fmt: skip
-    return RoutingResult(experts, scores, list(router.fanout), stats=partial(_stats, stats))
+        stats[l] = partial(gate_output, gate_type, logits, f, events, weight, z_weight)
+    return RoutingResult(experts, scores, tables["fanout"], stats=partial(_stats, stats))

@@ -75,7 +75,7 @@ def _stack(rows: list[tuple[Tensor, Tensor | None]], dtype: torch.dtype):
     return weight, torch.cat(biases)
 
 
-def _propagation(layer: nn.Module) -> list[tuple[Tensor, Tensor | None, Tensor | None]]:
+def _propagation(layer: nn.Module) -> list[tuple]:
     # per layer l: (c_l B^T [s, r, d_{l+1}], c_l b + b_W [s, 1, d_{l+1}] or None, W^T or None)
     out = []
     for bank, conv, c in zip(layer.experts, layer.convs, layer.config.residual_scales):
@@ -111,6 +111,7 @@ def _build(layer: nn.Module) -> dict:
         "sizes": [w.size(0) for w, _ in lead + banks],
         "lead": len(lead),
         "propagation": _propagation(layer),
+        "star": layer.config.propagation == "smore_star",
     }
 
 
@@ -122,9 +123,8 @@ def _activation(module: nn.Module):
     return torch.relu if isinstance(module, nn.ReLU) else module
 
 
-def _residuals(hidden: Tensor, experts: Tensor, weights: tuple) -> Tensor:
+def _residuals(hidden: Tensor, experts: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     # hidden [N, s r], experts [N, K] -> [N K, d]: every expert's residual, picked rows gathered
-    weight, bias = weights[0], weights[1]
     n, s, r = hidden.size(0), weight.size(0), weight.size(1)
     h = hidden.view(n, s, r).transpose(0, 1)  # [s, N, r]
     every = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias, h, weight)  # [s, N, d]
@@ -140,7 +140,7 @@ def small_forward(
     :func:`small_forward_applies`; the routing's statistics are computed on first access."""
     w = cached(layer._cache, "decode", partial(_tensors, layer), partial(_build, layer))
     router, tables = layer.router, w["tables"]
-    chunks = F.linear(x, *w["stack"]).split(w["sizes"], dim=1)  # [N, o_i] each
+    chunks = F.linear(x, *w["stack"]).split_with_sizes(w["sizes"], dim=1)  # [N, o_i] each
     if w["fold"]:
         token = _f32(chunks[0])  # [N, L d_g]; padding rows: x = 0 gives W_u d + b, want b
         if mask is not None:
@@ -151,23 +151,26 @@ def small_forward(
     hidden = list(chunks[w["lead"] :])
     if layer.config.shared_pool:
         hidden = hidden * len(layer.convs)
-    routing = route_without_autograd(router, token, mask, tables)
-    star, weights = layer.config.propagation == "smore_star", w["propagation"]
-    n, z = x.size(0), None
-    for l, conv in enumerate(layer.convs):
-        res = _residuals(hidden[l], routing.experts[l], weights[l])  # [N F_l, d_{l+1}]
-        act = _activation(conv.act)
+    routing = route_without_autograd(token, mask, tables)
+    star, dtype, n, z = w["star"], x.dtype, x.size(0), None
+    for l, (conv, (weight, bias, lin_t)) in enumerate(zip(layer.convs, w["propagation"])):
+        act = _activation(conv.act)  # not cached: the module may be swapped (or learn: PReLU)
+        res = _residuals(hidden[l], routing.experts[l], weight, bias)  # [N F_l, d_{l+1}]
         if z is None:  # leaves
             z = res if star or act is None else act(res)
             continue
-        alpha = routing.scores[l - 1].to(z.dtype)  # [N, F_{l-1}] = [N, F_l f]
-        nodes, f = res.size(0), alpha.size(1) // routing.experts[l].size(1)
+        alpha = routing.scores[l - 1]  # [N, F_{l-1}] = [N, F_l f]
+        alpha = alpha if alpha.dtype == dtype else alpha.to(dtype)
+        nodes = res.size(0)
+        f = alpha.size(1) * n // nodes
         m = torch.bmm(alpha.view(nodes, 1, f), z.view(nodes, f, -1)).view(nodes, -1)
         if star:  # z = r + W sigma(m); m: [N F_l, d_l]
-            z = torch.addmm(res, m if act is None else act(m), weights[l][2])
+            z = torch.addmm(res, m if act is None else act(m), lin_t)
         else:  # z = sigma(r + W m)
-            z = torch.addmm(res, m, weights[l][2])
+            z = torch.addmm(res, m, lin_t)
             z = z if act is None else act(z)
-    alpha = routing.scores[-1].to(z.dtype)  # [N, F_{L-1}]
+    alpha = routing.scores[-1]  # [N, F_{L-1}]
+    alpha = alpha if alpha.dtype == dtype else alpha.to(dtype)
     root = torch.bmm(alpha.view(n, 1, -1), z.view(n, alpha.size(1), -1)).view(n, -1)  # [N, d_L]
-    return F.linear(root, layer.proj.weight, layer.proj.bias), routing
+    proj = layer.proj
+    return F.linear(root, proj.weight, proj.bias), routing

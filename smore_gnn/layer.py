@@ -162,8 +162,9 @@ class SMoRELinear(nn.Module):
         mask = resolve_mask(attention_mask, stored, lead, checked=not fresh)  # [N] bool | None
         if mask is not None and mask.device.type == "cpu" and not torch.compiler.is_compiling():
             mask = None if bool(mask.all()) else mask  # no padding: no masking work (eager CPU)
+        # plain attributes below: a dict update is cheaper than nn.Module.__setattr__ per name
         if fresh:
-            self._forward_mask, self._balance_graph = mask, None
+            self.__dict__.update(_forward_mask=mask, _balance_graph=None)
             self._balance_grad.zero_()
         if lead.numel() == 0:  # nothing to route: the base output, no balance loss
             self._balance_value = self._balance_grad.new_zeros(())
@@ -182,7 +183,7 @@ class SMoRELinear(nn.Module):
             u, hidden = self._project(flat.to(self.proj.weight.dtype), with_router=True)
             routing = self.router(flat, mask, u=u)
             delta = self.proj(self._propagate(hidden, RoutingTree.from_routing(routing)))
-        self._balance_value, self._balance_routing = None, routing
+        self.__dict__.update(_balance_value=None, _balance_routing=routing)
         if not routing.is_lazy:  # lazy (no autograd): computed when balance_loss is read
             loss = routing.balance_loss
             if fresh:
@@ -192,7 +193,7 @@ class SMoRELinear(nn.Module):
                 # d(total)/d(loss) = g, recorded by the probe, arrives through the delta
                 delta = AttachBalanceLoss.apply(delta, loss, self._balance_grad)
             self._balance_value, self._balance_routing = loss.detach(), None
-        self.last_routing = _detached(routing) if torch.is_grad_enabled() else routing
+        self.__dict__["last_routing"] = routing.detached() if torch.is_grad_enabled() else routing
         return result + delta.view(*lead, self.out_features).to(result.dtype)
 
     @property
@@ -295,18 +296,6 @@ class SMoRELinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, experts={c.num_experts}, "
             f"fanout={c.fanout}, rank={c.rank}, backend={c.backend!r}"
         )
-
-
-def _detached(routing: RoutingResult) -> RoutingResult:
-    return RoutingResult(
-        experts=routing.experts,
-        scores=[s.detach() for s in routing.scores],
-        fanout=routing.fanout,
-        balance_loss=routing.balance_loss.detach(),
-        load=[t.detach() for t in routing.load],
-        importance=[t.detach() for t in routing.importance],
-        layer_losses=[t.detach() for t in routing.layer_losses],
-    )
 
 
 def compile_adapters(model: nn.Module, **compile_kwargs) -> int:

@@ -79,6 +79,18 @@ class RoutingResult:
         self._resolve()
         return self._layer_losses
 
+    def detached(self) -> RoutingResult:
+        """A copy whose scores and statistics are detached from the autograd graph."""
+        return RoutingResult(
+            experts=self.experts,
+            scores=[s.detach() for s in self.scores],
+            fanout=self.fanout,
+            balance_loss=self.balance_loss.detach(),
+            load=[t.detach() for t in self.load],
+            importance=[t.detach() for t in self.importance],
+            layer_losses=[t.detach() for t in self.layer_losses],
+        )
+
     @property
     def num_tokens(self) -> int:
         return self.experts[0].size(0)

@@ -89,7 +89,8 @@ def test_tables_split_fc1_exactly():
     top, parent = router.layers[2].passed_keys[4], router.layers[1].passed_keys[1]
     want = layer.fc1(torch.cat([u, top, parent]))
     token = tables["token_w"][:d_g] @ u + tables["token_b"][:d_g]
-    got = token + tables["ancestors"][0][0][4] + tables["ancestors"][0][1][1]
+    ancestors = tables["plan"][0][2]  # layer 0's key tables: top layer, then the parent's
+    got = token + ancestors[0][4] + ancestors[1][1]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
