@@ -40,6 +40,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 REQUIRED_KEYS = ("method", "smore_config", "adapted_modules", "target_modules")
+_IN_PROGRESS: set[str] = set()  # names of the temporary folders of this process's saves
 
 
 def _fsync(path: Path) -> None:
@@ -79,6 +80,7 @@ def atomic_folder(directory: str | Path, write: Callable[[Path], Any]) -> None:
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp, old = out.parent / f".{out.name}.saving-{tag}", out.parent / f".{out.name}.old-{tag}"
     tmp.mkdir()
+    _IN_PROGRESS.add(tmp.name)
     moved: list[str] = []
     try:
         write(tmp)
@@ -102,13 +104,21 @@ def atomic_folder(directory: str | Path, write: Callable[[Path], Any]) -> None:
                 os.rename(tmp / entry, out / entry)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _IN_PROGRESS.discard(tmp.name)
     _fsync(out.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` may still run here (True whenever that cannot be told)."""
-    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill(pid, 0) sends CTRL_C
+def _in_progress(folder: Path, pid: int) -> bool:
+    """Whether the save writing ``folder`` (named after process ``pid``) may still run here.
+
+    True whenever that cannot be told. Our own pid counts only for the saves this process has
+    in flight: a restarted job often gets the pid of the killed one (PID 1 in a container).
+    """
+    if pid == os.getpid():
+        return folder.name in _IN_PROGRESS
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT
         return True
     try:
         os.kill(pid, 0)
@@ -120,17 +130,16 @@ def _alive(pid: int) -> bool:
 
 
 def recover_killed_saves(directory: str | Path, keep: str | Path | None = None) -> list[Path]:
-    """Clean up the temporary siblings that killed :func:`atomic_folder` saves left beside it.
+    """Clean up after :func:`atomic_folder` saves into ``directory`` that were killed.
 
-    Only siblings named ``.<name>.saving-<pid>-<8 hex>`` of this ``directory`` are touched, and
-    only if process ``<pid>`` no longer runs on this machine (saves into one folder from
-    several machines at once are not supported). A save killed during its renames may have
-    carried entries of ``directory`` (``metrics.json``, ...) into its temporary folder, and,
-    if killed between its last two renames, left ``directory`` itself as
-    ``.<name>.old-<pid>-<hex>``. So that old folder is renamed back first, every entry that
-    ``directory`` lacks returns to it (unless ``keep``, the folder of the save now running,
-    holds that name: the new save supersedes it), and the temporary folder is removed once
-    nothing in it is unaccounted for; otherwise it is left in place.
+    Touched: siblings named ``.<name>.saving-<pid>-<8 hex>`` of ``directory`` whose process
+    is gone (:func:`_in_progress`; saving into one folder from two machines at once is not
+    supported). Such a save may have carried entries of ``directory`` (``metrics.json``, ...)
+    into its folder and, killed between its last two renames, left ``directory`` as
+    ``.<name>.old-<pid>-<hex>``. That old folder is renamed back, entries ``directory`` lacks
+    return to it (unless ``keep``, the folder of the save now running, has the name: it
+    supersedes them), and the temporary folder is removed once each entry it still holds is
+    superseded (by ``directory`` or ``keep``).
 
     Returns:
         The temporary folders removed.
@@ -141,7 +150,7 @@ def recover_killed_saves(directory: str | Path, keep: str | Path | None = None) 
     removed = []
     for stale in sorted(out.parent.iterdir()) if out.parent.is_dir() else []:
         match = pattern.fullmatch(stale.name)
-        if not match or stale == keep or not stale.is_dir() or _alive(int(match[1])):
+        if not match or stale == keep or not stale.is_dir() or _in_progress(stale, int(match[1])):
             continue
 
         def superseded(entry: str) -> bool:

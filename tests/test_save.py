@@ -279,6 +279,24 @@ def test_stale_cleanup_touches_only_dead_saves_of_this_target(tmp_path):
         assert (tmp_path / name / WEIGHTS_NAME).read_bytes() == b"partial"
 
 
+def test_own_pid_counts_as_alive_only_for_saves_in_flight(tmp_path):
+    """A restarted job often has the killed one's pid (PID 1 in a container)."""
+    out, mine = tmp_path / "adapter", f".adapter.saving-{os.getpid()}-0123abcd"
+    (tmp_path / mine).mkdir()  # killed before it wrote anything
+    seen = []
+
+    def write(tmp):
+        seen.append(folder.recover_killed_saves(out))  # a second look while this save runs
+        assert tmp.is_dir() and tmp.name.startswith(f".adapter.saving-{os.getpid()}-")
+        (tmp / CONFIG_NAME).write_text("{}")
+        (tmp / WEIGHTS_NAME).write_bytes(b"new")
+
+    folder.atomic_folder(out, write)
+    assert seen == [[tmp_path / mine]]  # the stale one went, the running one stayed
+    assert _siblings(tmp_path) == ["adapter"]
+    assert (out / WEIGHTS_NAME).read_bytes() == b"new"
+
+
 def test_save_into_a_file_or_the_working_directory_is_refused(tmp_path, monkeypatch):
     sm, _ = _adapted(tmp_path / "a")
     (tmp_path / "file").write_text("x")
