@@ -29,10 +29,37 @@ from smore_gnn.decode import (
     route_without_autograd,
     router_tensors,
 )
+from smore_gnn.masks import resolve_mask
 from smore_gnn.routing_result import RoutingResult
 
 #: Up to this many tokens an eval forward without autograd takes :func:`small_forward`.
 SMALL_MAX_TOKENS = 64
+
+
+_LAST_MASK: list = [None]  # (stored mask, its version, lead shape, resolved mask)
+
+
+def forward_mask(
+    explicit: Tensor | None, stored: Tensor | None, lead: torch.Size, checked: bool
+) -> Tensor | None:
+    """:func:`~smore_gnn.masks.resolve_mask`, then ``None`` for an all-real mask on the CPU (no
+    masking work). A model wrapper sets one mask object on every adapted layer per model
+    forward: its resolution is kept and reused while that object is unchanged (same version)
+    for the same token shape, so a decode step validates and reduces it once, not per layer."""
+    if explicit is not None or stored is None or checked or torch.compiler.is_compiling():
+        return _none_if_all_real(resolve_mask(explicit, stored, lead, checked=checked))
+    hit = _LAST_MASK[0]
+    if hit is not None and hit[0] is stored and hit[1] == stored._version and hit[2] == lead:
+        return hit[3]
+    mask = _none_if_all_real(resolve_mask(None, stored, lead))
+    _LAST_MASK[0] = (stored, stored._version, lead, mask)
+    return mask
+
+
+def _none_if_all_real(mask: Tensor | None) -> Tensor | None:
+    if mask is not None and mask.device.type == "cpu" and not torch.compiler.is_compiling():
+        return None if bool(mask.all()) else mask  # [N] bool
+    return mask
 
 
 def small_forward_applies(layer: nn.Module, num_tokens: int) -> bool:

@@ -17,10 +17,10 @@ from torch import Tensor, nn
 from smore_gnn.balance_grad import AttachBalanceLoss, in_backward, probe
 from smore_gnn.config import SMoREConfig
 from smore_gnn.conv import SMoREConv
-from smore_gnn.decode_layer import small_forward, small_forward_applies
+from smore_gnn.decode_layer import forward_mask, small_forward, small_forward_applies
 from smore_gnn.dense import dense_delta
 from smore_gnn.experts import ResidualExperts, stacked_linear
-from smore_gnn.masks import check_mask_values, resolve_mask
+from smore_gnn.masks import check_mask_values
 from smore_gnn.router import RoutingResult, SMoRERouter
 from smore_gnn.tree import RoutingTree
 
@@ -159,9 +159,7 @@ class SMoRELinear(nn.Module):
         lead = x.shape[:-1]
         fresh = not in_backward()  # False: a checkpoint recomputation
         stored = self._attention_mask if fresh else self._forward_mask
-        mask = resolve_mask(attention_mask, stored, lead, checked=not fresh)  # [N] bool | None
-        if mask is not None and mask.device.type == "cpu" and not torch.compiler.is_compiling():
-            mask = None if bool(mask.all()) else mask  # no padding: no masking work (eager CPU)
+        mask = forward_mask(attention_mask, stored, lead, checked=not fresh)  # [N] bool | None
         # plain attributes below: a dict update is cheaper than nn.Module.__setattr__ per name
         if fresh:
             self.__dict__.update(_forward_mask=mask, _balance_graph=None)

@@ -106,3 +106,28 @@ def test_decode_weights_follow_updates():
     with torch.no_grad():
         got = layer(x)
     torch.testing.assert_close(got, _general(layer, x, None)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_stored_mask_is_resolved_once_and_follows_changes(monkeypatch):
+    import smore_gnn.decode_layer as dl
+
+    layers = [make_layer(torch.float64, gate_type="switch", seed=s).eval() for s in (0, 1)]
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    calls = []
+    real = dl.resolve_mask
+    monkeypatch.setattr(dl, "resolve_mask", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        for layer in layers:  # what SMoREModel does before a model forward
+            layer.attention_mask = mask
+        outs = [layer(x) for layer in layers]
+        assert len(calls) == 1  # resolved by the first layer, reused by the second
+        mask[1, 0] = False  # changed in place: resolved again, padding now masked
+        for layer, out in zip(layers, outs):
+            got = layer(x)
+            torch.testing.assert_close(got, layer(x, mask.clone()))
+            assert not torch.equal(got[1, 0], out[1, 0])
+            torch.testing.assert_close(got[0], out[0])
+        assert layers[0].last_routing.load[-1].sum() == 5 * 2  # 5 real tokens, 2 top picks
+        with pytest.raises(ValueError, match="attention_mask"):
+            layers[0](torch.randn(3, 2, 8, dtype=torch.float64))  # a mask of another shape
