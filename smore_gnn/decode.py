@@ -45,11 +45,25 @@ def _f32(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
-_EPOCH = [0]  # bumped whenever any module registers a parameter or a submodule
+_EPOCH = [0]  # bumped when a parameter or submodule is registered on a watched module
+_WATCHED = "_smore_gnn_watched"  # marks the modules whose parameters the caches read
 
 
-def _registered(*_args: object) -> None:
-    _EPOCH[0] += 1  # returns None: the registered object is kept as it is
+def watch(module: nn.Module) -> None:
+    """Mark ``module`` and its submodules: registering a parameter or a submodule on any of
+    them (a replacement) then invalidates :func:`cached` entries (SMoRELinear and SMoRERouter
+    call this when built)."""
+    for m in module.modules():
+        m.__dict__[_WATCHED] = True  # a plain attribute; copied by deepcopy and pickle
+
+
+def _registered(module: nn.Module, name: str, value: object) -> None:
+    # returns None: the registered object is kept as it is. Containers made on the fly (HF
+    # slices its ModuleList of blocks every forward) are not watched and bump nothing.
+    if module.__dict__.get(_WATCHED):
+        _EPOCH[0] += 1
+        if isinstance(value, nn.Module):
+            watch(value)
 
 
 nn.modules.module.register_module_parameter_registration_hook(_registered)
@@ -64,9 +78,9 @@ def cached(
 
     A change in place moves the tensor's version counter; ``.to()`` swaps its storage; a
     replacement (``module.weight = ...``, ``load_state_dict(assign=True)``, a new submodule)
-    registers a parameter or module, which bumps a process-wide epoch, and only then are the
-    tensors gathered again and compared by identity. So a decode step checks version counters
-    and storage pointers only (``gather`` walks the modules, which costs more).
+    registers a parameter or module on a :func:`watch`-ed module, which bumps a process-wide
+    epoch, and only then are the tensors gathered again and compared by identity. So a decode
+    step checks version counters and storage pointers only (``gather`` walks the modules).
     """
     hit, epoch = cache.get(name), _EPOCH[0]
     if hit is not None and hit[0] == epoch:

@@ -76,7 +76,7 @@ def small_forward_applies(layer: nn.Module, num_tokens: int) -> bool:
 
 
 def _banks(layer: nn.Module) -> list[nn.Module]:
-    return list(layer.experts[:1] if layer.config.shared_pool else layer.experts)
+    return [layer.experts[0]] if layer.config.shared_pool else list(layer.experts)
 
 
 def _tensors(layer: nn.Module) -> list[Tensor]:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from smore_gnn.balance_grad import AttachBalanceLoss, in_backward, probe
 from smore_gnn.config import SMoREConfig
 from smore_gnn.conv import SMoREConv
+from smore_gnn.decode import watch
 from smore_gnn.decode_layer import forward_mask, small_forward, small_forward_applies
 from smore_gnn.dense import dense_delta
 from smore_gnn.experts import ResidualExperts, stacked_linear
@@ -91,6 +92,7 @@ class SMoRELinear(nn.Module):
         self.disable_adapters = False  # True: forward returns base_layer(x) (disable_adapter())
         self._cache: dict = {}  # no-grad stacked projection weight (experts.stacked_linear)
         self.reset_parameters()
+        watch(self)  # a replaced parameter or submodule invalidates the decode caches
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -251,7 +253,7 @@ class SMoRELinear(nn.Module):
         """
         cfg = self.config
         shared = cfg.shared_pool  # S'MoRE#: the one pool is projected once
-        parts = [bank.lora_A for bank in (self.experts[:1] if shared else self.experts)]
+        parts = [bank.lora_A for bank in ([self.experts[0]] if shared else self.experts)]
         down = self.router.down_proj
         learns = cfg.gate_type != "dense" or cfg.propagation != "momor"
         fuse = with_router and learns and down is not None

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smore_gnn.config import SMoREConfig
-from smore_gnn.decode import no_autograd, route_without_autograd, routing_tables
+from smore_gnn.decode import no_autograd, route_without_autograd, routing_tables, watch
 from smore_gnn.gates import GateOutput, cosine_logits, gate_output
 from smore_gnn.routing_result import RoutingResult
 
@@ -135,6 +135,7 @@ class SMoRERouter(nn.Module):
             for extra, s, f in zip(config.router_input_dims, config.num_experts, config.fanout)
         )
         self._tables: dict = {}  # no-autograd routing tables (smore_gnn.decode), rebuilt on change
+        watch(self)
 
     def reset_parameters(self) -> None:
         if self.down_proj is not None:

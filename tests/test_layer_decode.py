@@ -131,3 +131,22 @@ def test_a_stored_mask_is_resolved_once_and_follows_changes(monkeypatch):
         assert layers[0].last_routing.load[-1].sum() == 5 * 2  # 5 real tokens, 2 top picks
         with pytest.raises(ValueError, match="attention_mask"):
             layers[0](torch.randn(3, 2, 8, dtype=torch.float64))  # a mask of another shape
+
+
+def test_only_registrations_on_adapter_modules_invalidate_the_caches():
+    from smore_gnn import decode
+
+    layer = make_layer(torch.float32, gate_type="switch").eval()
+    epoch = decode._EPOCH[0]
+    torch.nn.ModuleList([torch.nn.Linear(2, 2)])[:1]  # elsewhere (HF slices its blocks)
+    assert decode._EPOCH[0] == epoch
+    layer.convs[1].lin = torch.nn.Linear(32, 64)  # a replacement inside the adapter
+    assert decode._EPOCH[0] == epoch + 1
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        layer(x)
+    layer.convs[1].lin.weight = torch.nn.Parameter(torch.randn(64, 32))  # inside the new one
+    assert decode._EPOCH[0] == epoch + 2
+    with torch.no_grad():
+        got = layer(x)
+    torch.testing.assert_close(got, _general(layer, x, None)[0], rtol=1e-5, atol=1e-5)
