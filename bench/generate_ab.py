@@ -21,6 +21,7 @@ from bench.generate import _randomise_zero_weights, bench_batch, build_models, e
 def main(argv: list[str] | None = None) -> dict:
     parser = before_after_parser(__doc__, rounds=4)
     parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 8])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     old = import_before(args.before)
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     before, _ = old.build_for_budget("smore", copy.deepcopy(base), old.smore_paper_config())
     _randomise_zero_weights(before)
     models["smore_before"] = before.eval()
-    for batch in (1, 8):  # same weights: the same greedy tokens
+    for batch in args.batches:  # same weights: the same greedy tokens
         inputs = encode(tokenizer, batch)
         a = generate_fn(models["smore"], inputs, args.new_tokens, tokenizer.pad_token_id)()
         b = generate_fn(before, inputs, args.new_tokens, tokenizer.pad_token_id)()
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise AssertionError(f"S'MoRE before/after generate other tokens (batch {batch})")
     out: dict = {"machine": machine_info(), "rounds": args.rounds, "trainable_parameters": sizes}
     out["batches"] = []
-    for batch in (1, 8):
+    for batch in args.batches:
         res = bench_batch(models, tokenizer, batch, args.rounds, args.new_tokens)
         print(json.dumps(res), flush=True)
         out["batches"].append(res)
