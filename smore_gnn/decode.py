@@ -154,8 +154,15 @@ def _logits(a: Tensor, head: tuple) -> Tensor:
     return logits if isinstance(scale, float) and scale == 1.0 else logits * scale
 
 
-def _stats(parts: list[Callable[[], GateOutput]]) -> list[GateOutput]:
-    return [part() for part in parts]
+def _stats(plan: list, logits: list[tuple[Tensor, int]], valid: Tensor | None) -> list[GateOutput]:
+    # every layer's gate on its [N P, s] logits (P parents per token), with its statistics
+    out = []
+    for (_, _, _, gate_type, fanout, weight, z_weight), (layer_logits, parents) in zip(
+        plan, logits
+    ):
+        events = valid if valid is None or parents == 1 else valid.repeat_interleave(parents)
+        out.append(gate_output(gate_type, layer_logits, fanout, events, weight, z_weight))
+    return out
 
 
 def route_without_autograd(token: Tensor, valid: Tensor | None, tables: dict) -> RoutingResult:
@@ -177,7 +184,7 @@ def route_without_autograd(token: Tensor, valid: Tensor | None, tables: dict) ->
     scores: list = [None] * num_layers
     stats: list = [None] * num_layers
     for l in reversed(range(num_layers)):
-        act, head, ancestors, gate_type, f, weight, z_weight = plan[l]
+        act, head, ancestors, gate_type, f = plan[l][:5]
         h, parents = token[l], 1
         if l < num_layers - 1:  # events (token, parent): own part plus the ancestors' keys
             parents = experts[l + 1].size(1)  # F_{l+1}
@@ -196,6 +203,7 @@ def route_without_autograd(token: Tensor, valid: Tensor | None, tables: dict) ->
             picked, score = pick(gate_type, logits, f)  # [N P, f]
         experts[l] = picked.reshape(n, parents * f)  # [N, F_l]
         scores[l] = score.reshape(n, parents * f)
-        events = valid if valid is None or parents == 1 else valid.repeat_interleave(parents)
-        stats[l] = partial(gate_output, gate_type, logits, f, events, weight, z_weight)
-    return RoutingResult(experts, scores, tables["fanout"], stats=partial(_stats, stats))
+        stats[l] = (logits, parents)
+    return RoutingResult(
+        experts, scores, tables["fanout"], stats=partial(_stats, plan, stats, valid)
+    )

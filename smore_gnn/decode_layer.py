@@ -155,8 +155,19 @@ def _residuals(hidden: Tensor, experts: Tensor, weight: Tensor, bias: Tensor | N
     n, s, r = hidden.size(0), weight.size(0), weight.size(1)
     h = hidden.view(n, s, r).transpose(0, 1)  # [s, N, r]
     every = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias, h, weight)  # [s, N, d]
-    rows = experts if n == 1 else experts * n + torch.arange(n, device=experts.device)[:, None]
+    rows = experts if n == 1 else torch.add(_column(n, experts.device), experts, alpha=n)
     return every.view(s * n, -1).index_select(0, rows.view(-1))  # [N K, d], row e N + t
+
+
+_COLUMNS: dict = {}  # (n, device) -> arange(n)[:, None], n <= SMALL_MAX_TOKENS
+
+
+def _column(n: int, device: torch.device) -> Tensor:
+    column = _COLUMNS.get((n, device))
+    if column is None:
+        with torch.inference_mode(False):
+            column = _COLUMNS[(n, device)] = torch.arange(n, device=device)[:, None]
+    return column
 
 
 def small_forward(
