@@ -25,7 +25,7 @@ only in eval mode (no router noise, nothing to recompute for checkpointing) and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -165,21 +165,22 @@ def _stats(plan: list, logits: list[tuple[Tensor, int]], valid: Tensor | None) -
     return out
 
 
-def route_without_autograd(token: Tensor, valid: Tensor | None, tables: dict) -> RoutingResult:
+def route_without_autograd(
+    token: Sequence[Tensor], valid: Tensor | None, tables: dict
+) -> RoutingResult:
     """Route ``N`` tokens from their own part of every layer's ``fc1``.
 
     Args:
-        token: ``[N, L d_g]`` float32, ``W_u u + b`` of every layer's ``fc1`` (layer 0 first)
-            for the router input ``u`` (padding rows zero: ``token`` is the bias there).
+        token: per layer (bottom first) ``[N, d_g]`` float32, ``W_u u + b`` of its ``fc1`` for
+            the router input ``u`` (padding rows zero: ``token`` is the bias there).
         valid: ``[N]`` bool (False: padding, left out of the statistics) or None.
         tables: :func:`routing_tables` of the router (in eval mode).
 
     Returns:
         The routing, its statistics computed on first access.
     """
-    plan, d_g, n = tables["plan"], tables["d_g"], token.size(0)
+    plan, d_g, n = tables["plan"], tables["d_g"], token[0].size(0)
     num_layers = len(plan)
-    token = token.reshape(n, num_layers, d_g).unbind(1)  # L x [N, d_g]
     experts: list = [None] * num_layers  # filled top-down, stored bottom first
     scores: list = [None] * num_layers
     stats: list = [None] * num_layers
@@ -188,22 +189,24 @@ def route_without_autograd(token: Tensor, valid: Tensor | None, tables: dict) ->
         h, parents = token[l], 1
         if l < num_layers - 1:  # events (token, parent): own part plus the ancestors' keys
             parents = experts[l + 1].size(1)  # F_{l+1}
-            h = h[:, None, :]  # [N, 1, d_g]
             for j, table in zip(range(num_layers - 1, l, -1), ancestors):
                 ids = experts[j]  # [N, F_j]; parent p descends from ancestor p // (F_{l+1}/F_j)
                 if ids.size(1) != parents:
                     ids = ids.repeat_interleave(parents // ids.size(1), dim=1)  # [N, F_{l+1}]
-                h = h + table.index_select(0, ids.reshape(-1)).view(n, parents, d_g)
-            h = h.view(n * parents, d_g)
+                keys = table.index_select(0, ids.reshape(-1))  # [N P, d_g]
+                if n == 1:  # [P, d_g] + [1, d_g]: a 2-D broadcast (fewer calls)
+                    h = h + keys
+                else:  # [N, P, d_g] + [N, 1, d_g]
+                    h = (h.view(n, -1, d_g) + keys.view(n, parents, d_g)).view(n * parents, d_g)
         logits = _logits(act(h), head)  # [N P, s]
         if gate_type == "switch" and f > 1:  # softmax is monotone: the same picks, and
             top, picked = logits.topk(f, dim=-1)  # p_i / sum_top p = softmax(top logits)
             score = top.softmax(dim=-1)  # [N P, f]
         else:
             picked, score = pick(gate_type, logits, f)  # [N P, f]
-        experts[l] = picked.reshape(n, parents * f)  # [N, F_l]
-        scores[l] = score.reshape(n, parents * f)
-        stats[l] = (logits, parents)
+        if parents > 1:
+            picked, score = picked.reshape(n, parents * f), score.reshape(n, parents * f)
+        experts[l], scores[l], stats[l] = picked, score, (logits, parents)  # [N, F_l]
     return RoutingResult(
         experts, scores, tables["fanout"], stats=partial(_stats, plan, stats, valid)
     )

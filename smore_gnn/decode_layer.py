@@ -136,7 +136,8 @@ def _build(layer: nn.Module) -> dict:
         "fold": fold,
         "stack": _stack(lead + banks, layer.proj.weight.dtype),
         "sizes": [w.size(0) for w, _ in lead + banks],
-        "lead": len(lead),
+        "pieces": [tables["d_g"]] * len(layer.router.layers) + [w.size(0) for w, _ in banks],
+        "lead": len(layer.router.layers) if fold else len(lead),
         "propagation": _propagation(layer),
         "star": layer.config.propagation == "smore_star",
     }
@@ -153,7 +154,7 @@ def _activation(module: nn.Module):
 def _residuals(hidden: Tensor, experts: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     # hidden [N, s r], experts [N, K] -> [N K, d]: every expert's residual, picked rows gathered
     n, s, r = hidden.size(0), weight.size(0), weight.size(1)
-    h = hidden.view(n, s, r).transpose(0, 1)  # [s, N, r]
+    h = hidden.view(s, 1, r) if n == 1 else hidden.view(n, s, r).transpose(0, 1)  # [s, N, r]
     every = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias, h, weight)  # [s, N, d]
     rows = experts if n == 1 else torch.add(_column(n, experts.device), experts, alpha=n)
     return every.view(s * n, -1).index_select(0, rows.view(-1))  # [N K, d], row e N + t
@@ -178,15 +179,20 @@ def small_forward(
     :func:`small_forward_applies`; the routing's statistics are computed on first access."""
     w = cached(layer._cache, "decode", partial(_tensors, layer), partial(_build, layer))
     router, tables = layer.router, w["tables"]
-    chunks = F.linear(x, *w["stack"]).split_with_sizes(w["sizes"], dim=1)  # [N, o_i] each
-    if w["fold"]:
-        token = _f32(chunks[0])  # [N, L d_g]; padding rows: x = 0 gives W_u d + b, want b
-        if mask is not None:
-            token = torch.where(mask[:, None], token, tables["token_b"])
+    out, lead = F.linear(x, *w["stack"]), w["lead"]  # [N, sum o_i]
+    if w["fold"] and mask is None and x.dtype == torch.float32:  # fc1's token parts first
+        chunks = out.split_with_sizes(w["pieces"], dim=1)
+        token, hidden = chunks[:lead], chunks[lead:]
     else:
-        u = router.router_input(x, mask, chunks[0] if w["lead"] else None)  # [N, d_u]
-        token = F.linear(u, tables["token_w"], tables["token_b"])  # [N, L d_g]
-    hidden = list(chunks[w["lead"] :])
+        chunks = out.split_with_sizes(w["sizes"], dim=1)  # [N, o_i] each
+        if w["fold"]:  # padding rows: x = 0 gives W_u d + b, and b is wanted
+            token = _f32(chunks[0])  # [N, L d_g]
+            if mask is not None:
+                token = torch.where(mask[:, None], token, tables["token_b"])
+        else:
+            u = router.router_input(x, mask, chunks[0] if lead else None)  # [N, d_u]
+            token = F.linear(u, tables["token_w"], tables["token_b"])  # [N, L d_g]
+        token, hidden = token.split(tables["d_g"], dim=1), chunks[min(lead, 1) :]
     if layer.config.shared_pool:
         hidden = hidden * len(layer.convs)
     routing = route_without_autograd(token, mask, tables)

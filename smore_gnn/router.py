@@ -171,7 +171,7 @@ class SMoRERouter(nn.Module):
         if not self.training and no_autograd():  # evaluation, generation: fewer, larger ops
             tables = routing_tables(self, self._tables)
             token = F.linear(u, tables["token_w"], tables["token_b"])  # [N, L d_g]
-            return route_without_autograd(token, valid, tables)
+            return route_without_autograd(token.split(tables["d_g"], dim=1), valid, tables)
         ancestors = None  # [N, F_{l+1}, keys of the path so far]
         experts, scores, outs = [], [], []
         for l in reversed(range(len(self.layers))):
