@@ -174,11 +174,12 @@ def _column(n: int, device: torch.device) -> Tensor:
 def small_forward(
     layer: nn.Module, x: Tensor, mask: Tensor | None
 ) -> tuple[Tensor, RoutingResult]:
-    """``(delta [N, d_out], routing)`` of an ``SMoRELinear`` for tokens ``x`` [N, d] in the
-    adapter's dtype (padding rows zero; ``mask`` [N] bool or None), where
+    """``(delta [N, d_out], routing)`` of an ``SMoRELinear`` for tokens ``x`` [N, d] (padding
+    rows zero; ``mask`` [N] bool or None), where
     :func:`small_forward_applies`; the routing's statistics are computed on first access."""
     w = cached(layer._cache, "decode", partial(_tensors, layer), partial(_build, layer))
-    router, tables = layer.router, w["tables"]
+    router, tables, dtype = layer.router, w["tables"], w["stack"][0].dtype
+    x = x if x.dtype == dtype else x.to(dtype)
     out, lead = F.linear(x, *w["stack"]), w["lead"]  # [N, sum o_i]
     if w["fold"] and mask is None and x.dtype == torch.float32:  # fc1's token parts first
         chunks = out.split_with_sizes(w["pieces"], dim=1)
@@ -196,7 +197,7 @@ def small_forward(
     if layer.config.shared_pool:
         hidden = hidden * len(layer.convs)
     routing = route_without_autograd(token, mask, tables)
-    star, dtype, n, z = w["star"], x.dtype, x.size(0), None
+    star, n, z = w["star"], x.size(0), None
     for l, (conv, (weight, bias, lin_t)) in enumerate(zip(layer.convs, w["propagation"])):
         act = _activation(conv.act)  # not cached: the module may be swapped (or learn: PReLU)
         res = _residuals(hidden[l], routing.experts[l], weight, bias)  # [N F_l, d_{l+1}]

@@ -178,7 +178,7 @@ class SMoRELinear(nn.Module):
             routing = self.router(flat, mask)
             delta = dense_delta(self, flat.to(self.proj.weight.dtype), routing)
         elif small_forward_applies(self, flat.size(0)):  # a decode step: fewer ops, same math
-            delta, routing = small_forward(self, flat.to(self.proj.weight.dtype), mask)
+            delta, routing = small_forward(self, flat, mask)
         else:  # one GEMM projects x for the router and for every expert (docs/spec.md §10)
             u, hidden = self._project(flat.to(self.proj.weight.dtype), with_router=True)
             routing = self.router(flat, mask, u=u)
@@ -194,7 +194,8 @@ class SMoRELinear(nn.Module):
                 delta = AttachBalanceLoss.apply(delta, loss, self._balance_grad)
             self._balance_value, self._balance_routing = loss.detach(), None
         self.__dict__["last_routing"] = routing.detached() if torch.is_grad_enabled() else routing
-        return result + delta.view(*lead, self.out_features).to(result.dtype)
+        delta = delta.view(*lead, self.out_features)
+        return result + (delta if delta.dtype == result.dtype else delta.to(result.dtype))
 
     @property
     def attention_mask(self) -> Tensor | None:
