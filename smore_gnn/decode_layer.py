@@ -45,14 +45,17 @@ def forward_mask(
     """:func:`~smore_gnn.masks.resolve_mask`, then ``None`` for an all-real mask on the CPU (no
     masking work). A model wrapper sets one mask object on every adapted layer per model
     forward: its resolution is kept and reused while that object is unchanged (same version)
-    for the same token shape, so a decode step validates and reduces it once, not per layer."""
+    for the same token shape, so a decode step validates and reduces it once, not per layer.
+    An inference tensor has no version counter: a mask made under ``torch.inference_mode``
+    and then changed in place is not noticed (the wrapper makes a new mask per forward)."""
     if explicit is not None or stored is None or checked or torch.compiler.is_compiling():
         return _none_if_all_real(resolve_mask(explicit, stored, lead, checked=checked))
+    version = None if stored.is_inference() else stored._version
     hit = _LAST_MASK[0]
-    if hit is not None and hit[0] is stored and hit[1] == stored._version and hit[2] == lead:
+    if hit is not None and hit[0] is stored and hit[1] == version and hit[2] == lead:
         return hit[3]
     mask = _none_if_all_real(resolve_mask(None, stored, lead))
-    _LAST_MASK[0] = (stored, stored._version, lead, mask)
+    _LAST_MASK[0] = (stored, version, lead, mask)
     return mask
 
 

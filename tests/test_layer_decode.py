@@ -150,3 +150,13 @@ def test_only_registrations_on_adapter_modules_invalidate_the_caches():
     with torch.no_grad():
         got = layer(x)
     torch.testing.assert_close(got, _general(layer, x, None)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_mask_made_in_inference_mode_is_accepted():
+    layer = make_layer(torch.float64, gate_type="switch").eval()
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    want = layer(x, torch.tensor([[True, True, True], [False, True, True]])).detach()
+    with torch.inference_mode():  # as in generate(): the wrapper's mask is an inference tensor
+        layer.attention_mask = torch.tensor([[True, True, True], [False, True, True]])
+        torch.testing.assert_close(layer(x), want, rtol=1e-6, atol=1e-6)  # float32 routing
+        torch.testing.assert_close(layer(x), want, rtol=1e-6, atol=1e-6)  # the kept resolution
