@@ -4,7 +4,8 @@ Forward: route every token top-down, materialise the routed sub-trees as one bat
 then propagate bottom-up with :class:`~smore_gnn.conv.SMoREConv` (``backend="gnn"``) or with
 the dense oracle (``backend="dense"``). On the GNN path one GEMM projects the tokens for the
 router (``D``) and for every expert layer (``A_l``) at once, and each layer's picked residuals
-come from :meth:`~smore_gnn.experts.ResidualExperts.residuals` (docs/spec.md §10).
+come from :meth:`~smore_gnn.experts.ResidualExperts.residuals` (docs/spec.md §10). An eval
+forward of a few tokens without autograd (a decode step) takes :mod:`smore_gnn.decode_layer`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ Router-learning options (all off by default, see ``bench/router_study.py``): the
 multiplied by ``config.logit_scale`` (a learned scalar per layer router when
 ``learn_logit_scale``), a z-loss ``z_loss_weight * mean(logsumexp(logits)^2)`` joins each
 layer's balance loss, and ``router_input_norm`` RMS-normalises the router input ``u``.
+
+In eval mode without autograd (evaluation, generation) the same routing runs in fewer, larger
+operations and its statistics are computed only when read (:mod:`smore_gnn.decode`).
 """
 
 from __future__ import annotations
