@@ -16,10 +16,13 @@ number of operations, not the arithmetic, sets the time:
   which computes them with the general gate (:func:`~smore_gnn.gates.gate_output`) on first
   access.
 
-The tables are cached and rebuilt when a parameter changes (:func:`cached`). The path is taken
-only in eval mode (no router noise, nothing to recompute for checkpointing) and outside
+The tables are cached and rebuilt when a parameter changes (:func:`cached`; importing this
+module registers process-wide parameter/module registration hooks that notice replacements in
+adapter modules). The path is taken only in eval mode (no router noise) and outside
 ``torch.compile``; it equals the general path up to float32 rounding
-(``tests/test_decode.py``). :mod:`smore_gnn.decode_layer` does the same for a whole
+(``tests/test_router_decode.py``, ``tests/test_layer_decode.py``), so a reentrant checkpoint
+of an eval-mode forward, recomputed with autograd by the general path, routes the same except
+at ties closer than that rounding. :mod:`smore_gnn.decode_layer` does the same for a whole
 ``SMoRELinear`` forward of a few tokens.
 """
 
