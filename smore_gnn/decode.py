@@ -74,10 +74,14 @@ nn.modules.module.register_module_module_registration_hook(_registered)
 
 
 def cached(
-    cache: dict, name: str, gather: Callable[[], list[Tensor]], build: Callable[[], object]
+    cache: dict,
+    name: str,
+    owner: nn.Module,
+    gather: Callable[[nn.Module], list[Tensor]],
+    build: Callable[[nn.Module], object],
 ):
-    """``build()``, kept in ``cache[name]`` until one of the tensors it reads (``gather()``)
-    is replaced or changed in place.
+    """``build(owner)``, kept in ``cache[name]`` until one of the tensors it reads
+    (``gather(owner)``) is replaced or changed in place.
 
     A change in place moves the tensor's version counter; ``.to()`` swaps its storage; a
     replacement (``module.weight = ...``, ``load_state_dict(assign=True)``, a new submodule)
@@ -89,7 +93,7 @@ def cached(
     if hit is not None and hit[0] == epoch:
         tensors = hit[1]
     else:
-        tensors = tuple(gather())
+        tensors = tuple(gather(owner))
         same = hit is not None and len(hit[1]) == len(tensors)
         if same and all(a is b for a, b in zip(hit[1], tensors)):  # same tensors, new epoch
             hit = cache[name] = (epoch, tensors, *hit[2:])
@@ -97,7 +101,7 @@ def cached(
     pointers = [t.data_ptr() for t in tensors]
     if hit is None or hit[0] != epoch or hit[2] != versions or hit[3] != pointers:
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, no graph
-            hit = cache[name] = (epoch, tensors, versions, pointers, build())
+            hit = cache[name] = (epoch, tensors, versions, pointers, build(owner))
     return hit[4]
 
 
@@ -132,7 +136,8 @@ def build_tables(router: nn.Module) -> dict:
             head = (w2, b2, F.normalize(k, dim=-1).t().contiguous(), scale)
         else:  # [s, d_g], [s]
             head = ((k @ w2) * scale, (k @ b2) * scale, None, 1.0)
-        plan.append((layer.activate, head, ancestors, layer.gate_type, layer.fanout,
+        act = torch.relu if layer.act == "relu" else layer.activate  # the default: one call
+        plan.append((act, head, ancestors, layer.gate_type, layer.fanout,
                      layer.weight, layer.z_loss_weight))  # fmt: skip
     return {
         "token_w": torch.cat(token_w),  # [L d_g, d_u], layer 0 first
@@ -145,7 +150,7 @@ def build_tables(router: nn.Module) -> dict:
 
 def routing_tables(router: nn.Module, cache: dict) -> dict:
     """:func:`build_tables`, cached in ``cache`` (:func:`cached`)."""
-    return cached(cache, "tables", partial(router_tensors, router), partial(build_tables, router))
+    return cached(cache, "tables", router, router_tensors, build_tables)
 
 
 def _logits(a: Tensor, head: tuple) -> Tensor:
@@ -201,7 +206,8 @@ def route_without_autograd(
                     h = h + keys
                 else:  # [N, P, d_g] + [N, 1, d_g]
                     h = (h.view(n, -1, d_g) + keys.view(n, parents, d_g)).view(n * parents, d_g)
-        logits = _logits(act(h), head)  # [N P, s]
+        a = act(h)  # [N P, d_g]
+        logits = F.linear(a, head[0], head[1]) if head[2] is None else _logits(a, head)  # [N P, s]
         if gate_type == "switch" and f > 1:  # softmax is monotone: the same picks, and
             top, picked = logits.topk(f, dim=-1)  # p_i / sum_top p = softmax(top logits)
             score = top.softmax(dim=-1)  # [N P, f]

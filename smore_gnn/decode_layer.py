@@ -15,8 +15,6 @@ in fewer operations, from weights rearranged once and cached (:func:`smore_gnn.d
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -180,7 +178,7 @@ def small_forward(
     """``(delta [N, d_out], routing)`` of an ``SMoRELinear`` for tokens ``x`` [N, d] (padding
     rows zero; ``mask`` [N] bool or None), where
     :func:`small_forward_applies`; the routing's statistics are computed on first access."""
-    w = cached(layer._cache, "decode", partial(_tensors, layer), partial(_build, layer))
+    w = cached(layer._cache, "decode", layer, _tensors, _build)
     router, tables, dtype = layer.router, w["tables"], w["stack"][0].dtype
     x = x if x.dtype == dtype else x.to(dtype)
     out, lead = F.linear(x, *w["stack"]), w["lead"]  # [N, sum o_i]
