@@ -118,6 +118,7 @@ def _propagation(layer: nn.Module) -> list[tuple]:
 
 
 def _build(layer: nn.Module) -> dict:
+    # everything a decode step of ``layer`` reads but W_proj (cached by small_forward)
     router = layer.router
     tables = build_tables(router)
     down, fold = router.down_proj, not router.input_norm
@@ -135,9 +136,11 @@ def _build(layer: nn.Module) -> dict:
     return {
         "tables": tables,
         "fold": fold,
-        "stack": _stack(lead + banks, layer.proj.weight.dtype),
-        "sizes": [w.size(0) for w, _ in lead + banks],
+        "stack": _stack(lead + banks, layer.proj.weight.dtype),  # ([R, d], [R] | None)
+        "sizes": [w.size(0) for w, _ in lead + banks],  # the router block, then each A_l
+        # with the fold, the router block split per layer (fc1's token part of each)
         "pieces": [tables["d_g"]] * len(layer.router.layers) + [w.size(0) for w, _ in banks],
+        # router chunks before the A_l: of "pieces" with the fold, else of "sizes" (0 or 1)
         "lead": len(layer.router.layers) if fold else len(lead),
         "propagation": _propagation(layer),
         "star": layer.config.propagation == "smore_star",
