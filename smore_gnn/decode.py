@@ -16,10 +16,10 @@ number of operations, not the arithmetic, sets the time:
   which computes them with the general gate (:func:`~smore_gnn.gates.gate_output`) on first
   access.
 
-The tables are cached and rebuilt when a parameter changes (:func:`cached`; importing this
-module registers process-wide parameter/module registration hooks that notice replacements in
-adapter modules). The path is taken only in eval mode (no router noise) and outside
-``torch.compile``; it equals the general path up to float32 rounding
+The tables are cached and rebuilt when a parameter changes (:func:`cached`; the first adapter
+built installs process-wide parameter/module registration hooks that notice replacements in
+adapter modules; importing installs nothing). The path is taken only in eval mode (no router
+noise) and outside ``torch.compile``; it equals the general path up to float32 rounding
 (``tests/test_router_decode.py``, ``tests/test_layer_decode.py``), so a reentrant checkpoint
 of an eval-mode forward, recomputed with autograd by the general path, routes the same except
 at ties closer than that rounding. :mod:`smore_gnn.decode_layer` does the same for a whole
@@ -52,10 +52,17 @@ _EPOCH = [0]  # bumped when a parameter or submodule is registered on a watched 
 _WATCHED = "_smore_gnn_watched"  # marks the modules whose parameters the caches read
 
 
+_HOOKS: list = []  # the two registration hooks, installed by the first watch() (not on import)
+
+
 def watch(module: nn.Module) -> None:
     """Mark ``module`` and its submodules: registering a parameter or a submodule on any of
     them (a replacement) then invalidates :func:`cached` entries (SMoRELinear and SMoRERouter
-    call this when built)."""
+    call this when built). The first call installs torch's process-wide registration hooks
+    (importing the library changes no global torch state)."""
+    if not _HOOKS:
+        _HOOKS.append(nn.modules.module.register_module_parameter_registration_hook(_registered))
+        _HOOKS.append(nn.modules.module.register_module_module_registration_hook(_registered))
     for m in module.modules():
         m.__dict__[_WATCHED] = True  # a plain attribute; copied by deepcopy and pickle
 
@@ -67,10 +74,6 @@ def _registered(module: nn.Module, name: str, value: object) -> None:
         _EPOCH[0] += 1
         if isinstance(value, nn.Module):
             watch(value)
-
-
-nn.modules.module.register_module_parameter_registration_hook(_registered)
-nn.modules.module.register_module_module_registration_hook(_registered)
 
 
 def cached(

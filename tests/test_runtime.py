@@ -86,6 +86,9 @@ def test_importing_the_library_leaves_torch_threads_unchanged() -> None:
             if not name.endswith("__main__"):
                 importlib.import_module(name)
         assert len(names) > 10, names
+        mod = torch.nn.modules.module  # no registration hooks until an adapter is built
+        assert not mod._global_parameter_registration_hooks, "hooks installed on import"
+        assert not mod._global_module_registration_hooks, "hooks installed on import"
         print(torch.get_num_threads(), len(names))
         """
     )
