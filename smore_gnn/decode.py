@@ -60,11 +60,16 @@ def watch(module: nn.Module) -> None:
     them (a replacement) then invalidates :func:`cached` entries (SMoRELinear and SMoRERouter
     call this when built). The first call installs torch's process-wide registration hooks
     (importing the library changes no global torch state)."""
-    if not _HOOKS:
-        _HOOKS.append(nn.modules.module.register_module_parameter_registration_hook(_registered))
-        _HOOKS.append(nn.modules.module.register_module_module_registration_hook(_registered))
+    _install_hooks()
     for m in module.modules():
         m.__dict__[_WATCHED] = True  # a plain attribute; copied by deepcopy and pickle
+
+
+def _install_hooks() -> None:
+    if not _HOOKS:  # e.g. a module unpickled in a fresh process: earlier cache entries are stale
+        _HOOKS.append(nn.modules.module.register_module_parameter_registration_hook(_registered))
+        _HOOKS.append(nn.modules.module.register_module_module_registration_hook(_registered))
+        _EPOCH[0] += 1
 
 
 def _registered(module: nn.Module, name: str, value: object) -> None:
@@ -92,6 +97,7 @@ def cached(
     epoch, and only then are the tensors gathered again and compared by identity. So a decode
     step checks version counters and storage pointers only (``gather`` walks the modules).
     """
+    _install_hooks()
     hit, epoch = cache.get(name), _EPOCH[0]
     if hit is not None and hit[0] == epoch:
         tensors = hit[1]
