@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from smore_gnn.gates import GateOutput, gate_output, pick
 from smore_gnn.routing_result import RoutingResult
+from smore_gnn.staleness import _EPOCH, install_hooks, optimizer_steps
 
 
 def no_autograd() -> bool:
@@ -46,39 +47,6 @@ def no_autograd() -> bool:
 
 def _f32(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float32 else t.float()
-
-
-_EPOCH = [0]  # bumped when a parameter or submodule is registered on a watched module
-_WATCHED = "_smore_gnn_watched"  # marks the modules whose parameters the caches read
-
-
-_HOOKS: list = []  # the two registration hooks, installed by the first watch() (not on import)
-
-
-def watch(module: nn.Module) -> None:
-    """Mark ``module`` and its submodules: registering a parameter or a submodule on any of
-    them (a replacement) then invalidates :func:`cached` entries (SMoRELinear and SMoRERouter
-    call this when built). The first call installs torch's process-wide registration hooks
-    (importing the library changes no global torch state)."""
-    _install_hooks()
-    for m in module.modules():
-        m.__dict__[_WATCHED] = True  # a plain attribute; copied by deepcopy and pickle
-
-
-def _install_hooks() -> None:
-    if not _HOOKS:  # e.g. a module unpickled in a fresh process: earlier cache entries are stale
-        _HOOKS.append(nn.modules.module.register_module_parameter_registration_hook(_registered))
-        _HOOKS.append(nn.modules.module.register_module_module_registration_hook(_registered))
-        _EPOCH[0] += 1
-
-
-def _registered(module: nn.Module, name: str, value: object) -> None:
-    # returns None: the registered object is kept as it is. Containers made on the fly (HF
-    # slices its ModuleList of blocks every forward) are not watched and bump nothing.
-    if module.__dict__.get(_WATCHED):
-        _EPOCH[0] += 1
-        if isinstance(value, nn.Module):
-            watch(value)
 
 
 def cached(
@@ -97,7 +65,7 @@ def cached(
     epoch, and only then are the tensors gathered again and compared by identity. So a decode
     step checks version counters and storage pointers only (``gather`` walks the modules).
     """
-    _install_hooks()
+    install_hooks()
     hit, epoch = cache.get(name), _EPOCH[0]
     if hit is not None and hit[0] == epoch:
         tensors = hit[1]
@@ -106,7 +74,7 @@ def cached(
         same = hit is not None and len(hit[1]) == len(tensors)
         if same and all(a is b for a, b in zip(hit[1], tensors)):  # same tensors, new epoch
             hit = cache[name] = (epoch, tensors, *hit[2:])
-    versions = [t._version for t in tensors]
+    versions = [t._version for t in tensors] + [optimizer_steps()]  # fused steps: no _version
     pointers = [t.data_ptr() for t in tensors]
     if hit is None or hit[0] != epoch or hit[2] != versions or hit[3] != pointers:
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, no graph

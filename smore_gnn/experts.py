@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smore_gnn.staleness import install_hooks, optimizer_steps
+
 
 @dataclass(frozen=True)
 class ResidualCosts:
@@ -73,13 +75,15 @@ def stacked_linear(x: Tensor, parts: list[nn.Linear], cache: dict | None = None)
 
     Without autograd (evaluation, generation) and given a ``cache`` dict, the stacked weight
     is kept there and rebuilt only when a part changes (storage, version counter, dtype,
-    device), so a decode step does not copy the weights again; with autograd it is stacked
-    per call (the gradient flows to every part).
+    device) or an optimizer stepped (:mod:`smore_gnn.staleness`), so a decode step does not
+    copy the weights again; with autograd it is stacked per call (the gradient flows to
+    every part).
     """
     if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return F.linear(x, *_stack(parts))
     tensors = [t for p in parts for t in (p.weight, p.bias) if t is not None]
-    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    install_hooks()
+    key = (optimizer_steps(), *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
     hit = cache.get("stacked")
     if hit is None or hit[0] != key:
         with torch.inference_mode(False), torch.no_grad():  # a plain tensor, no graph

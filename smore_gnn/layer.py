@@ -18,12 +18,12 @@ from torch import Tensor, nn
 from smore_gnn.balance_grad import AttachBalanceLoss, in_backward, probe
 from smore_gnn.config import SMoREConfig
 from smore_gnn.conv import SMoREConv
-from smore_gnn.decode import watch
 from smore_gnn.decode_layer import forward_mask, small_forward, small_forward_applies
 from smore_gnn.dense import dense_delta
 from smore_gnn.experts import ResidualExperts, stacked_linear
 from smore_gnn.masks import check_mask_values
 from smore_gnn.router import RoutingResult, SMoRERouter
+from smore_gnn.staleness import watch
 from smore_gnn.tree import RoutingTree
 
 #: Up to this many tokens (decode steps) the trees are summed by a reshape (fewer, larger ops:

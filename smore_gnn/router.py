@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smore_gnn.config import SMoREConfig
-from smore_gnn.decode import no_autograd, route_without_autograd, routing_tables, watch
+from smore_gnn.decode import no_autograd, route_without_autograd, routing_tables
 from smore_gnn.gates import GateOutput, cosine_logits, gate_output
 from smore_gnn.routing_result import RoutingResult
+from smore_gnn.staleness import watch
 
 _ACTS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 

@@ -22,6 +22,7 @@ PACKAGES = ("smore_gnn", "theory")
 CORE_MODULES = (
     "config", "counting", "gates", "router", "masks", "tree", "experts", "conv", "layer",
     "balance_grad", "dense", "accounting", "runtime", "decode", "decode_layer", "routing_result",
+    "staleness",
 )  # fmt: skip
 
 # Layer -> module name patterns (fnmatch on dotted names). An exact name wins over a pattern;
