@@ -57,8 +57,10 @@ def logit_stats(model: Any, batch: dict) -> list[dict[str, float]]:
     was = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.enable_grad():  # the general router: without autograd the fused decode
+            # path (smore_gnn.decode) never calls LayerRouter.forward, so no hook would fire
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        with torch.no_grad():
             out = []
             for l in sorted(captured):
                 stds, absl, pmax, tok = [], [], [], []

@@ -220,11 +220,13 @@ def report(out_dir: Path = OUT) -> str:
                           f"({e['step']})" for e in d)  # fmt: skip
         expert = ", ".join(f"{e['expert_grad']:.2g}" for e in d)
         spread = ", ".join(f"{e['train_median_spread']:.3f}" for e in d)
-        top0, top1 = r["logits_init"][-1], r["logits"][-1]
-        logits = (
-            f"{top0['logit_std']:.3f} / {top0.get('logit_token_std', float('nan')):.3f}"
-            f" -> {top1['logit_std']:.3f} / {top1.get('logit_token_std', float('nan')):.3f}"
-        )
+        logits = "- (not captured)"  # runs made while the probe missed the no-autograd path
+        if r["logits_init"] and r["logits"]:
+            top0, top1 = r["logits_init"][-1], r["logits"][-1]
+            logits = (
+                f"{top0['logit_std']:.3f} / {top0.get('logit_token_std', float('nan')):.3f}"
+                f" -> {top1['logit_std']:.3f} / {top1.get('logit_token_std', float('nan')):.3f}"
+            )
         grads.append(f"| {name} | {steps} | {expert} | {spread} | {logits} |")
     note = (
         "Gradient norms over all routers (down-projections, MLPs, keys) and over all other "
