@@ -97,12 +97,13 @@ def results_dir(quick: bool) -> Path:
 
 
 def run_ids(settings: dict[str, Any]) -> list[str]:
-    """Run names, seed-major so that a partial study holds whole seeds: ``base-<data>`` and
+    """Run names, cell by cell (dataset, then budget; seeds inside) so that a partial study
+    holds whole cells with standard errors and paired differences: ``base-<data>`` and
     ``<data>-<budget>-<method>-s<seed>``."""
     ids = [f"base-{d}" for d in settings["datasets"]]
-    for seed in settings["seeds"]:
-        for data in settings["datasets"]:
-            for budget in settings["budgets"]:
+    for data in settings["datasets"]:
+        for budget in settings["budgets"]:
+            for seed in settings["seeds"]:
                 ids += [f"{data}-{budget}-{m}-s{seed}" for m in ("smore", "lora", "molre")]
     return ids
 

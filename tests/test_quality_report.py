@@ -60,11 +60,14 @@ def test_unpaired_seed_is_left_out_and_runs_with_other_settings_do_not_count(tmp
     assert quality.is_done(path, settings) and not quality.is_done(path, changed)
 
 
-def test_run_ids_hold_whole_seeds_first():
-    ids = quality.run_ids(_settings())
+def test_run_ids_finish_whole_cells_first():
+    settings = {**_settings(), "seeds": [0, 1], "budgets": ["small", "paper"]}
+    ids = quality.run_ids(settings)
     assert ids[0] == "base-multitask"
-    assert ids[1:4] == [f"multitask-small-{m}-s0" for m in ("smore", "lora", "molre")]
-    assert len(ids) == 1 + 2 * 3
+    first_cell = [f"multitask-small-{m}-s{s}" for s in (0, 1) for m in ("smore", "lora", "molre")]
+    assert ids[1:7] == first_cell
+    assert ids[7] == "multitask-paper-smore-s0"
+    assert len(ids) == 1 + 2 * 2 * 3
 
 
 def test_validation_split_has_no_key_in_both_halves():
