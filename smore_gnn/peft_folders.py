@@ -30,8 +30,7 @@ class AdapterFolders:
             self._write(name, out, base_model_name)
 
     def _write(self, name: str, directory: str | Path, base_model_name: str | None = None) -> None:
-        if name not in self.peft_config:
-            raise ValueError(f"No adapter named {name!r} (adapters: {list(self.peft_config)})")
+        self._check_known(name)
         spec = self.peft_config[name]
         io.check_spec(spec.config, spec.method, io.ADAPTER_METHODS)  # never unloadable
         config = getattr(self.model, "config", None)

@@ -8,7 +8,6 @@ model; only an ``SMoREModel`` has an auxiliary loss and routing statistics.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,19 +19,10 @@ from transformers import Trainer, TrainingArguments
 from smore_gnn import data as mc
 from smore_gnn.methods import auxiliary_loss
 from smore_gnn.model import SMoREModel, load_adapter, save_adapter
+from smore_gnn.optim import param_groups
 from smore_gnn.save import CONFIG_NAME
 
 _STATS = ("lm_loss", "aux_loss", "routing_entropy", "max_load_share")
-
-
-def _param_groups_function() -> Any:
-    """``smore_gnn.optim.param_groups`` when that module exists, else ``None``."""
-    try:
-        return importlib.import_module("smore_gnn.optim").param_groups
-    except ModuleNotFoundError as err:
-        if err.name != "smore_gnn.optim":
-            raise
-        return None
 
 
 def training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
@@ -67,7 +57,7 @@ def training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
 class SMoRETrainer(Trainer):
     """A ``Trainer`` whose loss is ``lm_loss + aux_loss`` (the adapters' balance loss).
 
-    When :mod:`smore_gnn.optim` exists, the optimizer's parameter groups come from
+    Unless an optimizer is passed, its parameter groups come from
     ``smore_gnn.optim.param_groups(model, lr, router_lr_scale, weight_decay)``: router
     parameters train at ``lr * router_lr_scale``.
     """
@@ -86,15 +76,14 @@ class SMoRETrainer(Trainer):
         self._count = 0
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """The ``Trainer``'s optimizer over ``smore_gnn.optim.param_groups`` (if available)."""
+        """The ``Trainer``'s optimizer over ``smore_gnn.optim.param_groups``."""
         opt_model = self.model if model is None else model
-        groups_of = _param_groups_function()
-        if self.optimizer is None and groups_of is not None and not self.optimizer_cls_and_kwargs:
+        if self.optimizer is None and not self.optimizer_cls_and_kwargs:
             cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             if not {"params", "model", "optimizer_dict"} & set(kwargs):
                 args = self.args
-                groups = groups_of(opt_model, args.learning_rate, self.router_lr_scale,
-                                   args.weight_decay)  # fmt: skip
+                groups = param_groups(opt_model, args.learning_rate, self.router_lr_scale,
+                                      args.weight_decay)  # fmt: skip
                 self.optimizer = cls(groups, **kwargs)
         return super().create_optimizer(model)
 

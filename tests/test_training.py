@@ -138,7 +138,7 @@ def test_ddp_two_processes_with_idle_experts(tmp_path):
 
 
 def test_optimizer_uses_optim_param_groups_with_router_lr_scale(tmp_path, monkeypatch):
-    import types
+    import smore_gnn.training
 
     calls = []
 
@@ -149,9 +149,7 @@ def test_optimizer_uses_optim_param_groups_with_router_lr_scale(tmp_path, monkey
         rest = [p for n, p in named if "router." not in n]
         return [{"params": rest, "lr": lr}, {"params": router, "lr": lr * router_lr_scale}]
 
-    fake = types.ModuleType("smore_gnn.optim")
-    fake.param_groups = param_groups
-    monkeypatch.setitem(sys.modules, "smore_gnn.optim", fake)
+    monkeypatch.setattr(smore_gnn.training, "param_groups", param_groups)
     model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
     model = get_smore_model(model, smore_paper_config(rank=[2, 2]))
     args = training_arguments(str(tmp_path), max_steps=1, learning_rate=0.01, weight_decay=0.1)
