@@ -28,7 +28,7 @@ at ties closer than that rounding. :mod:`smore_gnn.decode_layer` does the same f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from smore_gnn.gates import GateOutput, gate_output, pick
 from smore_gnn.routing_result import RoutingResult
-from smore_gnn.staleness import _EPOCH, install_hooks, optimizer_steps
+from smore_gnn.staleness import cached
 
 
 def no_autograd() -> bool:
@@ -47,39 +47,6 @@ def no_autograd() -> bool:
 
 def _f32(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float32 else t.float()
-
-
-def cached(
-    cache: dict,
-    name: str,
-    owner: nn.Module,
-    gather: Callable[[nn.Module], list[Tensor]],
-    build: Callable[[nn.Module], object],
-):
-    """``build(owner)``, kept in ``cache[name]`` until one of the tensors it reads
-    (``gather(owner)``) is replaced or changed in place.
-
-    A change in place moves the tensor's version counter; ``.to()`` swaps its storage; a
-    replacement (``module.weight = ...``, ``load_state_dict(assign=True)``, a new submodule)
-    registers a parameter or module on a :func:`watch`-ed module, which bumps a process-wide
-    epoch, and only then are the tensors gathered again and compared by identity. So a decode
-    step checks version counters and storage pointers only (``gather`` walks the modules).
-    """
-    install_hooks()
-    hit, epoch = cache.get(name), _EPOCH[0]
-    if hit is not None and hit[0] == epoch:
-        tensors = hit[1]
-    else:
-        tensors = tuple(gather(owner))
-        same = hit is not None and len(hit[1]) == len(tensors)
-        if same and all(a is b for a, b in zip(hit[1], tensors)):  # same tensors, new epoch
-            hit = cache[name] = (epoch, tensors, *hit[2:])
-    versions = [t._version for t in tensors] + [optimizer_steps()]  # fused steps: no _version
-    pointers = [t.data_ptr() for t in tensors]
-    if hit is None or hit[0] != epoch or hit[2] != versions or hit[3] != pointers:
-        with torch.inference_mode(False), torch.no_grad():  # plain tensors, no graph
-            hit = cache[name] = (epoch, tensors, versions, pointers, build(owner))
-    return hit[4]
 
 
 def router_tensors(router: nn.Module) -> list[Tensor]:

@@ -26,9 +26,12 @@ from smore_gnn.router import RoutingResult, SMoRERouter
 from smore_gnn.staleness import watch
 from smore_gnn.tree import RoutingTree
 
-#: Up to this many tokens (decode steps) the trees are summed by a reshape (fewer, larger ops:
-#: :meth:`SMoREConv.regular_sum`), not by message passing. 0: message passing everywhere.
-REGULAR_SUM_MAX_TOKENS = 64
+#: Routed trees are regular (parent ``p`` of a layer has children ``p f .. p f + f - 1``), so
+#: with ``scatter="native"`` each conv sums them by a reshape (:meth:`SMoREConv.regular_sum`:
+#: the same messages, no gather and no scatter) for inputs of up to this many tokens; ``None``:
+#: every size, ``0``: message passing everywhere. ``scatter="torch_scatter"`` always passes
+#: messages (through that kernel); so do trees given to :meth:`SMoRELinear.propagate_tree`.
+REGULAR_SUM_MAX_TOKENS: int | None = None
 
 
 class SMoRELinear(nn.Module):
@@ -271,7 +274,8 @@ class SMoRELinear(nn.Module):
     def _propagate(self, hidden: list[Tensor], tree: RoutingTree) -> Tensor:
         """``m_root`` [N, d_L] from every layer's expert projections ``hidden`` [N, s_l r_l]."""
         momor, scales = self.config.propagation == "momor", self.config.residual_scales
-        regular = tree.num_tokens <= REGULAR_SUM_MAX_TOKENS  # reshape-and-sum (tiny N)
+        limit = REGULAR_SUM_MAX_TOKENS  # routed trees are regular: sum them by reshape
+        regular = self.config.scatter == "native" and (limit is None or tree.num_tokens <= limit)
         z = None
         for l, conv in enumerate(self.convs):  # [N * F_l, d_{l+1}] residuals of picked experts
             res = self.experts[l].residuals(hidden[l], tree.experts[l], scales[l])
