@@ -26,11 +26,10 @@ from smore_gnn.router import RoutingResult, SMoRERouter
 from smore_gnn.staleness import watch
 from smore_gnn.tree import RoutingTree
 
-#: Routed trees are regular (parent ``p`` of a layer has children ``p f .. p f + f - 1``), so
-#: with ``scatter="native"`` each conv sums them by a reshape (:meth:`SMoREConv.regular_sum`:
-#: the same messages, no gather and no scatter) for inputs of up to this many tokens; ``None``:
-#: every size, ``0``: message passing everywhere. ``scatter="torch_scatter"`` always passes
-#: messages (through that kernel); so do trees given to :meth:`SMoRELinear.propagate_tree`.
+#: A routed tree is regular (parent ``p`` has children ``p f .. p f + f - 1``): with
+#: ``scatter="native"`` the convs sum it by a reshape (:meth:`SMoREConv.regular_sum`, the same
+#: messages without gather or scatter) up to this many tokens (``None``: any number; ``0``:
+#: message passing always, as ``scatter="torch_scatter"`` does).
 REGULAR_SUM_MAX_TOKENS: int | None = None
 
 
@@ -140,13 +139,11 @@ class SMoRELinear(nn.Module):
         Args:
             x: tokens ``[..., d]`` (zero tokens give the base output, an empty tensor).
             attention_mask: padding mask, 1/True for real tokens and 0/False for padding,
-                bool or integer/float 0/1, of shape ``x.shape[:-1]`` or flat ``[N]``.
-                Padding enters the adapter as the zero token and is left out of every
-                balance statistic.
-                If omitted, the mask set in :attr:`attention_mask` is used (checked the same
-                way; also accepted with ``N`` elements when ``x`` is already flattened to
-                ``[N, d]``). HF's additive or 4-D masks are rejected: ``SMoREModel`` converts
-                them.
+                bool or integer/float 0/1, of shape ``x.shape[:-1]`` or flat ``[N]``. Padding
+                enters the adapter as the zero token, left out of every balance statistic.
+                If omitted, the mask set in :attr:`attention_mask` is used (also accepted with
+                ``N`` elements when ``x`` is already flat ``[N, d]``). HF's additive or 4-D
+                masks are rejected: ``SMoREModel`` converts them.
 
         A recomputation inside a backward (checkpointing) reuses the last fresh forward's
         mask, so it routes as that forward did even if :attr:`attention_mask` changed since.
@@ -302,15 +299,3 @@ class SMoRELinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, experts={c.num_experts}, "
             f"fanout={c.fanout}, rank={c.rank}, backend={c.backend!r}"
         )
-
-
-def compile_adapters(model: nn.Module, **compile_kwargs) -> int:
-    """``torch.compile`` (``nn.Module.compile``, with ``compile_kwargs``) every ``SMoRELinear``
-    of ``model`` in place; returns how many. One graph, no breaks, compiled = eager; each new
-    input shape compiles first (tens of seconds on a CPU). ValueError if there is none."""
-    layers = [m for m in model.modules() if isinstance(m, SMoRELinear)]
-    if not layers:
-        raise ValueError(f"compile_adapters found no SMoRELinear in {type(model).__name__}")
-    for layer in layers:
-        layer.compile(**compile_kwargs)
-    return len(layers)
