@@ -231,8 +231,7 @@ class SMoRELinear(nn.Module):
         return probe(value, self._balance_grad)
 
     def __getstate__(self) -> dict:
-        # deepcopy/pickle (EMA, reference models) after a training forward: the graph-bearing
-        # balance loss cannot be copied and belongs to the original's graph
+        # deepcopy/pickle (EMA, reference models): the balance loss's graph is the original's
         return {**self.__dict__, "_balance_graph": None, "_cache": {}}
 
     def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
