@@ -177,8 +177,11 @@ class SMoREConv(MessagePassing):
         ``[P f, d] -> [P, d]`` (the messages of :meth:`message`, summed by a reshape)."""
         if num_parents == 0:
             return x.new_zeros((0, x.size(1)))
-        msg = self.message(x, edge_weight)  # [P f, d]
-        return msg.view(num_parents, x.size(0) // num_parents, x.size(1)).sum(1)  # [P, d]
+        children = x.view(num_parents, -1, x.size(1))  # [P, f, d]; reshaped before the
+        if edge_weight is None:  # product, so that the backward needs no copy
+            return children.sum(1)
+        alpha = edge_weight.view(num_parents, -1, 1).to(x.dtype)  # [P, f, 1]
+        return (children * alpha).sum(1)  # [P, d]
 
     def message(self, x_j: Tensor, edge_weight: Tensor | None) -> Tensor:
         return x_j if edge_weight is None else edge_weight.view(-1, 1).to(x_j.dtype) * x_j
