@@ -1,6 +1,7 @@
 """Training-step before/after in ONE process: S'MoRE built by an older copy of the package
 (``--before``: a git commit or a directory, see :func:`bench.common.import_before`), S'MoRE now and
-peft LoRA at the same budget, on SmolLM2-135M, interleaved step by step (peak RSS: see
+peft LoRA at the same budget, on SmolLM2-135M, interleaved step by step, AdamW fused as in the
+Hugging Face Trainer unless ``--optim`` says otherwise (peak RSS: see
 :mod:`bench.train_step`, which runs each method in its own process).
 
     .venv/bin/python -m bench.train_step_ab --before <commit> [--rounds 6] [--json out.json]
@@ -15,12 +16,19 @@ import time
 
 import torch
 
-from bench.common import before_after_parser, import_before, machine_info, save_json
+from bench.common import (
+    adamw,
+    add_optim_argument,
+    before_after_parser,
+    import_before,
+    machine_info,
+    save_json,
+)
 
 
-def _stepper(model, old_api, ids: torch.Tensor):
+def _stepper(model, old_api, ids: torch.Tensor, optim: str):
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = adamw(params, optim)
     model.train()
 
     def step() -> float:
@@ -39,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = before_after_parser(__doc__, rounds=6)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=64)
+    add_optim_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     old = import_before(args.before)
@@ -52,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, api, method in (("lora", new, "lora"), ("smore", new, "smore"),
                               ("smore_before", old, "smore")):  # fmt: skip
         model, _ = api.build_for_budget(method, copy.deepcopy(base), api.smore_paper_config())
-        steps[name] = _stepper(model, api, ids)
+        steps[name] = _stepper(model, api, ids, args.optim)
     for fn in steps.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in steps}
@@ -62,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "machine": machine_info(),
         "tokens_per_step": args.batch * args.seq,
+        "optimizer": f"AdamW ({args.optim})",
         "rounds": args.rounds,
         "median_step_ms": {k: round(statistics.median(v) * 1e3, 1) for k, v in times.items()},
         "time_over_lora": {
