@@ -1,8 +1,7 @@
 """Smoke tests of the benchmark code (tiny sizes, no timing asserts)."""
 
-import torch
-
 import pytest
+import torch
 
 from bench.adapter_speed import bench_case, make_layer
 from bench.common import ADAMW, adamw
