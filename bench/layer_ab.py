@@ -4,7 +4,8 @@ same weights, next to peft LoRA at the same parameter budget, interleaved.
 
 Cases (d = 576 -> 1536, SmolLM2's ``gate_proj``, or ``--d-out 576``, the layer goals' case;
 S'MoRE (4-4) rank 8 or (4-4-4), the paper's router): ``decode`` is a no-grad eval forward of
-1 or 8 tokens (a generation step), ``train`` a forward plus backward of 2048 tokens. The old and new outputs must agree.
+1 or 8 tokens (a generation step), ``train`` a forward plus backward of 2048 tokens. The old
+and new outputs must agree.
 
     .venv/bin/python -m bench.layer_ab --before <commit> [--cases decode train] [--d-out 576]
                                        [--json out.json]
