@@ -1,12 +1,12 @@
 """A whole ``SMoRELinear`` forward of a few tokens without autograd (a decode step; issue 13).
 
 The GNN pass of :meth:`SMoRELinear._propagate` on the regular trees (docs/spec.md §4-§5, §10)
-in fewer operations, from weights rearranged once and cached (:func:`smore_gnn.decode.cached`):
+in fewer operations, from weights rearranged once and cached (:func:`smore_gnn.staleness.cached`):
 
 * ONE GEMM projects the tokens for every expert layer (``A_l``) and for every layer's router:
   with the router input ``u = D x + d`` only feeding ``fc1``, its rows ``W_u D`` (bias
   ``W_u d + b``) join the stack, so the router starts from ``fc1``'s token part
-  (:func:`smore_gnn.decode.route`); with ``router_input_norm`` the stack holds
+  (:func:`smore_gnn.routing.route`); with ``router_input_norm`` the stack holds
   ``D`` and ``u`` is normalised first, as in the general path;
 * each layer's residual bias carries ``W_l``'s bias and the scale ``c_l`` is folded into ``B``;
   residuals are computed for every expert and the picked rows gathered;

@@ -1,4 +1,5 @@
-"""When cached weight tables (no-autograd decode tables, stacked GEMM weights) go stale.
+"""When cached weight tables (no-autograd routing and decode tables, stacked GEMM weights) go
+stale.
 
 A cached table is rebuilt when a tensor it was built from changes. Three signals together:
 
