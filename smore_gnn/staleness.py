@@ -1,5 +1,4 @@
-"""When cached weight tables (no-autograd routing and decode tables, stacked GEMM weights) go
-stale.
+"""When no-autograd caches (routing and decode tables, the stacked GEMM weight) go stale.
 
 A cached table is rebuilt when a tensor it was built from changes. Three signals together:
 
