@@ -180,6 +180,16 @@ def save_json(path: str | None, result: dict) -> None:
 
 BEFORE = "smore_gnn_before"  # the package name an older copy is imported under
 
+#: ``--optim`` of the training-step benchmarks: ``fused`` is the Hugging Face Trainer's
+#: default (``adamw_torch_fused``, what ``SMoRETrainer`` uses); ``loop`` is torch's CPU default
+#: (one small op sequence per parameter tensor: S'MoRE has 12x LoRA's tensors)
+ADAMW = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
+
+
+def adamw(params: list, kind: str = "fused") -> torch.optim.AdamW:
+    """``torch.optim.AdamW(params, lr=1e-4)`` implemented as ``kind`` (:data:`ADAMW`)."""
+    return torch.optim.AdamW(params, lr=1e-4, **ADAMW[kind])
+
 
 def before_after_parser(doc: str, rounds: int) -> argparse.ArgumentParser:
     """The arguments every before/after benchmark shares: ``--before``, ``--rounds``,
@@ -193,6 +203,12 @@ def before_after_parser(doc: str, rounds: int) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     return parser
+
+
+def add_optim_argument(parser: argparse.ArgumentParser) -> None:
+    """``--optim`` of the training-step benchmarks (:data:`ADAMW`, default ``fused``)."""
+    parser.add_argument("--optim", choices=list(ADAMW), default="fused",
+                        help="AdamW implementation (fused: the HF Trainer's default)")  # fmt: skip
 
 
 def export_before(commit: str, directory: str | None = None) -> str:

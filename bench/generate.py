@@ -10,7 +10,7 @@ ratios to unmerged peft LoRA. Trainable weights that start at zero (LoRA's ``B``
 ``W_proj``) are made small and random so every adapter changes the output, as after training.
 
 ``--compile`` adds ``smore_compiled``: the S'MoRE model with
-``smore_gnn.layer.compile_adapters`` (``torch.compile`` of every adapter layer; the warm-up
+``smore_gnn.runtime.compile_adapters`` (``torch.compile`` of every adapter layer; the warm-up
 call of each batch size compiles, outside the timed rounds).
 
 ``--profile`` adds a ``torch.profiler`` table of one S'MoRE ``generate`` at batch 1: the top
@@ -80,7 +80,7 @@ def build_models(
             adapted = adapted.merge_and_unload()
         models[name] = adapted.eval()
     if compiled and "smore" in models:
-        from smore_gnn.layer import compile_adapters
+        from smore_gnn.runtime import compile_adapters
 
         models["smore_compiled"] = copy.deepcopy(models["smore"])
         compile_adapters(models["smore_compiled"])

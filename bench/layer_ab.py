@@ -2,11 +2,13 @@
 package (``--before``, see :func:`bench.common.import_before`) and by the current one, with the
 same weights, next to peft LoRA at the same parameter budget, interleaved.
 
-Cases (d = 576 -> 1536, SmolLM2's ``gate_proj``; S'MoRE (4-4) rank 8 or (4-4-4), the paper's
-router): ``decode`` is a no-grad eval forward of 1 or 8 tokens (a generation step), ``train``
-a forward plus backward of 2048 tokens. The old and new outputs must agree.
+Cases (d = 576 -> 1536, SmolLM2's ``gate_proj``, or ``--d-out 576``, the layer goals' case;
+S'MoRE (4-4) rank 8 or (4-4-4), the paper's router): ``decode`` is a no-grad eval forward of
+1 or 8 tokens (a generation step), ``train`` a forward plus backward of 2048 tokens. The old
+and new outputs must agree.
 
-    .venv/bin/python -m bench.layer_ab --before <commit> [--cases decode train] [--json out.json]
+    .venv/bin/python -m bench.layer_ab --before <commit> [--cases decode train] [--d-out 576]
+                                       [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,23 +34,23 @@ D_IN, D_OUT = 576, 1536
 SHAPES = {"44": dict(), "444": dict(num_experts=[4, 4, 4], fanout=[2, 2, 2], rank=[8, 8, 8])}
 
 
-def _layer(api, shape: str) -> nn.Module:
+def _layer(api, shape: str, d_out: int) -> nn.Module:
     methods = api.methods
     torch.manual_seed(0)
     layer = api.layer.SMoRELinear(
-        nn.Linear(D_IN, D_OUT), methods.smore_paper_config(**SHAPES[shape])
+        nn.Linear(D_IN, d_out), methods.smore_paper_config(**SHAPES[shape])
     )
     with torch.no_grad():
         nn.init.normal_(layer.proj.weight, std=0.02)  # W_proj starts at 0: make it count
     return layer
 
 
-def _pair(old, new, shape: str) -> dict[str, nn.Module]:
-    before, after = _layer(old, shape), _layer(new, shape)
+def _pair(old, new, shape: str, d_out: int) -> dict[str, nn.Module]:
+    before, after = _layer(old, shape, d_out), _layer(new, shape, d_out)
     after.load_state_dict(before.state_dict())
     params = sum(p.numel() for p in after.parameters() if p.requires_grad)
     torch.manual_seed(1)
-    lora = peft_lora_layer(nn.Linear(D_IN, D_OUT), lora_rank_for(params, D_IN, D_OUT))
+    lora = peft_lora_layer(nn.Linear(D_IN, d_out), lora_rank_for(params, D_IN, d_out))
     return {"lora": lora, "smore": after, "smore_before": before}
 
 
@@ -108,13 +110,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = before_after_parser(__doc__, rounds=7)
     parser.add_argument("--cases", nargs="*", default=["decode", "train"])
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES))
+    parser.add_argument("--d-out", type=int, default=D_OUT, help="output width (576: the goals)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import_before(args.before)
     old, new = _Api("smore_gnn_before"), _Api("smore_gnn")
-    out: dict = {"machine": machine_info(), "rounds": args.rounds, "d": [D_IN, D_OUT]}
+    out: dict = {"machine": machine_info(), "rounds": args.rounds, "d": [D_IN, args.d_out]}
     for shape in args.shapes:
-        models = _pair(old, new, shape)
+        models = _pair(old, new, shape, args.d_out)
         for kind in args.cases:
             for tokens in (1, 8) if kind == "decode" else (2048,):
                 name = f"{kind}_{shape}_n{tokens}"

@@ -46,10 +46,12 @@ def logit_stats(model: Any, batch: dict) -> list[dict[str, float]]:
 
     from smore_gnn.router import LayerRouter, SMoRERouter
 
-    captured: dict[int, list] = {}
-    hooks = []
+    calls, captured, hooks = [], {}, []  # (router, args, kwargs); layer -> [(router, h)]
     for module in model.modules():
         if isinstance(module, SMoRERouter):
+            hooks.append(module.register_forward_pre_hook(
+                lambda mod, args, kwargs: calls.append((mod, args, kwargs)), with_kwargs=True
+            ))  # fmt: skip
             for l, layer in enumerate(module.layers):
                 hooks.append(layer.register_forward_pre_hook(
                     lambda mod, args, l=l: captured.setdefault(l, []).append((mod, args[0]))
@@ -57,10 +59,10 @@ def logit_stats(model: Any, batch: dict) -> list[dict[str, float]]:
     was = model.training
     model.eval()
     try:
-        with torch.enable_grad():  # the general router: without autograd the fused decode
-            # path (smore_gnn.decode) never calls LayerRouter.forward, so no hook would fire
+        with torch.no_grad():  # the fast forward never calls the layer routers: route every
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        with torch.no_grad():
+            for router, args, kwargs in calls:  # captured input again by the reference
+                router.route_reference(*args, **kwargs)
             out = []
             for l in sorted(captured):
                 stds, absl, pmax, tok = [], [], [], []

@@ -8,9 +8,10 @@ rank whose parameter count comes closest (``smore_gnn.methods.build_for_budget``
 Each method runs in its own subprocess, so that its peak RSS is its own: the kernel's peak
 mark is reset after the model is loaded and adapted (``/proc/self/clear_refs``), so the
 reported ``train_peak_rss_mb`` covers the optimizer state, activations and gradients of the
-timed steps. A step is ``forward + (lm loss + balance loss).backward() + AdamW step``.
+timed steps. A step is ``forward + (lm loss + balance loss).backward() + AdamW step``, AdamW
+fused by default as in the Hugging Face Trainer (``--optim``, :data:`bench.common.ADAMW`).
 
-    .venv/bin/python -m bench.train_step [--quick] [--threads 1] [--json out.json]
+    .venv/bin/python -m bench.train_step [--quick] [--threads 1] [--optim fused] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 
 import torch
 
-from bench.common import machine_info, reset_peak_rss, rss_mb, save_json
+from bench.common import adamw, add_optim_argument, machine_info, reset_peak_rss, rss_mb, save_json
 from smore_gnn.methods import method_names
 
 METHODS = method_names()
@@ -56,7 +57,7 @@ def adapt(method: str, model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
     return adapted, {"rank": rank, "budget": budget, "trainable": trainable_parameters(adapted)}
 
 
-def run_one(method: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
+def run_one(method: str, batch: int, seq: int, steps: int, warmup: int, optim: str) -> dict:
     """Time ``steps`` training steps of ``method`` in this process; memory figures in MiB."""
     from smore_gnn.methods import auxiliary_loss
 
@@ -68,7 +69,7 @@ def run_one(method: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
     ids = torch.randint(3, vocab, (batch, seq), generator=gen)
     mask = torch.ones_like(ids)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = adamw(params, optim)
     rss_before = rss_mb()
     reset_peak_rss()
     times = []
@@ -95,13 +96,15 @@ def run_one(method: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
         "train_peak_rss_mb": rss_mb("VmHWM"),
         "process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
+        "optimizer": f"AdamW ({optim})",
     }
 
 
 def _subprocess(method: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "bench.train_step", "--one", method, "--threads",
            str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq),
-           "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
+           "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--optim", args.optim]  # fmt: skip
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -130,7 +133,8 @@ def compare(args: argparse.Namespace) -> dict:
                 statistics.median(a[key] / b[key] for a, b in zip(runs[method], runs[BASELINE])),
                 3,
             )
-    return {"batch": args.batch, "seq": args.seq, "steps": args.steps, "methods": summary}
+    return {"batch": args.batch, "seq": args.seq, "steps": args.steps,
+            "optimizer": f"AdamW ({args.optim})", "methods": summary}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=None, help="subprocess runs per method")
     parser.add_argument("--one", choices=METHODS, help="(internal) run one method, print JSON")
+    add_optim_argument(parser)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     args.batch = args.batch or (2 if args.quick else 4)
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.rounds = args.rounds or (2 if args.quick else 3)
     torch.set_num_threads(args.threads)
     if args.one:
-        out = run_one(args.one, args.batch, args.seq, args.steps, args.warmup)
+        out = run_one(args.one, args.batch, args.seq, args.steps, args.warmup, args.optim)
         print(json.dumps(out))
         return out
     out = {"machine": machine_info(), **compare(args)}

@@ -1,9 +1,11 @@
 """Training-step before/after in ONE process: S'MoRE built by an older copy of the package
 (``--before``: a git commit or a directory, see :func:`bench.common.import_before`), S'MoRE now and
-peft LoRA at the same budget, on SmolLM2-135M, interleaved step by step (peak RSS: see
+peft LoRA at the same budget, on SmolLM2-135M, interleaved step by step, AdamW fused as in the
+Hugging Face Trainer unless ``--optim`` says otherwise (peak RSS: see
 :mod:`bench.train_step`, which runs each method in its own process).
 
-    .venv/bin/python -m bench.train_step_ab --before <commit> [--rounds 6] [--json out.json]
+    .venv/bin/python -m bench.train_step_ab --before <commit> [--rounds 6] [--optim fused]
+                                            [--compile] [--json out.json]
 """
 
 from __future__ import annotations
@@ -15,12 +17,19 @@ import time
 
 import torch
 
-from bench.common import before_after_parser, import_before, machine_info, save_json
+from bench.common import (
+    adamw,
+    add_optim_argument,
+    before_after_parser,
+    import_before,
+    machine_info,
+    save_json,
+)
 
 
-def _stepper(model, old_api, ids: torch.Tensor):
+def _stepper(model, old_api, ids: torch.Tensor, optim: str):
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = adamw(params, optim)
     model.train()
 
     def step() -> float:
@@ -39,21 +48,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser = before_after_parser(__doc__, rounds=6)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=64)
+    add_optim_argument(parser)
+    parser.add_argument("--compile", action="store_true",
+                        help="also S'MoRE now under smore_gnn.compile_adapters")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     old = import_before(args.before)
     from smore_gnn import methods as new
     from smore_gnn.loading import load_model_and_tokenizer
+    from smore_gnn.runtime import compile_adapters
 
     base, _ = load_model_and_tokenizer("smollm2")
     ids = torch.randint(3, base.config.vocab_size, (args.batch, args.seq),
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
     steps = {}
-    for name, api, method in (("lora", new, "lora"), ("smore", new, "smore"),
-                              ("smore_before", old, "smore")):  # fmt: skip
+    runs = [("lora", new, "lora"), ("smore", new, "smore"), ("smore_before", old, "smore")]
+    for name, api, method in runs + ([("smore_compiled", new, "smore")] if args.compile else []):
         model, _ = api.build_for_budget(method, copy.deepcopy(base), api.smore_paper_config())
-        steps[name] = _stepper(model, api, ids)
+        if name == "smore_compiled":
+            compile_adapters(model)  # compiles in the warm-up (tens of seconds)
+        steps[name] = _stepper(model, api, ids, args.optim)
     for fn in steps.values():  # warm-up
+        fn()
         fn()
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(args.rounds):
@@ -62,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "machine": machine_info(),
         "tokens_per_step": args.batch * args.seq,
+        "optimizer": f"AdamW ({args.optim})",
         "rounds": args.rounds,
         "median_step_ms": {k: round(statistics.median(v) * 1e3, 1) for k, v in times.items()},
         "time_over_lora": {

@@ -8,8 +8,9 @@ from smore_gnn.accounting import active_parameters, count_parameters, flops_per_
 from smore_gnn.config import SMoREConfig
 from smore_gnn.conv import SMoREConv
 from smore_gnn.dense import dense_delta
-from smore_gnn.layer import SMoRELinear, compile_adapters
+from smore_gnn.layer import SMoRELinear
 from smore_gnn.router import RoutingResult, SMoRERouter
+from smore_gnn.runtime import compile_adapters
 from smore_gnn.tree import RoutingTree, build_routing_tree
 
 __version__ = "0.2.0"

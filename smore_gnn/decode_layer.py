@@ -1,12 +1,12 @@
 """A whole ``SMoRELinear`` forward of a few tokens without autograd (a decode step; issue 13).
 
 The GNN pass of :meth:`SMoRELinear._propagate` on the regular trees (docs/spec.md §4-§5, §10)
-in fewer operations, from weights rearranged once and cached (:func:`smore_gnn.decode.cached`):
+in fewer operations, from weights rearranged once and cached (:func:`smore_gnn.staleness.cached`):
 
 * ONE GEMM projects the tokens for every expert layer (``A_l``) and for every layer's router:
   with the router input ``u = D x + d`` only feeding ``fc1``, its rows ``W_u D`` (bias
   ``W_u d + b``) join the stack, so the router starts from ``fc1``'s token part
-  (:func:`smore_gnn.decode.route_without_autograd`); with ``router_input_norm`` the stack holds
+  (:func:`smore_gnn.routing.route`); with ``router_input_norm`` the stack holds
   ``D`` and ``u`` is normalised first, as in the general path;
 * each layer's residual bias carries ``W_l``'s bias and the scale ``c_l`` is folded into ``B``;
   residuals are computed for every expert and the picked rows gathered;
@@ -19,16 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smore_gnn.decode import (
-    _f32,
-    build_tables,
-    cached,
-    no_autograd,
-    route_without_autograd,
-    router_tensors,
-)
 from smore_gnn.masks import resolve_mask
+from smore_gnn.routing import _f32, build_tables, no_autograd, route, router_tensors
 from smore_gnn.routing_result import RoutingResult
+from smore_gnn.staleness import cached
 
 #: Up to this many tokens an eval forward without autograd takes :func:`small_forward`.
 SMALL_MAX_TOKENS = 64
@@ -200,7 +194,7 @@ def small_forward(
         token, hidden = token.split(tables["d_g"], dim=1), chunks[min(lead, 1) :]
     if layer.config.shared_pool:
         hidden = hidden * len(layer.convs)
-    routing = route_without_autograd(token, mask, tables)
+    routing = route(token, mask, tables)
     star, n, z = w["star"], x.size(0), None
     for l, (conv, (weight, bias, lin_t)) in enumerate(zip(layer.convs, w["propagation"])):
         act = _activation(conv.act)  # not cached: the module may be swapped (or learn: PReLU)

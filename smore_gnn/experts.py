@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smore_gnn.staleness import install_hooks, optimizer_steps
+from smore_gnn.staleness import cached
 
 
 @dataclass(frozen=True)
@@ -70,25 +70,21 @@ def _stack(parts: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
     return torch.cat([p.weight for p in parts]), bias
 
 
+def _part_tensors(parts: list[nn.Linear]) -> list[Tensor]:
+    return [t for p in parts for t in (p.weight, p.bias) if t is not None]
+
+
 def stacked_linear(x: Tensor, parts: list[nn.Linear], cache: dict | None = None) -> Tensor:
     """``x @ [W_1; W_2; ...]^T + [b_1; b_2; ...]``: ONE GEMM for several linears sharing ``x``.
 
     Without autograd (evaluation, generation) and given a ``cache`` dict, the stacked weight
-    is kept there and rebuilt only when a part changes (storage, version counter, dtype,
-    device) or an optimizer stepped (:mod:`smore_gnn.staleness`), so a decode step does not
-    copy the weights again; with autograd it is stacked per call (the gradient flows to
-    every part).
+    is kept there and rebuilt only when a part changes or an optimizer steps
+    (:func:`smore_gnn.staleness.cached`), so a decode step does not copy the weights again;
+    with autograd it is stacked per call (the gradient flows to every part).
     """
     if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return F.linear(x, *_stack(parts))
-    tensors = [t for p in parts for t in (p.weight, p.bias) if t is not None]
-    install_hooks()
-    key = (optimizer_steps(), *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
-    hit = cache.get("stacked")
-    if hit is None or hit[0] != key:
-        with torch.inference_mode(False), torch.no_grad():  # a plain tensor, no graph
-            hit = cache["stacked"] = (key, _stack(parts))
-    return F.linear(x, *hit[1])
+    return F.linear(x, *cached(cache, "stacked", parts, _part_tensors, _stack))
 
 
 class ResidualExperts(nn.Module):
@@ -186,7 +182,8 @@ class ResidualExperts(nn.Module):
             bias = None if bias is None else bias * scale
         path = self.choose_path(n * k, k, hidden.device.type)
         if path == "masked":
-            onehot = F.one_hot(experts, s).to(hidden.dtype)  # [N, K, s]
+            # [N, K, s]; not F.one_hot, which checks the ids' range (a host sync) and copies
+            onehot = hidden.new_zeros(n, k, s).scatter_(2, experts[..., None], 1.0)
             masked = (hidden.view(n, 1, s, r) * onehot[..., None]).reshape(n * k, s * r)
             weight = weight.reshape(s * r, -1)  # [s r, d_out]
             if bias is not None:  # [N K, s r + s] @ [s r + s, d_out]

@@ -152,15 +152,16 @@ def switch_gate(logits: Tensor, fanout: int, valid: Tensor | None, weight: float
     probs = softmax_rows(logits)  # [E, s]
     top_val, experts = probs.topk(fanout, dim=-1)  # [E, f]
     scores = top_val / top_val.sum(-1, keepdim=True) if fanout > 1 else top_val
-    if valid is None:
-        n_valid = probs.new_tensor(max(probs.size(0), 1))
-    else:
-        n_valid = valid.sum().clamp(min=1).to(probs.dtype)
     load = _count(experts, valid, num_experts, scores.dtype)
     importance = _per_expert(scores.detach(), experts, valid, num_experts)  # not in the loss
-    frac = load / n_valid  # [s], sums to f
-    mean_prob = _keep(probs, valid).sum(0) / n_valid  # [s], sums to 1
-    loss = weight * num_experts * (frac * mean_prob).sum()
+    # frac = load / n (sums to f), mean_prob = sum of probs / n (sums to 1), n valid events:
+    # w s (frac . mean_prob) = w s (load . sum of probs) / n^2, in three operations
+    total_prob = _keep(probs, valid).sum(0)  # [s]
+    if valid is None:  # n is a number: no tensor for it
+        loss = (load @ total_prob) * (weight * num_experts / max(probs.size(0), 1) ** 2)
+    else:
+        n_valid = valid.sum().clamp(min=1).to(probs.dtype)
+        loss = (load @ total_prob) * (weight * num_experts) / n_valid.square()
     return GateOutput(experts, scores, loss, load, importance)
 
 

@@ -26,9 +26,11 @@ from smore_gnn.router import RoutingResult, SMoRERouter
 from smore_gnn.staleness import watch
 from smore_gnn.tree import RoutingTree
 
-#: Up to this many tokens (decode steps) the trees are summed by a reshape (fewer, larger ops:
-#: :meth:`SMoREConv.regular_sum`), not by message passing. 0: message passing everywhere.
-REGULAR_SUM_MAX_TOKENS = 64
+#: A routed tree is regular (parent ``p`` has children ``p f .. p f + f - 1``): with
+#: ``scatter="native"`` the convs sum it by a reshape (:meth:`SMoREConv.regular_sum`, the same
+#: messages without gather or scatter) up to this many tokens (``None``: any number; ``0``:
+#: message passing always, as ``scatter="torch_scatter"`` does).
+REGULAR_SUM_MAX_TOKENS: int | None = None
 
 
 class SMoRELinear(nn.Module):
@@ -137,13 +139,11 @@ class SMoRELinear(nn.Module):
         Args:
             x: tokens ``[..., d]`` (zero tokens give the base output, an empty tensor).
             attention_mask: padding mask, 1/True for real tokens and 0/False for padding,
-                bool or integer/float 0/1, of shape ``x.shape[:-1]`` or flat ``[N]``.
-                Padding enters the adapter as the zero token and is left out of every
-                balance statistic.
-                If omitted, the mask set in :attr:`attention_mask` is used (checked the same
-                way; also accepted with ``N`` elements when ``x`` is already flattened to
-                ``[N, d]``). HF's additive or 4-D masks are rejected: ``SMoREModel`` converts
-                them.
+                bool or integer/float 0/1, of shape ``x.shape[:-1]`` or flat ``[N]``. Padding
+                enters the adapter as the zero token, left out of every balance statistic.
+                If omitted, the mask set in :attr:`attention_mask` is used (also accepted with
+                ``N`` elements when ``x`` is already flat ``[N, d]``). HF's additive or 4-D
+                masks are rejected: ``SMoREModel`` converts them.
 
         A recomputation inside a backward (checkpointing) reuses the last fresh forward's
         mask, so it routes as that forward did even if :attr:`attention_mask` changed since.
@@ -231,8 +231,7 @@ class SMoRELinear(nn.Module):
         return probe(value, self._balance_grad)
 
     def __getstate__(self) -> dict:
-        # deepcopy/pickle (EMA, reference models) after a training forward: the graph-bearing
-        # balance loss cannot be copied and belongs to the original's graph
+        # deepcopy/pickle (EMA, reference models): the balance loss's graph is the original's
         return {**self.__dict__, "_balance_graph": None, "_cache": {}}
 
     def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
@@ -271,7 +270,8 @@ class SMoRELinear(nn.Module):
     def _propagate(self, hidden: list[Tensor], tree: RoutingTree) -> Tensor:
         """``m_root`` [N, d_L] from every layer's expert projections ``hidden`` [N, s_l r_l]."""
         momor, scales = self.config.propagation == "momor", self.config.residual_scales
-        regular = tree.num_tokens <= REGULAR_SUM_MAX_TOKENS  # reshape-and-sum (tiny N)
+        limit = REGULAR_SUM_MAX_TOKENS  # routed trees are regular: sum them by reshape
+        regular = self.config.scatter == "native" and (limit is None or tree.num_tokens <= limit)
         z = None
         for l, conv in enumerate(self.convs):  # [N * F_l, d_{l+1}] residuals of picked experts
             res = self.experts[l].residuals(hidden[l], tree.experts[l], scales[l])
@@ -298,15 +298,3 @@ class SMoRELinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, experts={c.num_experts}, "
             f"fanout={c.fanout}, rank={c.rank}, backend={c.backend!r}"
         )
-
-
-def compile_adapters(model: nn.Module, **compile_kwargs) -> int:
-    """``torch.compile`` (``nn.Module.compile``, with ``compile_kwargs``) every ``SMoRELinear``
-    of ``model`` in place; returns how many. One graph, no breaks, compiled = eager; each new
-    input shape compiles first (tens of seconds on a CPU). ValueError if there is none."""
-    layers = [m for m in model.modules() if isinstance(m, SMoRELinear)]
-    if not layers:
-        raise ValueError(f"compile_adapters found no SMoRELinear in {type(model).__name__}")
-    for layer in layers:
-        layer.compile(**compile_kwargs)
-    return len(layers)

@@ -12,8 +12,11 @@ multiplied by ``config.logit_scale`` (a learned scalar per layer router when
 ``learn_logit_scale``), a z-loss ``z_loss_weight * mean(logsumexp(logits)^2)`` joins each
 layer's balance loss, and ``router_input_norm`` RMS-normalises the router input ``u``.
 
-In eval mode without autograd (evaluation, generation) the same routing runs in fewer, larger
-operations and its statistics are computed only when read (:mod:`smore_gnn.decode`).
+The forward runs this routing in fewer, larger operations (:mod:`smore_gnn.routing`: ``fc1``
+split by input blocks, one GEMM for the token parts of every layer, per-key tables);
+:meth:`SMoRERouter.route_reference` is the same routing written as above, the oracle of the
+fast path. In eval mode without autograd (evaluation, generation) the tables are cached and
+the statistics are computed only when read.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smore_gnn.config import SMoREConfig
-from smore_gnn.decode import no_autograd, route_without_autograd, routing_tables
 from smore_gnn.gates import GateOutput, cosine_logits, gate_output
+from smore_gnn.routing import build_tables, no_autograd, route, routing_tables
 from smore_gnn.routing_result import RoutingResult
 from smore_gnn.staleness import watch
 
@@ -138,7 +141,7 @@ class SMoRERouter(nn.Module):
             LayerRouter(d_u + extra, s, f, config)
             for extra, s, f in zip(config.router_input_dims, config.num_experts, config.fanout)
         )
-        self._tables: dict = {}  # no-autograd routing tables (smore_gnn.decode), rebuilt on change
+        self._tables: dict = {}  # cached no-autograd tables (smore_gnn.routing), rebuilt on change
         watch(self)
 
     def reset_parameters(self) -> None:
@@ -168,14 +171,31 @@ class SMoRERouter(nn.Module):
 
         ``u`` [N, d_down] float32, when given, is the precomputed down-projection ``D x`` (the
         layer fuses it into one GEMM with the experts' ``A``); else it is computed here.
+
+        Computed in fewer, larger operations than :meth:`route_reference` (the same routing
+        up to float32 rounding): ``fc1`` is split by its input blocks, ``W_u u`` per token and
+        ``W_j key`` per expert key (:mod:`smore_gnn.routing`).
         """
+        valid = None if mask is None else mask.reshape(x.size(0)).bool()  # None: all valid
+        u = self.router_input(x, valid, u)  # [N, d_u] float32
+        lazy = not self.training and no_autograd()  # evaluation, generation: cached tables
+        tables = routing_tables(self, self._tables) if lazy else build_tables(self)
+        token = F.linear(u, tables["token_w"], tables["token_b"])  # [N, L d_g]
+        noise = None
+        if tables["noise_w"] is not None:  # training the noisy top-k gate
+            noise = F.linear(u, tables["noise_w"]).split(tables["noise_sizes"], dim=1)
+        return route(token.split(tables["d_g"], dim=1), valid, tables, noise, lazy)
+
+    def route_reference(
+        self, x: Tensor, mask: Tensor | None = None, u: Tensor | None = None
+    ) -> RoutingResult:
+        """:meth:`forward` as the paper writes it, layer router by layer router on the
+        concatenated inputs ``concat(u, key(top ancestor), ..., key(parent))``: the readable
+        formulation, kept as the oracle of the fast path (and for probes that hook
+        :class:`LayerRouter`)."""
         num_tokens = x.size(0)
         valid = None if mask is None else mask.reshape(num_tokens).bool()  # None: all valid
         u = self.router_input(x, valid, u)  # [N, d_u] float32
-        if not self.training and no_autograd():  # evaluation, generation: fewer, larger ops
-            tables = routing_tables(self, self._tables)
-            token = F.linear(u, tables["token_w"], tables["token_b"])  # [N, L d_g]
-            return route_without_autograd(token.split(tables["d_g"], dim=1), valid, tables)
         ancestors = None  # [N, F_{l+1}, keys of the path so far]
         experts, scores, outs = [], [], []
         for l in reversed(range(len(self.layers))):

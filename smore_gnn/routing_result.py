@@ -19,7 +19,7 @@ class RoutingResult:
     The statistics (``balance_loss``, ``load``, ``importance``, ``layer_losses``) are either
     given or, with ``stats`` (a no-argument callable returning each layer's
     :class:`~smore_gnn.gates.GateOutput`, bottom first), computed on first access: routing
-    without autograd (:mod:`smore_gnn.decode`) does not pay for statistics no one reads.
+    without autograd (:mod:`smore_gnn.routing`) does not pay for statistics no one reads.
     """
 
     def __init__(

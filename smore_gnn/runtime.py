@@ -1,4 +1,5 @@
-"""Choose a torch thread count that does not stall S'MoRE's many small routing ops.
+"""Runtime choices: a torch thread count that does not stall S'MoRE's many small routing
+ops, and compiling every adapter of a model (:func:`compile_adapters`).
 
 Importing ``smore_gnn`` never changes global torch state; applications (the CLI, the
 notebooks, the benchmarks) call :func:`choose_threads` once, early, and may pass an explicit
@@ -14,8 +15,11 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
-__all__ = ["choose_threads", "physical_cores"]
+from smore_gnn.layer import SMoRELinear
+
+__all__ = ["choose_threads", "compile_adapters", "physical_cores"]
 
 _SYSFS_CPU = Path("/sys/devices/system/cpu")
 
@@ -88,3 +92,15 @@ def choose_threads(requested: int | None = None, verbose: bool = True) -> int:
     if verbose:
         print(f"torch threads: {threads} ({reason})", flush=True)
     return threads
+
+
+def compile_adapters(model: nn.Module, **compile_kwargs) -> int:
+    """``torch.compile`` (``nn.Module.compile``, with ``compile_kwargs``) every ``SMoRELinear``
+    of ``model`` in place; returns how many. One graph, no breaks, compiled = eager; each new
+    input shape compiles first (tens of seconds on a CPU). ValueError if there is none."""
+    layers = [m for m in model.modules() if isinstance(m, SMoRELinear)]
+    if not layers:
+        raise ValueError(f"compile_adapters found no SMoRELinear in {type(model).__name__}")
+    for layer in layers:
+        layer.compile(**compile_kwargs)
+    return len(layers)

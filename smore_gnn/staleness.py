@@ -1,4 +1,4 @@
-"""When cached weight tables (no-autograd decode tables, stacked GEMM weights) go stale.
+"""When no-autograd caches (routing and decode tables, the stacked GEMM weight) go stale.
 
 A cached table is rebuilt when a tensor it was built from changes. Three signals together:
 
@@ -16,8 +16,14 @@ hooks; the first adapter built installs them (importing the library installs not
 
 from __future__ import annotations
 
-from torch import nn, optim
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn, optim
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+T = TypeVar("T")
 
 _EPOCH = [0]  # bumped when a parameter or submodule is registered on a watched module
 _STEPS = [0]  # optimizer steps taken in this process (any optimizer) since the hooks
@@ -42,6 +48,40 @@ def install_hooks() -> None:
         _HOOKS.append(nn.modules.module.register_module_module_registration_hook(_registered))
         _HOOKS.append(register_optimizer_step_post_hook(_stepped))
         _EPOCH[0] += 1
+
+
+def cached(
+    cache: dict,
+    name: str,
+    owner: T,
+    gather: Callable[[T], Sequence[Tensor]],
+    build: Callable[[T], object],
+):
+    """``build(owner)``, kept in ``cache[name]`` until one of the tensors it reads
+    (``gather(owner)``) is replaced or changed in place, or an optimizer steps.
+
+    A change in place moves the tensor's version counter; ``.to()`` swaps its storage; a
+    replacement (``module.weight = ...``, ``load_state_dict(assign=True)``, a new submodule)
+    registers a parameter or module on a :func:`watch`-ed module, which bumps a process-wide
+    epoch, and only then are the tensors gathered again and compared by identity. So a decode
+    step checks version counters and storage pointers only (``gather`` walks the modules).
+    Built under ``torch.no_grad`` outside inference mode: a plain tensor, no graph.
+    """
+    install_hooks()
+    hit, epoch = cache.get(name), _EPOCH[0]
+    if hit is not None and hit[0] == epoch:
+        tensors = hit[1]
+    else:
+        tensors = tuple(gather(owner))
+        same = hit is not None and len(hit[1]) == len(tensors)
+        if same and all(a is b for a, b in zip(hit[1], tensors)):  # same tensors, new epoch
+            hit = cache[name] = (epoch, tensors, *hit[2:])
+    versions = [t._version for t in tensors] + [optimizer_steps()]  # fused steps: no _version
+    pointers = [t.data_ptr() for t in tensors]
+    if hit is None or hit[0] != epoch or hit[2] != versions or hit[3] != pointers:
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, no graph
+            hit = cache[name] = (epoch, tensors, versions, pointers, build(owner))
+    return hit[4]
 
 
 def optimizer_steps() -> int:

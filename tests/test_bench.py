@@ -1,8 +1,10 @@
 """Smoke tests of the benchmark code (tiny sizes, no timing asserts)."""
 
+import pytest
 import torch
 
 from bench.adapter_speed import bench_case, make_layer
+from bench.common import ADAMW, adamw
 from bench.reference import reference_delta
 from bench.report import goals, render
 
@@ -53,3 +55,18 @@ def test_bench_case_and_report_render():
     text = render(results)
     assert "| (2-2) | 16 | 8 |" in text and "theory count" in text
     assert [g[2] for g in goals(results)][-2:] == ["met", "not run"]
+
+
+@pytest.mark.parametrize("kind", list(ADAMW))
+def test_training_step_optimizers_step_alike(kind):
+    """``--optim``: each AdamW implementation makes the same step (fused is the HF default)."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    p.grad = torch.randn(5)
+    ref = torch.nn.Parameter(p.detach().clone())
+    ref.grad = p.grad.clone()
+    torch.optim.AdamW([ref], lr=1e-4, foreach=False).step()
+    opt = adamw([p], kind)
+    opt.step()
+    assert opt.defaults["fused"] is (True if kind == "fused" else None)
+    torch.testing.assert_close(p.detach(), ref.detach())

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from smore_gnn.layer import SMoRELinear, compile_adapters
+from smore_gnn.layer import SMoRELinear
+from smore_gnn.runtime import compile_adapters
 from tests.conftest import make_layer
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from smore_gnn import SMoREConv
+from smore_gnn.conv import FAST_TANH_MIN_NUMEL, _SigmoidTanh, make_activation, tanh
 
 EDGES = torch.tensor([[0, 1, 2, 3], [0, 0, 1, 1]])  # 4 children, 2 parents
 WEIGHT = torch.tensor([0.5, 2.0, 1.0, -1.0])
@@ -68,3 +69,27 @@ def test_reset_parameters_and_errors():
         SMoREConv(3, 2, act="gelu")
     with pytest.raises(ValueError, match="Expected scatter"):
         SMoREConv(3, 2, scatter="cuda")
+
+
+@pytest.mark.parametrize("numel", [10, 8192])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_equals_torch_tanh(numel, dtype):
+    x = (4 * torch.randn(numel, dtype=dtype)).requires_grad_(True)
+    g = torch.randn(numel, dtype=dtype)
+    y = tanh(x)
+    exact = dtype == torch.float64 or numel < FAST_TANH_MIN_NUMEL  # torch.tanh itself
+    tol = 0.0 if exact else 3e-7
+    torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=tol)
+    (grad,) = torch.autograd.grad(y, x, g)
+    (want,) = torch.autograd.grad(torch.tanh(x), x, g)
+    torch.testing.assert_close(grad, want, rtol=0, atol=tol * 20)  # |g| (2|y| dy) <= ~4 * 2 * tol
+
+
+def test_tanh_activation_takes_the_fast_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_SigmoidTanh, "apply", lambda x: calls.append(x.numel()) or x)
+    act = make_activation("tanh")
+    assert isinstance(act, torch.nn.Tanh)
+    act(torch.randn(FAST_TANH_MIN_NUMEL))
+    act(torch.randn(FAST_TANH_MIN_NUMEL - 1))
+    assert calls == [FAST_TANH_MIN_NUMEL]

@@ -134,19 +134,19 @@ def test_a_stored_mask_is_resolved_once_and_follows_changes(monkeypatch):
 
 
 def test_only_registrations_on_adapter_modules_invalidate_the_caches():
-    from smore_gnn import decode
+    from smore_gnn import staleness
 
     layer = make_layer(torch.float32, gate_type="switch").eval()
-    epoch = decode._EPOCH[0]
+    epoch = staleness._EPOCH[0]
     torch.nn.ModuleList([torch.nn.Linear(2, 2)])[:1]  # elsewhere (HF slices its blocks)
-    assert decode._EPOCH[0] == epoch
+    assert staleness._EPOCH[0] == epoch
     layer.convs[1].lin = torch.nn.Linear(32, 64)  # a replacement inside the adapter
-    assert decode._EPOCH[0] == epoch + 1
+    assert staleness._EPOCH[0] == epoch + 1
     x = torch.randn(3, 8)
     with torch.no_grad():
         layer(x)
     layer.convs[1].lin.weight = torch.nn.Parameter(torch.randn(64, 32))  # inside the new one
-    assert decode._EPOCH[0] == epoch + 2
+    assert staleness._EPOCH[0] == epoch + 2
     with torch.no_grad():
         got = layer(x)
     torch.testing.assert_close(got, _general(layer, x, None)[0], rtol=1e-5, atol=1e-5)

@@ -21,7 +21,7 @@ PACKAGES = ("smore_gnn", "theory")
 
 CORE_MODULES = (
     "config", "counting", "gates", "router", "masks", "tree", "experts", "conv", "layer",
-    "balance_grad", "dense", "accounting", "runtime", "decode", "decode_layer", "routing_result",
+    "balance_grad", "dense", "accounting", "runtime", "routing", "decode_layer", "routing_result",
     "staleness",
 )  # fmt: skip
 

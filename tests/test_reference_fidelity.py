@@ -36,7 +36,9 @@ def _router_inputs(gate: str) -> tuple[list[int], torch.Tensor]:
     child_forward = child.forward
     child.forward = lambda h, valid: (seen.append(h), child_forward(h, valid))[1]
     x = torch.tensor([[1.0, 0.1], [0.1, 1.0]])  # token 0 -> expert 0, token 1 -> expert 1
-    out = router(x)
+    out = router.route_reference(x)  # the layer routers see the concatenated inputs
+    fast = router(x)  # the split-fc1 forward routes the same
+    assert all(torch.equal(a, b) for a, b in zip(fast.experts, out.experts))
     return out.experts[1][:, 0].tolist(), seen[0]
 
 

@@ -1,10 +1,10 @@
 """The small-N decode path (issue 13): every shortcut equals the general path it replaces.
 
-Pinned: the reshape-and-sum propagation (``SMoREConv.regular_sum``, used up to
-``layer.REGULAR_SUM_MAX_TOKENS`` tokens) equals message passing; the tiny-N residual choice
-equals the one-hot GEMM; an all-real mask equals no mask; the no-grad stacked-weight cache
-follows in-place updates, dtype and device moves; cached edge indices made under
-``inference_mode`` can be saved for a later backward.
+Pinned: the reshape-and-sum propagation (``SMoREConv.regular_sum``, which sums the routed
+trees at every size unless ``layer.REGULAR_SUM_MAX_TOKENS`` limits it) equals message
+passing; the tiny-N residual choice equals the one-hot GEMM; an all-real mask equals no
+mask; the no-grad stacked-weight cache follows in-place updates, dtype and device moves;
+cached edge indices made under ``inference_mode`` can be saved for a later backward.
 """
 
 from __future__ import annotations
@@ -77,16 +77,28 @@ def test_regular_sum_equals_message_passing(fanout, root):
 
 
 @pytest.mark.filterwarnings("ignore:SMoREConfig.expert_act:UserWarning")
+@pytest.mark.parametrize("batch", [3, 40], ids=["6 tokens", "80 tokens"])
 @pytest.mark.parametrize("config", CONFIGS)
-def test_tiny_n_paths_equal_the_general_paths(config, monkeypatch):
+def test_tiny_n_paths_equal_the_general_paths(config, batch, monkeypatch):
     layer = make_layer(torch.float64, **config).train()
-    x = torch.randn(3, 2, 8, dtype=torch.float64)
-    grad_out = torch.randn(3, 2, 6, dtype=torch.float64)
-    fast = _step(layer, x, grad_out)  # 6 tokens: reshape-and-sum, gather residuals
+    x = torch.randn(batch, 2, 8, dtype=torch.float64)
+    grad_out = torch.randn(batch, 2, 6, dtype=torch.float64)
+    fast = _step(layer, x, grad_out)  # reshape-and-sum (and, at 6 tokens, gather residuals)
     monkeypatch.setattr(layer_module, "REGULAR_SUM_MAX_TOKENS", 0)
     for bank in layer.experts:
         bank.path = "masked"
     _close(_step(layer, x, grad_out), fast)  # message passing, one-hot GEMM
+
+
+@pytest.mark.parametrize("limit,passes", [(None, False), (64, True), (0, True)])
+def test_routed_trees_skip_message_passing_unless_limited(monkeypatch, limit, passes):
+    monkeypatch.setattr(layer_module, "REGULAR_SUM_MAX_TOKENS", limit)
+    calls = []
+    real = SMoREConv.propagate
+    monkeypatch.setattr(SMoREConv, "propagate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    layer = make_layer(gate_type="switch").train()
+    layer(torch.randn(100, 8, dtype=torch.float64))
+    assert bool(calls) == passes
 
 
 def test_tiny_n_takes_the_gather_residuals():

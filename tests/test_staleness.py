@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from smore_gnn import staleness
-from smore_gnn.layer import REGULAR_SUM_MAX_TOKENS
+from smore_gnn.decode_layer import SMALL_MAX_TOKENS
 from tests.conftest import make_layer
 
-SIZES = {"decode path": 3, "stacked GEMM path": REGULAR_SUM_MAX_TOKENS + 6}
+SIZES = {"decode path": 3, "stacked GEMM path": SMALL_MAX_TOKENS + 6}
 
 
 def test_a_fused_step_leaves_the_version_counters_alone():

@@ -1,9 +1,11 @@
-"""Routing without autograd (``smore_gnn.decode``, issue 13) equals the general router.
+"""The router's fast path (``smore_gnn.routing``, issue 13) equals the paper's formulation,
+:meth:`SMoRERouter.route_reference` (layer routers on concatenated inputs).
 
-In eval mode with autograd off the router takes the split-``fc1`` / folded-head path and leaves
-its statistics to be computed on first access; with autograd on it takes the general path.
-Both must pick the same experts with the same scores, and the lazy statistics must equal the
-eager ones (balance loss, z-loss, load, importance; padding excluded).
+The forward splits ``fc1`` (and the noise layer) by input blocks and folds the head; in eval
+mode with autograd off it caches its tables and leaves the statistics to be computed on
+first access. Every way must pick the same experts with the same scores as the reference,
+with the same statistics (balance loss, z-loss, load, importance; padding excluded) and, with
+autograd, the same gradients; in training the noisy top-k gate draws the same noise.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from smore_gnn import SMoREConfig, SMoRERouter
-from smore_gnn.decode import build_tables, routing_tables
+from smore_gnn.routing import build_tables, routing_tables
 
 CONFIGS = [
     dict(gate_type="switch"),
@@ -67,10 +69,39 @@ def test_no_autograd_routing_equals_the_general_router(config, masked):
     with torch.no_grad():
         fast = router(x, mask)
     assert fast.is_lazy  # nothing computed yet
-    general = router(x, mask)  # autograd on: the general path
+    general = router.route_reference(x, mask)
     assert not general.is_lazy and general.scores[0].requires_grad
     _assert_same(fast, general)
     assert not fast.is_lazy
+
+
+def _gradients(router: SMoRERouter, routing) -> dict[str, torch.Tensor]:
+    router.zero_grad()
+    weights = [torch.linspace(0.5, 1.5, s.numel()).view_as(s) for s in routing.scores]
+    total = routing.balance_loss + sum((w * s).sum() for w, s in zip(weights, routing.scores))
+    total.backward()
+    return {n: p.grad.clone() for n, p in router.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_autograd_routing_equals_the_reference(config, training):
+    router = _router(config).train(training)
+    x = torch.randn(9, 6)
+    mask = torch.ones(9, dtype=torch.bool)
+    mask[[2, 7]] = False
+    x[2] = float("nan")
+    torch.manual_seed(5)  # the same router noise (noisy top-k, training)
+    fast = router(x, mask)
+    torch.manual_seed(5)
+    general = router.route_reference(x, mask)
+    assert not fast.is_lazy and fast.scores[0].requires_grad
+    _assert_same(fast, general)
+    got, want = _gradients(router, fast), _gradients(router, general)
+    assert got.keys() == want.keys() and got
+    for name, grad in want.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_training_mode_takes_the_general_path():
@@ -104,11 +135,11 @@ def test_tables_follow_in_place_updates_and_replacement():
         router.layers[0].fc1.bias.add_(1.0)
         fast = router(x)
         assert routing_tables(router, router._tables) is not first
-    _assert_same(fast, router(x))
+    _assert_same(fast, router.route_reference(x))
     assert not all(torch.equal(a, b) for a, b in zip(before.scores, fast.scores))
     second = routing_tables(router, router._tables)
     router.layers[0].fc2.weight = torch.nn.Parameter(torch.randn(32, 32))  # replaced
     with torch.no_grad():
         fast = router(x)
         assert routing_tables(router, router._tables) is not second
-    _assert_same(fast, router(x))
+    _assert_same(fast, router.route_reference(x))
