@@ -204,15 +204,17 @@ def pick(gate_type: str, logits: Tensor, fanout: int) -> tuple[Tensor, Tensor]:
     """``(experts [E, f], scores [E, f])`` of the gate without noise and without statistics:
     the picks :func:`gate_output` makes when ``noise_std`` is None (evaluation)."""
     if gate_type == "noisy_topk":
-        top_val, top_idx = logits.topk(min(fanout + 1, logits.size(-1)), dim=-1)  # [E, k]
-        picked = top_val[:, :fanout]
-        return top_idx[:, :fanout], softmax_rows(picked) if fanout > 1 else picked
-    probs = softmax_rows(logits)  # [E, s]
+        top_val, top_idx = logits.topk(fanout, dim=-1)  # [E, f]
+        return top_idx, softmax_rows(top_val) if fanout > 1 else top_val
     if gate_type == "dense":
         num_events, num_experts = logits.shape
-        return torch.arange(num_experts, device=logits.device).expand(num_events, -1), probs
-    top_val, experts = probs.topk(fanout, dim=-1)  # [E, f]
-    return experts, top_val / top_val.sum(-1, keepdim=True) if fanout > 1 else top_val
+        experts = torch.arange(num_experts, device=logits.device).expand(num_events, -1)
+        return experts, softmax_rows(logits)
+    if fanout > 1:  # softmax is monotone: the same picks, and p_i / sum_top p = softmax(top)
+        top_logits, experts = logits.topk(fanout, dim=-1)  # [E, f]
+        return experts, top_logits.softmax(dim=-1)
+    top_val, experts = softmax_rows(logits).topk(1, dim=-1)  # [E, 1]
+    return experts, top_val
 
 
 def cosine_logits(query: Tensor, keys: Tensor) -> Tensor:

@@ -14,9 +14,8 @@ arithmetic, sets the time (issue 13):
 With autograd (training) the tables are built per forward, so gradients reach every weight,
 and each layer's gate (:func:`~smore_gnn.gates.gate_output`) runs with its balance loss.
 Without autograd in eval mode (evaluation, generation) the tables are cached and rebuilt when
-a parameter changes (:func:`~smore_gnn.staleness.cached`), the switch gate's renormalised
-top-``f`` probabilities are the softmax of the top-``f`` logits (the same numbers, two
-operations instead of five), and the balance statistics are left to the
+a parameter changes (:func:`~smore_gnn.staleness.cached`), the picks come from
+:func:`~smore_gnn.gates.pick` (no noise, no statistics), and the balance statistics are left to the
 :class:`~smore_gnn.routing_result.RoutingResult`, computed on first access. Every way equals
 the reference up to float32 rounding, gradients included (``tests/test_routing.py``), so
 a reentrant checkpoint of an eval-mode forward, recomputed with autograd, routes the same
@@ -64,7 +63,8 @@ def build_tables(router: nn.Module) -> dict:
     layers = router.layers
     num_layers, d_g = len(layers), layers[0].fc2.out_features
     d_u = layers[0].fc1.in_features - (num_layers - 1) * d_g
-    keys = [layer.passed_keys for layer in layers]  # [s_l, d_g] float32
+    # [s_l, d_g] float32 keys handed down (the leaves hand down none)
+    keys = [None] + [layer.passed_keys for layer in layers[1:]]
     token_w, token_b, noise_w, plan = [], [], [], []
     for l, layer in enumerate(layers):
         w1, b1 = _f32(layer.fc1.weight), _f32(layer.fc1.bias)  # [d_g, d_u + j d_g]
@@ -130,20 +130,27 @@ def _events(valid: Tensor | None, parents: int) -> Tensor | None:
     return valid if valid is None or parents == 1 else valid.repeat_interleave(parents)
 
 
-def _with_ancestors(own: Tensor, tables: list[Tensor], experts: list, l: int) -> Tensor:
-    """``own`` [N, c] (one row per token) plus, per ancestor layer ``j > l``, the row of
-    ``tables`` (top first, ``[s_j, c]``) of each event's ancestor: ``[N P, c]``."""
-    n, parents, c = own.size(0), experts[l + 1].size(1), own.size(1)  # P = F_{l+1}
-    h = own
-    for j, table in zip(range(len(experts) - 1, l, -1), tables):
-        ids = experts[j]  # [N, F_j]; parent p descends from ancestor p // (F_{l+1}/F_j)
+def _ancestor_ids(experts: list, l: int) -> list[Tensor]:
+    """Per ancestor layer ``j > l`` (top first), each routing event's ancestor at ``j``:
+    ``[N F_{l+1}]`` ids (event ``p`` descends from ancestor ``p // (F_{l+1} / F_j)``)."""
+    parents, out = experts[l + 1].size(1), []
+    for j in range(len(experts) - 1, l, -1):
+        ids = experts[j]  # [N, F_j]
         if ids.size(1) != parents:
             ids = ids.repeat_interleave(parents // ids.size(1), dim=1)  # [N, F_{l+1}]
-        rows = table.index_select(0, ids.reshape(-1))  # [N P, c]
-        if n == 1:  # [P, c] + [1, c]: a 2-D broadcast (fewer calls)
-            h = h + rows
-        else:  # [N, P, c] + [N, 1, c]
-            h = (h.view(n, -1, c) + rows.view(n, parents, c)).view(n * parents, c)
+        out.append(ids.reshape(-1))
+    return out
+
+
+def _with_ancestors(own: Tensor, tables: list[Tensor], ids: list[Tensor]) -> Tensor:
+    """``own`` [N, c] (one row per token) plus, per ancestor layer, the row of its table
+    (``[s_j, c]``) picked by ``ids`` (:func:`_ancestor_ids`): ``[N P, c]``."""
+    n, c = own.size(0), own.size(1)
+    h = own
+    for table, picked in zip(tables, ids):
+        rows = table.index_select(0, picked)  # [N P, c]
+        # [N, P, c] + [N, 1, c]; one token: [P, c] + [1, c], a 2-D broadcast (fewer calls)
+        h = h + rows if n == 1 else (h.view(n, -1, c) + rows.view(n, -1, c)).view(-1, c)
     return h
 
 
@@ -177,7 +184,8 @@ def route(
         act, head, ancestors, gate_type, f, weight, z_weight, noise_plan = plan[l]
         top = l == num_layers - 1
         parents = 1 if top else experts[l + 1].size(1)  # events (token, parent) per token
-        h = token[l] if top else _with_ancestors(token[l], ancestors, experts, l)  # [N P, d_g]
+        ids = [] if top else _ancestor_ids(experts, l)
+        h = token[l] if top else _with_ancestors(token[l], ancestors, ids)  # [N P, d_g]
         a = act(h)
         logits = F.linear(a, head[0], head[1]) if head[2] is None else _logits(a, head)  # [N P, s]
         if not lazy:  # the gate with its statistics and balance loss (autograd)
@@ -185,13 +193,10 @@ def route(
             if noise is not None and noise_plan is not None:
                 bias, noise_tables, eps = noise_plan
                 own = noise[l] if bias is None else noise[l] + bias  # [N, s]
-                pre = own if top else _with_ancestors(own, noise_tables, experts, l)
+                pre = own if top else _with_ancestors(own, noise_tables, ids)
                 std = F.softplus(pre) + eps  # [N P, s]
             out = gate_output(gate_type, logits, f, _events(valid, parents), weight, z_weight, std)
             picked, score, stats[l] = out.experts, out.scores, out
-        elif gate_type == "switch" and f > 1:  # softmax is monotone: the same picks, and
-            top_logits, picked = logits.topk(f, dim=-1)  # p_i / sum_top p = softmax(top)
-            score, stats[l] = top_logits.softmax(dim=-1), (logits, parents)  # [N P, f]
         else:
             (picked, score), stats[l] = pick(gate_type, logits, f), (logits, parents)
         if parents > 1:
