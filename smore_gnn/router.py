@@ -29,15 +29,11 @@ from torch import Tensor, nn
 
 from smore_gnn.config import SMoREConfig
 from smore_gnn.gates import GateOutput, cosine_logits, gate_output
-from smore_gnn.routing import build_tables, no_autograd, route, routing_tables
+from smore_gnn.routing import _f32, build_tables, no_autograd, route, routing_tables
 from smore_gnn.routing_result import RoutingResult
 from smore_gnn.staleness import watch
 
 _ACTS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float32 else t.float()
 
 
 def linear32(x: Tensor, layer: nn.Linear) -> Tensor:
