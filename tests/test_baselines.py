@@ -6,7 +6,6 @@ import pytest
 import torch
 from peft import PeftModel
 
-from smore_gnn import baselines
 from smore_gnn.methods import (
     build_for_budget,
     get_method,
@@ -139,14 +138,6 @@ def test_save_any_and_load_any_for_every_method(tmp_path):
     (tmp_path / "odd" / "adapter_config.json").write_text('{"peft_type": "IA3"}')
     with pytest.raises(ValueError, match=r"unknown method 'IA3'; known: \['smore'"):
         load_any(_tiny()[0], tmp_path / "odd")
-
-
-def test_baselines_module_still_reexports_the_0_1_names():
-    model, _ = _tiny()
-    budget = baselines.count_adapter_parameters("smore", model, None, smore_paper_config())
-    assert budget == get_method("smore").count(model, None, smore_paper_config())
-    assert baselines.match_parameters("lora", model, None, budget).method == "lora"
-    assert isinstance(baselines.apply_method("lora", model, 2), PeftModel)
 
 
 def test_molre_config_overrides_its_router_defaults():

@@ -32,12 +32,11 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("smore_gnn", *(f"smore_gnn.{m}" for m in CORE_MODULES)),
     "analysis": ("smore_gnn.analysis", "smore_gnn.analysis.*"),
     "viz": ("smore_gnn.viz", "smore_gnn.viz.*", "smore_gnn.tree_text"),
-    "data": ("smore_gnn.data", "smore_gnn.datasets", "smore_gnn.datasets.*", "smore_gnn.wordnet"),
+    "data": ("smore_gnn.data", "smore_gnn.datasets", "smore_gnn.datasets.*"),
     "integration": (
         "smore_gnn.model",
         "smore_gnn.save",
         "smore_gnn.methods",
-        "smore_gnn.baselines",
         "smore_gnn.peft_*",
         "smore_gnn.loading",
     ),

@@ -16,7 +16,6 @@ from smore_gnn.datasets.wordnet import (
     parse_data_file,
     write_bundled,
 )
-from smore_gnn.wordnet import load_bundled_wordnet_mc
 
 WORDNET = Path(wordnet.DEFAULT_WORDNET_DIR)
 needs_wordnet = pytest.mark.skipif(
@@ -117,11 +116,6 @@ def test_bundled_copy_loads_with_expected_sizes_and_disjoint_synsets() -> None:
         load_bundled("wordnet", "validation")
     with pytest.raises(ValueError, match="'multitask', 'wordnet'"):
         load_bundled("wordnet_mc", "train")
-
-
-def test_old_import_path_returns_the_same_records() -> None:
-    for split in ("train", "test"):
-        assert load_bundled_wordnet_mc(split) == load_bundled("wordnet", split)
 
 
 def test_bundled_copy_ships_licence_and_stays_small() -> None:
