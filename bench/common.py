@@ -72,10 +72,10 @@ def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
 def use_threads(requested: int | None) -> int:
     """Set this benchmark's torch threads and print the choice (``None``: the machine default).
 
-    Goes through :func:`smore_gnn.runtime.choose_threads`: 1 thread on <= 2 physical cores, else
+    Goes through :func:`smore_gnn.nn.runtime.choose_threads`: 1 thread on <= 2 physical cores, else
     physical cores - 1, so a benchmark measures the same setting a user gets by default.
     """
-    from smore_gnn.runtime import choose_threads
+    from smore_gnn.nn.runtime import choose_threads
 
     return choose_threads(requested)
 

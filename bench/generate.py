@@ -1,7 +1,7 @@
 """Greedy decoding speed: base, LoRA (unmerged, merged), MoLRE and S'MoRE on SmolLM2-135M.
 
 Every method is built at the S'MoRE (4-4) rank-8 parameter budget of ``make demo``'s adapter
-(``smore_gnn.methods.build_for_budget``; adapters on ``gate_proj``, ``up_proj``, ``down_proj``
+(``smore_gnn.hf.methods.build_for_budget``; adapters on ``gate_proj``, ``up_proj``, ``down_proj``
 of every block) on its own copy of the same base model. Each ``generate`` call decodes
 ``max_new_tokens`` (24) new tokens greedily with the KV cache (``min_new_tokens`` equal, so no
 sequence stops early) from the same prompts, at batch 1 and batch 8 (left padding). Rounds are
@@ -10,7 +10,7 @@ ratios to unmerged peft LoRA. Trainable weights that start at zero (LoRA's ``B``
 ``W_proj``) are made small and random so every adapter changes the output, as after training.
 
 ``--compile`` adds ``smore_compiled``: the S'MoRE model with
-``smore_gnn.runtime.compile_adapters`` (``torch.compile`` of every adapter layer; the warm-up
+``smore_gnn.nn.runtime.compile_adapters`` (``torch.compile`` of every adapter layer; the warm-up
 call of each batch size compiles, outside the timed rounds).
 
 ``--profile`` adds a ``torch.profiler`` table of one S'MoRE ``generate`` at batch 1: the top
@@ -64,7 +64,7 @@ def build_models(
     base: nn.Module, methods: tuple[str, ...], compiled: bool = False
 ) -> tuple[dict[str, nn.Module], dict]:
     """``{method: model in eval mode}`` and ``{method: trainable parameters}``."""
-    from smore_gnn.methods import build_for_budget, smore_paper_config, trainable_parameters
+    from smore_gnn.hf.methods import build_for_budget, smore_paper_config, trainable_parameters
 
     models: dict[str, nn.Module] = {}
     sizes: dict[str, int] = {}
@@ -80,7 +80,7 @@ def build_models(
             adapted = adapted.merge_and_unload()
         models[name] = adapted.eval()
     if compiled and "smore" in models:
-        from smore_gnn.runtime import compile_adapters
+        from smore_gnn.nn.runtime import compile_adapters
 
         models["smore_compiled"] = copy.deepcopy(models["smore"])
         compile_adapters(models["smore_compiled"])
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--methods must include the baseline {BASELINE!r}")
     if any(b < 1 or b > len(PROMPTS) for b in args.batches):
         parser.error(f"--batches must lie in 1..{len(PROMPTS)} (got {args.batches})")
-    from smore_gnn.loading import load_model_and_tokenizer
+    from smore_gnn.hf.loading import load_model_and_tokenizer
 
     base, tokenizer = load_model_and_tokenizer("smollm2")
     models, sizes = build_models(base, tuple(args.methods), compiled=args.compile)

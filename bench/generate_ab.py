@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     old = import_before(args.before)
-    from smore_gnn.loading import load_model_and_tokenizer
+    from smore_gnn.hf.loading import load_model_and_tokenizer
 
     base, tokenizer = load_model_and_tokenizer("smollm2")
     models, sizes = build_models(base, ("base", "lora", "lora_merged", "molre", "smore"))

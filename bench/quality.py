@@ -8,12 +8,13 @@ SmolLM2-135M-Instruct (134.5 M parameters):
   width 8, 2.33 M parameters (1.7 %; ``W_proj`` alone keeps (4-4) above 1 % on all three).
 
 LoRA (peft) and MoLRE get the rank whose size is closest to S'MoRE's at each level
-(:func:`smore_gnn.methods.build_for_budget`). Each method trains with the library's
+(:func:`smore_gnn.hf.methods.build_for_budget`). Each method trains with the library's
 ``SMoRETrainer`` (LM loss + balance loss, router parameters at ``lr * ROUTER_LR_SCALE``) on
 ``n_train`` questions drawn with the seed (so S'MoRE and LoRA of one seed see the same
 data in the same order: the S'MoRE - LoRA difference is paired by seed), then is scored on
-the same fixed test questions (choice text, :func:`smore_gnn.eval.evaluate_mc`; multi-task:
-stratified by task, per-task accuracy kept). Datasets: the bundled multi-task set and the
+the same fixed test questions (choice text,
+:func:`smore_gnn.train.evaluation.evaluate_mc`; multi-task: stratified by task, per-task
+accuracy kept). Datasets: the bundled multi-task set and the
 bundled WordNet set. Never tuned on these test splits (settings come from
 ``bench/router_study.py``, which uses a validation split carved out of train).
 
@@ -111,7 +112,7 @@ def run_ids(settings: dict[str, Any]) -> list[str]:
 def load_data(name: str, n_train: int, n_test: int, seed: int) -> tuple[list, list]:
     """``(train, test)``: ``n_train`` train records drawn with ``seed``; the first ``n_test``
     test records of a fixed shuffle, stratified by task (the same for every run)."""
-    from smore_gnn.datasets import load_bundled
+    from smore_gnn.data import load_bundled
 
     train, test = load_bundled(name, "train"), load_bundled(name, "test")
     train = random.Random(seed).sample(train, min(n_train, len(train)))
@@ -127,16 +128,16 @@ def run_one(run_id: str, settings: dict[str, Any], work_dir: Path) -> dict[str, 
     """One run in this process: train (unless base) and score; the JSON-ready result."""
     import torch
 
-    from smore_gnn.eval import evaluate_mc
-    from smore_gnn.loading import load_model_and_tokenizer
-    from smore_gnn.methods import (
+    from smore_gnn.hf.loading import load_model_and_tokenizer
+    from smore_gnn.hf.methods import (
         build_for_budget,
         get_method,
         molre_config,
         smore_paper_config,
         trainable_parameters,
     )
-    from smore_gnn.training import build_trainer, training_arguments
+    from smore_gnn.train.evaluation import evaluate_mc
+    from smore_gnn.train.trainer import build_trainer, training_arguments
 
     torch.set_num_threads(1)
     start = time.time()

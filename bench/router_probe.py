@@ -14,7 +14,7 @@ def validation_split(n_train: int, n_val: int, seed: int) -> tuple[list[dict], l
     Keys are shuffled with ``seed``; whole keys go to validation until it holds ``n_val``
     records, then to train until ``n_train``. No key is in both.
     """
-    from smore_gnn.datasets import load_bundled
+    from smore_gnn.data import load_bundled
 
     records = load_bundled("multitask", "train")
     groups: dict[str, list[dict]] = {}
@@ -44,7 +44,7 @@ def logit_stats(model: Any, batch: dict) -> list[dict[str, float]]:
     |logit| and mean largest softmax probability."""
     import torch
 
-    from smore_gnn.router import LayerRouter, SMoRERouter
+    from smore_gnn.nn.router import LayerRouter, SMoRERouter
 
     calls, captured, hooks = [], {}, []  # (router, args, kwargs); layer -> [(router, h)]
     for module in model.modules():

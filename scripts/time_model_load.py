@@ -3,7 +3,7 @@
 Reports wall and CPU seconds (CPU time is less disturbed by other processes on a shared
 machine). Each load runs in a fresh Python process (nothing warm but the OS file cache); the two
 variants alternate, so both see the same machine load. ``uncached`` is exactly the loading
-path before the caches (``smore_gnn.loading._gguf_load_caches`` replaced by a no-op).
+path before the caches (``smore_gnn.hf.loading._gguf_load_caches`` replaced by a no-op).
 
     .venv/bin/python scripts/time_model_load.py [--model smollm2] [--runs 3]
 """
@@ -21,7 +21,7 @@ CHILD = """
 import contextlib, json, sys, time
 import torch
 torch.set_num_threads(1)
-from smore_gnn import loading
+from smore_gnn.hf import loading
 if sys.argv[2] == "uncached":
     loading._gguf_load_caches = contextlib.nullcontext
 start, cpu = time.perf_counter(), time.process_time()

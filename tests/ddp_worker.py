@@ -15,11 +15,11 @@ import torch
 
 
 def main(out_dir: str) -> None:
-    from smore_gnn.methods import smore_paper_config
-    from smore_gnn.model import get_smore_model
-    from smore_gnn.save import adapter_parameters
-    from smore_gnn.testing import tiny_llama
-    from smore_gnn.training import build_trainer, training_arguments
+    from smore_gnn.hf.methods import smore_paper_config
+    from smore_gnn.hf.model import get_smore_model
+    from smore_gnn.hf.save import adapter_parameters
+    from smore_gnn.hf.testing import tiny_llama
+    from smore_gnn.train.trainer import build_trainer, training_arguments
 
     torch.manual_seed(0)
     model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64, num_layers=1)

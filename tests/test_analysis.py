@@ -26,7 +26,7 @@ from smore_gnn.analysis import (
     structure_summary,
     tree_signature,
 )
-from smore_gnn.tree import RoutingTree
+from smore_gnn.nn.tree import RoutingTree
 from tests.conftest import make_layer
 
 

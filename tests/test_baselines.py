@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from smore_gnn.methods import (
+from smore_gnn.hf.methods import (
     build_for_budget,
     get_method,
     load_any,
@@ -16,8 +16,8 @@ from smore_gnn.methods import (
     smore_paper_config,
     trainable_parameters,
 )
-from smore_gnn.model import SMoREModel
-from smore_gnn.testing import tiny_llama
+from smore_gnn.hf.model import SMoREModel
+from smore_gnn.hf.testing import tiny_llama
 
 
 def _tiny():
@@ -141,7 +141,7 @@ def test_save_any_and_load_any_for_every_method(tmp_path):
 
 
 def test_molre_config_overrides_its_router_defaults():
-    from smore_gnn.methods import molre_config
+    from smore_gnn.hf.methods import molre_config
 
     cfg = molre_config(router_dim=8, gate_type="noisy_topk")
     assert (cfg.router_dim, cfg.gate_type, cfg.num_layers) == (8, "noisy_topk", 1)

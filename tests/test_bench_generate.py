@@ -6,7 +6,7 @@ import torch
 
 from bench.generate import bench_batch, build_models, encode, generate_fn
 from bench.report import goals, render
-from smore_gnn.testing import tiny_llama
+from smore_gnn.hf.testing import tiny_llama
 
 
 def test_generate_bench_runs_every_method_and_renders():

@@ -10,11 +10,11 @@ import torch
 import yaml
 
 from smore_gnn import SMoREConfig
-from smore_gnn.cli import main
-from smore_gnn.cli_args import EvalArgs, FinetuneArgs, UsageError
-from smore_gnn.cli_parse import parse
-from smore_gnn.testing import tiny_llama
-from smore_gnn.tree_text import format_routing_tree
+from smore_gnn.cli.args import EvalArgs, FinetuneArgs, UsageError
+from smore_gnn.cli.commands import main
+from smore_gnn.cli.parse import parse
+from smore_gnn.hf.testing import tiny_llama
+from smore_gnn.viz.text import format_routing_tree
 
 TINY = ["--model", "tiny", "--n-train", "16", "--n-test", "8", "--max-steps", "2", "--batch-size",
         "4", "--max-length", "160", "--no-progress", "--smore", '{"rank": [2, 2]}']  # fmt: skip
@@ -131,7 +131,7 @@ def test_eval_reports_per_task_accuracy(tmp_path, capsys):
 
 
 def test_format_routing_tree_lists_every_node():
-    from smore_gnn.model import get_smore_model
+    from smore_gnn.hf.model import get_smore_model
 
     model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
     sm = get_smore_model(model, SMoREConfig(num_experts=[3, 4], fanout=[2, 3], rank=[2, 2]))
@@ -163,7 +163,7 @@ def test_finetune_reports_per_task_accuracy_and_routing_health(tmp_path):
 
 @pytest.mark.parametrize("name", ["wordnet", "multitask"])
 def test_bundled_data_by_name(name, capsys):
-    from smore_gnn.datasets import load_bundled
+    from smore_gnn.data import load_bundled
 
     try:
         expected = load_bundled(name, "test")[:4]
@@ -194,7 +194,7 @@ def test_inspect_draws_routing_health_on_test_questions(tmp_path, capsys):
 
 
 def test_summary_lines_show_per_task_accuracy_and_health():
-    from smore_gnn.cli_health import summary_lines
+    from smore_gnn.cli.health import summary_lines
 
     metrics = {
         "per_task": {

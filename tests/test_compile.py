@@ -7,14 +7,14 @@ import copy
 import pytest
 import torch
 
-from smore_gnn.layer import SMoRELinear
-from smore_gnn.runtime import compile_adapters
+from smore_gnn.nn.layer import SMoRELinear
+from smore_gnn.nn.runtime import compile_adapters
 from tests.conftest import make_layer
 
 
 def test_compile_adapters_compiles_every_layer_lazily():
-    from smore_gnn.methods import build_for_budget, smore_paper_config
-    from smore_gnn.testing import tiny_llama
+    from smore_gnn.hf.methods import build_for_budget, smore_paper_config
+    from smore_gnn.hf.testing import tiny_llama
 
     base, _ = tiny_llama(seed=0)
     model, _ = build_for_budget("smore", base, smore_paper_config(rank=[2, 2]), seed=0)

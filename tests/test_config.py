@@ -6,7 +6,8 @@ import warnings
 
 import pytest
 
-from smore_gnn import SMoREConfig, counting
+from smore_gnn import SMoREConfig
+from smore_gnn.nn import counting
 
 
 def test_defaults_and_derived():

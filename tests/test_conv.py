@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from smore_gnn import SMoREConv
-from smore_gnn.conv import FAST_TANH_MIN_NUMEL, _SigmoidTanh, make_activation, tanh
+from smore_gnn.nn.conv import FAST_TANH_MIN_NUMEL, _SigmoidTanh, make_activation, tanh
 
 EDGES = torch.tensor([[0, 1, 2, 3], [0, 0, 1, 1]])  # 4 children, 2 parents
 WEIGHT = torch.tensor([0.5, 2.0, 1.0, -1.0])

@@ -1,4 +1,4 @@
-"""smore_gnn.counting: tree sizes, message widths and the Theorem 3.3 / 3.4 counts."""
+"""smore_gnn.nn.counting: tree sizes, message widths and the Theorem 3.3 / 3.4 counts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from smore_gnn.counting import (
+from smore_gnn.nn.counting import (
     check_layers,
     figure2_values,
     message_dims,

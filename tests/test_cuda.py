@@ -14,8 +14,8 @@ import os
 import pytest
 import torch
 
-from smore_gnn.experts import residual_costs
-from smore_gnn.gates import softmax_rows, uses_transposed_softmax
+from smore_gnn.nn.experts import residual_costs
+from smore_gnn.nn.gates import softmax_rows, uses_transposed_softmax
 from tests.conftest import make_layer
 
 DEVICE = os.environ.get("SMORE_GNN_TEST_DEVICE", "cuda")
@@ -129,8 +129,8 @@ def test_bf16_layer_on_device():
 
 
 def test_wrapped_model_trains_and_generates_on_device():
-    from smore_gnn.methods import build_for_budget, smore_paper_config
-    from smore_gnn.testing import tiny_llama
+    from smore_gnn.hf.methods import build_for_budget, smore_paper_config
+    from smore_gnn.hf.testing import tiny_llama
 
     base, _ = tiny_llama(seed=0)
     model, _ = build_for_budget("smore", base, smore_paper_config(rank=[2, 2]), seed=0)

@@ -1,4 +1,4 @@
-"""Tests for smore_gnn.data: JSONL loading and validation, templates, tokenization, collation."""
+"""smore_gnn.data.records: JSONL loading and validation, templates, tokenization, collation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from smore_gnn.data import (
+from smore_gnn.data.records import (
     IGNORE_INDEX,
     SFTDataset,
     answer_index,
@@ -20,7 +20,7 @@ from smore_gnn.data import (
     make_collator,
     tokenize_example,
 )
-from smore_gnn.testing import byte_tokenizer, tiny_llama
+from smore_gnn.hf.testing import byte_tokenizer, tiny_llama
 
 MC = {"question": "What is 2+2?", "choices": ["3", "4", "5"], "answer": 1}
 SFT = {"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"}

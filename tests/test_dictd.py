@@ -1,4 +1,4 @@
-"""Tests for smore_gnn.datasets.dictd on small dictd files written by hand in each test."""
+"""Tests for smore_gnn.data.dictd on small dictd files written by hand in each test."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smore_gnn.datasets.dictd import (
+from smore_gnn.data.dictd import (
     DictdDatabase,
     decode_b64,
     encode_b64,

@@ -1,4 +1,4 @@
-"""smore_gnn.eval: the three multiple-choice scorers agree with slow oracles; per-task accuracy."""
+"""smore_gnn.train.evaluation: the multiple-choice scorers agree with slow oracles."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from smore_gnn.data import mc_prompt
-from smore_gnn.eval import (
+from smore_gnn.data.records import mc_prompt
+from smore_gnn.hf.methods import smore_paper_config
+from smore_gnn.hf.model import get_smore_model
+from smore_gnn.hf.testing import byte_tokenizer, tiny_llama
+from smore_gnn.train.evaluation import (
     answer_text_accuracy,
     batches,
     evaluate_mc,
     letter_accuracy,
     multiple_choice_accuracy,
 )
-from smore_gnn.methods import smore_paper_config
-from smore_gnn.model import get_smore_model
-from smore_gnn.testing import byte_tokenizer, tiny_llama
 
 MC = {"question": "What is 2+2?", "choices": ["3", "4", "5"], "answer": 1}
 SFT = {"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"}

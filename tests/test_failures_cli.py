@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from smore_gnn.cli import main
-from smore_gnn.data import SFTDataset, read_dataset
-from smore_gnn.testing import byte_tokenizer
+from smore_gnn.cli.commands import main
+from smore_gnn.data.records import SFTDataset, read_dataset
+from smore_gnn.hf.testing import byte_tokenizer
 
 TINY = ["--model", "tiny", "--n-train", "8", "--n-test", "4", "--max-steps", "1", "--batch-size",
         "4", "--max-length", "160", "--no-progress", "--smore", '{"rank": [2, 2]}']  # fmt: skip
@@ -40,12 +40,12 @@ def test_failure_2_bad_eval_record_stops_before_training(tmp_path, capsys):
 
 
 def test_failure_2_adapter_is_saved_before_the_post_training_evaluation(tmp_path, monkeypatch):
-    import smore_gnn.eval
+    import smore_gnn.train.evaluation
 
     def broken(*args, **kwargs):
         raise RuntimeError("evaluation crashed")
 
-    monkeypatch.setattr(smore_gnn.eval, "evaluate_mc", broken)
+    monkeypatch.setattr(smore_gnn.train.evaluation, "evaluate_mc", broken)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="evaluation crashed"):
         main(["finetune", *TINY, "--no-eval-before", "--output-dir", str(out)])
@@ -66,7 +66,7 @@ def test_failure_2_unwritable_output_dir_and_bad_targets_stop_early(tmp_path, ca
 
 
 def test_failure_5_yaml_values_are_type_checked(tmp_path, capsys):
-    from smore_gnn.cli_parse import parse
+    from smore_gnn.cli.parse import parse
 
     config = tmp_path / "c.yaml"
     config.write_text('progress: "false"\nlr: 1e-3\neval_before: "no"\n')

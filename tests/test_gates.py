@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from smore_gnn import gates
-from smore_gnn.gates import (
+from smore_gnn.nn import gates
+from smore_gnn.nn.gates import (
     cv_squared,
     dense_gate,
     noisy_topk_gate,

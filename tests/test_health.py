@@ -27,7 +27,7 @@ from smore_gnn.analysis import (
     token_texts,
     tree_signature,
 )
-from smore_gnn.tree import RoutingTree
+from smore_gnn.nn.tree import RoutingTree
 from tests.conftest import make_layer
 
 
@@ -209,11 +209,11 @@ def test_last_forward_health_leaves_padding_out():
 
 def tiny_smore():
     try:
-        from smore_gnn.testing import tiny_llama
-    except ImportError:  # until the fixtures move to smore_gnn.testing
-        from smore_gnn.loading import tiny_llama
-    from smore_gnn.methods import smore_paper_config
-    from smore_gnn.model import get_smore_model
+        from smore_gnn.hf.testing import tiny_llama
+    except ImportError:  # until the fixtures move to smore_gnn.hf.testing
+        from smore_gnn.hf.loading import tiny_llama
+    from smore_gnn.hf.methods import smore_paper_config
+    from smore_gnn.hf.model import get_smore_model
 
     model, tokenizer = tiny_llama(num_layers=1)
     torch.manual_seed(0)

@@ -5,8 +5,8 @@ import torch
 from torch_geometric.utils import scatter
 
 from smore_gnn import SMoREConv
-from smore_gnn.experts import ResidualCosts, ResidualExperts, residual_costs, set_residual_costs
-from smore_gnn.gates import softmax_rows
+from smore_gnn.nn.experts import ResidualCosts, ResidualExperts, residual_costs, set_residual_costs
+from smore_gnn.nn.gates import softmax_rows
 from tests.conftest import make_layer
 
 

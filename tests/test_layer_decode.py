@@ -1,4 +1,4 @@
-"""The decode-step forward of ``SMoRELinear`` (``smore_gnn.decode_layer``, issue 13).
+"""The decode-step forward of ``SMoRELinear`` (``smore_gnn.nn.decode``, issue 13).
 
 An eval forward of up to ``SMALL_MAX_TOKENS`` tokens without autograd takes the fused path (one
 GEMM with the router's ``W_u D`` rows, folded biases and scales, batched child sums). It must
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import smore_gnn.decode_layer as decode_layer
-from smore_gnn.dense import dense_delta
+import smore_gnn.nn.decode as decode_layer
+from smore_gnn.nn.reference import dense_delta
 from tests.conftest import make_layer
 
 CONFIGS = [
@@ -45,7 +45,7 @@ def test_decode_step_equals_the_general_path(config, dtype, monkeypatch):
     calls = []
     real = decode_layer.small_forward
     monkeypatch.setattr(
-        "smore_gnn.layer.small_forward", lambda *a: calls.append(1) or real(*a)
+        "smore_gnn.nn.layer.small_forward", lambda *a: calls.append(1) or real(*a)
     )  # fmt: skip
     for m in (None, mask):
         if m is not None:
@@ -77,7 +77,7 @@ def test_where_the_decode_step_applies(monkeypatch):
     layer = make_layer(torch.float64, gate_type="switch").eval()
     calls = []
     real = decode_layer.small_forward
-    monkeypatch.setattr("smore_gnn.layer.small_forward", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr("smore_gnn.nn.layer.small_forward", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
         layer(torch.randn(decode_layer.SMALL_MAX_TOKENS, 8, dtype=torch.float64))
         assert len(calls) == 1
@@ -109,7 +109,7 @@ def test_decode_weights_follow_updates():
 
 
 def test_a_stored_mask_is_resolved_once_and_follows_changes(monkeypatch):
-    import smore_gnn.decode_layer as dl
+    import smore_gnn.nn.decode as dl
 
     layers = [make_layer(torch.float64, gate_type="switch", seed=s).eval() for s in (0, 1)]
     x = torch.randn(2, 3, 8, dtype=torch.float64)
@@ -134,7 +134,7 @@ def test_a_stored_mask_is_resolved_once_and_follows_changes(monkeypatch):
 
 
 def test_only_registrations_on_adapter_modules_invalidate_the_caches():
-    from smore_gnn import staleness
+    from smore_gnn.nn import staleness
 
     layer = make_layer(torch.float32, gate_type="switch").eval()
     epoch = staleness._EPOCH[0]

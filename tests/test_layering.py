@@ -19,52 +19,34 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("smore_gnn", "theory")
 
-CORE_MODULES = (
-    "config", "counting", "gates", "router", "masks", "tree", "experts", "conv", "layer",
-    "balance_grad", "dense", "accounting", "runtime", "routing", "decode_layer", "routing_result",
-    "staleness",
-)  # fmt: skip
-
-# Layer -> module name patterns (fnmatch on dotted names). An exact name wins over a pattern;
-# among patterns the first matching layer wins.
+# Layer -> module name patterns (fnmatch on dotted names): one line per sub-package. An exact
+# name wins over a pattern; among patterns the first matching layer wins.
 LAYERS: dict[str, tuple[str, ...]] = {
-    # The adapter itself (torch + PyG only) and the package facade that re-exports it.
-    "core": ("smore_gnn", *(f"smore_gnn.{m}" for m in CORE_MODULES)),
+    "facade": ("smore_gnn",),
+    "core": ("smore_gnn.nn", "smore_gnn.nn.*", "smore_gnn._version"),
     "analysis": ("smore_gnn.analysis", "smore_gnn.analysis.*"),
-    "viz": ("smore_gnn.viz", "smore_gnn.viz.*", "smore_gnn.tree_text"),
-    "data": ("smore_gnn.data", "smore_gnn.datasets", "smore_gnn.datasets.*"),
-    "integration": (
-        "smore_gnn.model",
-        "smore_gnn.save",
-        "smore_gnn.methods",
-        "smore_gnn.peft_*",
-        "smore_gnn.loading",
-    ),
-    "training": ("smore_gnn.training", "smore_gnn.eval", "smore_gnn.optim"),
-    "testing": ("smore_gnn.testing",),
-    # Command-line entry points; `python -m smore_gnn.datasets build` reads a model's tokenizer.
-    "cli": (
-        "smore_gnn.cli",
-        "smore_gnn.cli_*",
-        "smore_gnn.__main__",
-        "smore_gnn.datasets.__main__",
-    ),
+    "viz": ("smore_gnn.viz", "smore_gnn.viz.*"),
+    "data": ("smore_gnn.data", "smore_gnn.data.*"),
+    "hf": ("smore_gnn.hf", "smore_gnn.hf.*"),
+    "train": ("smore_gnn.train", "smore_gnn.train.*"),
+    # `python -m smore_gnn.data build` is a command: it may read a model's tokenizer.
+    "cli": ("smore_gnn.cli", "smore_gnn.cli.*", "smore_gnn.data.__main__"),
     "theory": ("theory", "theory.*"),
 }
 
 # Layer -> the layers it may import (itself included). Read it bottom-up:
-# core <- analysis <- viz; core <- integration <- training/eval <- cli; theory -> core.
+# core <- analysis <- viz; core <- hf <- train <- cli; data <- train; theory -> core.
 MAY_IMPORT: dict[str, set[str]] = {
     "core": {"core"},
     "analysis": {"core", "analysis"},
     "viz": {"core", "analysis", "viz"},
-    "data": {"core", "data"},
-    "integration": {"core", "analysis", "integration"},
-    "training": {"core", "analysis", "data", "integration", "training"},
-    "testing": {"core", "data", "integration", "testing"},
-    # The CLI's ``--model tiny`` alias builds smore_gnn.testing's tiny Llama.
-    "cli": {"core", "analysis", "viz", "data", "integration", "training", "testing", "cli"},
-    "theory": {"core", "analysis", "viz", "theory"},
+    "data": {"data"},
+    "hf": {"core", "analysis", "hf"},
+    "train": {"core", "analysis", "data", "hf", "train"},
+    "cli": {"core", "analysis", "viz", "data", "hf", "train", "cli"},
+    # The facade re-exports the adapter and, on first use, the Hugging Face names.
+    "facade": {"core", "hf", "train", "facade"},
+    "theory": {"facade", "core", "analysis", "viz", "theory"},
 }
 
 # What the core may import besides the standard library (torch_scatter: the optional kernel).
@@ -270,12 +252,12 @@ def test_core_needs_only_torch_and_pyg():
 
 @pytest.mark.parametrize("runtime_only", [False, True])
 def test_the_checker_sees_lazy_relative_and_importlib_imports(runtime_only):
-    known = {"smore_gnn", "smore_gnn.config", "smore_gnn.model", "smore_gnn.viz", "theory",
+    known = {"smore_gnn", "smore_gnn.nn.config", "smore_gnn.hf.model", "smore_gnn.viz", "theory",
              "theory.closed_form", "smore_gnn.analysis", "smore_gnn.analysis.routing"}  # fmt: skip
     source = (
         "from typing import TYPE_CHECKING\nimport importlib\nimport torch\n"
-        "if TYPE_CHECKING:\n    from smore_gnn.model import SMoREModel\n"
-        "def f():\n    from ..config import SMoREConfig\n"
+        "if TYPE_CHECKING:\n    from smore_gnn.hf.model import SMoREModel\n"
+        "def f():\n    from ..nn.config import SMoREConfig\n"
         "    return importlib.import_module('theory.closed_form')\n"
         "def g(name):\n    return importlib.import_module(name)\n"
         "from . import routing\n"
@@ -283,8 +265,8 @@ def test_the_checker_sees_lazy_relative_and_importlib_imports(runtime_only):
     edges, dynamic = imports_of("smore_gnn.analysis", source, True, known)
     found = {(b, runtime) for _, b, _, runtime in edges}
     assert found == {
-        ("smore_gnn.model", False),
-        ("smore_gnn.config", True),
+        ("smore_gnn.hf.model", False),
+        ("smore_gnn.nn.config", True),
         ("theory.closed_form", True),
         ("smore_gnn.analysis.routing", True),
     }

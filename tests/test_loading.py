@@ -1,4 +1,4 @@
-"""Tests for smore_gnn.loading (spec resolution, offline loading) and smore_gnn.testing."""
+"""Tests for smore_gnn.hf.loading (spec resolution, offline loading) and smore_gnn.hf.testing."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 
-from smore_gnn import loading
-from smore_gnn.loading import load_model_and_tokenizer, resolve_model_path
-from smore_gnn.testing import byte_tokenizer, tiny_llama
+from smore_gnn.hf import loading
+from smore_gnn.hf.loading import load_model_and_tokenizer, resolve_model_path
+from smore_gnn.hf.testing import byte_tokenizer, tiny_llama
 
 
 def fake_spec(monkeypatch: pytest.MonkeyPatch, spec: object) -> None:

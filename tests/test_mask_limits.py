@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smore_gnn.masks import flat_mask
-from smore_gnn.peft_mask import token_mask
+from smore_gnn.hf.mask import token_mask
+from smore_gnn.nn.masks import flat_mask
 
 RIGHT_PADDED = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 0]])  # [batch 3, seq 3], not symmetric
 

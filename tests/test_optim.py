@@ -1,4 +1,4 @@
-"""smore_gnn.optim.param_groups: router parameters at lr * router_lr_scale (issue 10 item 3)."""
+"""smore_gnn.train.optim.param_groups: router parameters at lr * router_lr_scale."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from smore_gnn import SMoREConfig, SMoRELinear
-from smore_gnn.optim import param_groups
+from smore_gnn.train.optim import param_groups
 
 
 def _model() -> nn.Module:

@@ -14,13 +14,13 @@ import torch
 from peft.utils import register_peft_method
 
 from smore_gnn import SMoREConfig, SMoRELinear
-from smore_gnn.model import SMoREModel, get_smore_model
-from smore_gnn.save import CONFIG_NAME
+from smore_gnn.hf.model import SMoREModel, get_smore_model
+from smore_gnn.hf.save import CONFIG_NAME
 
 try:
-    from smore_gnn.testing import byte_tokenizer, tiny_llama
-except ImportError:  # before smore_gnn.testing existed
-    from smore_gnn.loading import byte_tokenizer, tiny_llama  # noqa: F401
+    from smore_gnn.hf.testing import byte_tokenizer, tiny_llama
+except ImportError:  # before smore_gnn.hf.testing existed
+    from smore_gnn.hf.loading import byte_tokenizer, tiny_llama  # noqa: F401
 
 CFG = SMoREConfig(num_experts=[4, 4], fanout=[2, 2], rank=[4, 4], gate_type="switch")
 CFG_B = SMoREConfig(num_experts=[3], fanout=[2], rank=[2], gate_type="switch")
@@ -261,7 +261,7 @@ def _save_like_0_1(sm, directory):
     """The 0.1 writer (save.save_adapter before the atomic save), kept as a fixture."""
     from safetensors.torch import save_file
 
-    from smore_gnn.save import WEIGHTS_NAME, adapter_parameters
+    from smore_gnn.hf.save import WEIGHTS_NAME, adapter_parameters
 
     directory.mkdir(parents=True, exist_ok=True)
     meta = {

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smore_gnn import SMoREConfig, SMoRELinear, SMoRERouter, count_parameters
-from smore_gnn.router import RoutingResult
+from smore_gnn.nn.router import RoutingResult
 from tests.conftest import make_layer
 
 KEYS = [[3.0, 0.0], [0.0, 0.5]]  # two top-layer keys of different, non-unit norms

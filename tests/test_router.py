@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from smore_gnn import SMoREConfig, SMoRERouter
-from smore_gnn.gates import cv_squared
+from smore_gnn.nn.gates import cv_squared
 
 
 def _constant_router(cfg: SMoREConfig, query: list[float], keys: list[list[float]]):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from smore_gnn import SMoREConfig
-from smore_gnn.gates import z_loss
-from smore_gnn.optim import param_groups
-from smore_gnn.router import LayerRouter, SMoRERouter
+from smore_gnn.nn.gates import z_loss
+from smore_gnn.nn.router import LayerRouter, SMoRERouter
+from smore_gnn.train.optim import param_groups
 
 GATES = ("switch", "noisy_topk", "dense")
 
@@ -146,8 +146,8 @@ def test_options_round_trip_and_default_off():
 
 
 def test_learned_scale_and_options_survive_save_and_load(tmp_path):
-    from smore_gnn.model import SMoREModel, get_smore_model
-    from smore_gnn.testing import tiny_llama
+    from smore_gnn.hf.model import SMoREModel, get_smore_model
+    from smore_gnn.hf.testing import tiny_llama
 
     cfg = SMoREConfig(num_experts=[3, 2], fanout=[2, 1], rank=[2, 2], gate_type="switch",
                       logit_scale=4.0, learn_logit_scale=True, router_input_norm=True,

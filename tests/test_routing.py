@@ -1,4 +1,4 @@
-"""The router's fast path (``smore_gnn.routing``, issue 13) equals the paper's formulation,
+"""The router's fast path (``smore_gnn.nn.routing``, issue 13) equals the paper's formulation,
 :meth:`SMoRERouter.route_reference` (layer routers on concatenated inputs).
 
 The forward splits ``fc1`` (and the noise layer) by input blocks and folds the head; in eval
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from smore_gnn import SMoREConfig, SMoRERouter
-from smore_gnn.routing import build_tables, routing_tables
+from smore_gnn.nn.routing import build_tables, routing_tables
 
 CONFIGS = [
     dict(gate_type="switch"),

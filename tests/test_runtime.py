@@ -1,4 +1,4 @@
-"""Tests for smore_gnn.runtime: the thread-count choice, and that imports leave torch alone."""
+"""Tests for smore_gnn.nn.runtime: the thread-count choice, and that imports leave torch alone."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from smore_gnn import runtime
+from smore_gnn.nn import runtime
 
 
 @pytest.fixture(autouse=True)

@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from smore_gnn import SMoREConfig, SMoRELinear
-from smore_gnn import save as folder
-from smore_gnn.model import SMoREModel, get_smore_model, load_adapter, save_adapter
-from smore_gnn.save import CONFIG_NAME, WEIGHTS_NAME
-from smore_gnn.testing import tiny_llama
+from smore_gnn.hf import save as folder
+from smore_gnn.hf.model import SMoREModel, get_smore_model, load_adapter, save_adapter
+from smore_gnn.hf.save import CONFIG_NAME, WEIGHTS_NAME
+from smore_gnn.hf.testing import tiny_llama
 
 
 def _tiny(hidden: int = 32, layers: int = 2):
@@ -183,9 +183,9 @@ def test_failed_resave_keeps_the_old_adapter_and_other_files(tmp_path, monkeypat
 
 _KILLED_SAVE = """
 import os, sys, torch
-from smore_gnn import save as folder
-from smore_gnn.model import SMoREModel
-from smore_gnn.testing import tiny_llama
+from smore_gnn.hf import save as folder
+from smore_gnn.hf.model import SMoREModel
+from smore_gnn.hf.testing import tiny_llama
 out, kill_at = sys.argv[1], int(sys.argv[2])
 sm = SMoREModel.from_pretrained(tiny_llama(hidden_size=32, intermediate_size=64)[0], out)
 with torch.no_grad():

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smore_gnn import staleness
-from smore_gnn.decode_layer import SMALL_MAX_TOKENS
+from smore_gnn.nn import staleness
+from smore_gnn.nn.decode import SMALL_MAX_TOKENS
 from tests.conftest import make_layer
 
 SIZES = {"decode path": 3, "stacked GEMM path": SMALL_MAX_TOKENS + 6}

@@ -52,7 +52,7 @@ SMALL = [
 
 @pytest.mark.parametrize("num_experts, fanout, smore, momor, star", HAND)
 def test_closed_forms_against_hand_values(num_experts, fanout, smore, momor, star):
-    """theory's names for the formulas of smore_gnn.counting, and the enumeration's count."""
+    """theory's names for the formulas of smore_gnn.nn.counting, and the enumeration's count."""
     assert gamma_smore(num_experts, fanout) == smore
     assert gamma_momor_bound(num_experts, fanout) == momor
     assert gamma_smore_star(num_experts, fanout) == star

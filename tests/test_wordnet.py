@@ -1,4 +1,4 @@
-"""Tests for smore_gnn.datasets.wordnet: parsing, the question builder and the bundled copy."""
+"""Tests for smore_gnn.data.wordnet: parsing, the question builder and the bundled copy."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from smore_gnn.data import detect_format, load_jsonl
-from smore_gnn.datasets import load_bundled, wordnet
-from smore_gnn.datasets.__main__ import main
-from smore_gnn.datasets.wordnet import (
+from smore_gnn.data import load_bundled, wordnet
+from smore_gnn.data.__main__ import main
+from smore_gnn.data.records import detect_format, load_jsonl
+from smore_gnn.data.wordnet import (
     NOUN_CATEGORIES,
     TYPES,
     build_wordnet_mc,
@@ -121,7 +121,7 @@ def test_bundled_copy_loads_with_expected_sizes_and_disjoint_synsets() -> None:
 def test_bundled_copy_ships_licence_and_stays_small() -> None:
     folder = Path(wordnet.__file__).parents[1] / "resources" / "wordnet_mc"
     assert "WordNet 3.0 Copyright 2006 by Princeton University" in (folder / "LICENSE").read_text()
-    assert "python -m smore_gnn.datasets build wordnet" in (folder / "README.md").read_text()
+    assert "python -m smore_gnn.data build wordnet" in (folder / "README.md").read_text()
     assert sum(p.stat().st_size for p in folder.iterdir()) < 1.5e6
 
 

@@ -1,6 +1,6 @@
 """Closed forms of the structural-flexibility counts (docs/spec.md §7; arXiv 2504.06426).
 
-The formulas live once, in :mod:`smore_gnn.counting`; this module keeps theory's historical
+The formulas live once, in :mod:`smore_gnn.nn.counting`; this module keeps theory's historical
 names (``gamma_smore``, ``gamma_momor_bound``, ...) as thin aliases so that every check in
 ``theory`` reads like the paper. Per-layer lists are indexed bottom first, as in
 :class:`smore_gnn.SMoREConfig`: ``num_experts[l] = s_l`` and ``fanout[l] = f_l``; the top layer
@@ -9,7 +9,7 @@ names (``gamma_smore``, ``gamma_momor_bound``, ...) as thin aliases so that ever
 
 from __future__ import annotations
 
-from smore_gnn.counting import (
+from smore_gnn.nn.counting import (
     check_layers,
     figure2_values,
     momor_upper_bound,

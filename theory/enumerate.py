@@ -1,6 +1,6 @@
 """Every routing structure the hierarchical router can produce, as batched ``RoutingTree``s.
 
-How many there are is :func:`smore_gnn.counting.num_structures` (Theorem 3.4, re-exported
+How many there are is :func:`smore_gnn.nn.counting.num_structures` (Theorem 3.4, re-exported
 here as ``num_structures``: the product of all digit radices below).
 
 The root picks one ``f_{L-1}``-subset of the top layer; every parent in layer ``l + 1`` picks,
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from smore_gnn import RoutingTree
-from smore_gnn.counting import nodes_per_layer, num_structures
+from smore_gnn.nn.counting import nodes_per_layer, num_structures
 
 
 @lru_cache(maxsize=128)

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from smore_gnn.layer import SMoRELinear
-from smore_gnn.tree import RoutingTree
+from smore_gnn.nn.layer import SMoRELinear
+from smore_gnn.nn.tree import RoutingTree
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def adapters_of(model: nn.Module) -> dict[str, SMoRELinear]:
     if not layers:
         raise ValueError(
             f"{type(model).__name__} has no S'MoRE adapters; wrap it with "
-            "smore_gnn.model.get_smore_model(model, config) first"
+            "smore_gnn.hf.model.get_smore_model(model, config) first"
         )
     return layers
 
@@ -188,7 +188,7 @@ def text_batches(
 
     Args:
         tokenizer: a Hugging Face tokenizer (its pad token, or else eos, pads).
-        texts: one text per sequence, e.g. ``smore_gnn.data.mc_prompt(record)``.
+        texts: one text per sequence, e.g. ``smore_gnn.data.records.mc_prompt(record)``.
         batch_size: sequences per batch.
         max_length: longer texts are truncated.
 

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from smore_gnn.analysis.collect import CollectedRouting, collect_routings
 from smore_gnn.analysis.metrics import median, module_health
-from smore_gnn.layer import SMoRELinear
-from smore_gnn.tree import RoutingTree
+from smore_gnn.nn.layer import SMoRELinear
+from smore_gnn.nn.tree import RoutingTree
 
 
 def task_codes(collected: CollectedRouting, seed: int | None = None) -> tuple[Tensor, list[str]]:

@@ -1,6 +1,6 @@
 """Routing-health metrics of one adapted module's routed sub-trees (one definition each).
 
-All functions read a :class:`~smore_gnn.tree.RoutingTree` whose tokens are the ones to measure
+All functions read a :class:`~smore_gnn.nn.tree.RoutingTree` whose tokens are the ones to measure
 (padding already removed, see :mod:`smore_gnn.analysis.collect`). Definitions, for expert layer
 ``l`` with ``s_l`` experts and fanout ``f_l``; a *routing event* is one parent (a node of layer
 ``l + 1``, or the root for the top layer) picking its ``f_l`` children, so a token has
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from smore_gnn.analysis.information import load_entropy, normalized_mutual_info
-from smore_gnn.tree import RoutingTree
+from smore_gnn.nn.tree import RoutingTree
 
 COLLAPSE_SHARE = 0.9  # an expert picked by more than 90 % of the events
 COLLAPSE_ENTROPY = 0.3  # entropy rescaled from [log f, log s] to [0, 1] below 0.3

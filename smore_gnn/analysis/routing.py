@@ -14,9 +14,9 @@ from torch import Tensor
 
 from smore_gnn.analysis.information import load_entropy
 from smore_gnn.analysis.metrics import load_health
-from smore_gnn.layer import SMoRELinear
-from smore_gnn.router import RoutingResult
-from smore_gnn.tree import RoutingTree
+from smore_gnn.nn.layer import SMoRELinear
+from smore_gnn.nn.router import RoutingResult
+from smore_gnn.nn.tree import RoutingTree
 
 TreeLike = RoutingTree | RoutingResult | SMoRELinear
 

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from smore_gnn.analysis import TreeLike, as_tree, coroute_counts, expert_counts, num_experts_of
-from smore_gnn.counting import figure2_values, smore_star_structures
+from smore_gnn.nn.counting import figure2_values, smore_star_structures
 from smore_gnn.viz._common import grid, new_axes, save
 
 
@@ -189,13 +189,13 @@ def plot_gamma_vs_layers(
 
     S'MoRE's exact count (Theorem 3.4) against MoMOR's upper bound (Theorem 3.3), log scale,
     for ``s`` experts and fanout ``f`` in every layer. The values come from
-    :mod:`smore_gnn.counting` (docs/spec.md §7).
+    :mod:`smore_gnn.nn.counting` (docs/spec.md §7).
 
     Args:
         s: experts per layer.
         f: fanout per layer.
         max_layers: plot ``L = 1 .. max_layers``.
-        show_star: add the S'MoRE* count (:func:`smore_gnn.counting.smore_star_structures`).
+        show_star: add the S'MoRE* count (:func:`smore_gnn.nn.counting.smore_star_structures`).
         measured: brute-force counts ``{"smore" | "momor" | "smore_star": {L: count}}``
             (e.g. from ``theory.count.measure``), drawn as black crosses on the curves.
         ax: draw into these axes (default: a new figure).

@@ -1,0 +1,199 @@
+"""A bank of low-rank residual experts of one layer: ``B^i (A^i x + a^i) + b^i``.
+
+See docs/spec.md §2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smore_gnn.nn.staleness import cached
+
+
+@dataclass(frozen=True)
+class ResidualCosts:
+    """Relative cost of the two ways :meth:`ResidualExperts.residuals` evaluates picked experts.
+
+    A multiply-add inside one GEMM costs 1; ``bmm`` is one inside the small per-expert batched
+    matmuls, ``gather`` each gathered output element (forward gather plus backward scatter).
+    """
+
+    bmm: float
+    gather: float
+
+
+# Per device type (``tensor.device.type``). Only the CPU entry is measured (fitted on the
+# benchmarks in BENCHMARKS.md). A device type without an entry counts multiply-adds alone
+# (``_UNFITTED``: the fewest FLOPs win, i.e. compute-all-and-gather) until constants are set
+# with :func:`set_residual_costs` (``bench/adapter_speed.py`` times both paths).
+_FITTED = {"cpu": ResidualCosts(bmm=1.85, gather=15.0)}
+_UNFITTED = ResidualCosts(bmm=1.0, gather=0.0)
+RESIDUAL_COSTS: dict[str, ResidualCosts] = dict(_FITTED)
+PATHS = ("auto", "masked", "gather")
+#: Up to this many picked nodes (``N K``: a decode step, a short prompt) ``"auto"`` takes
+#: compute-all-and-gather on every device: the fewest operations, where per-op overhead
+#: dominates the arithmetic (56 vs 71 us for one token's 2 or 4 picks on the benchmark CPU).
+GATHER_MAX_NODES = 64
+
+
+def residual_costs(device_type: str) -> ResidualCosts:
+    """The cost constants used on ``device_type`` (FLOPs alone when none is set)."""
+    return RESIDUAL_COSTS.get(device_type, _UNFITTED)
+
+
+def set_residual_costs(device_type: str, costs: ResidualCosts | None) -> None:
+    """Override the cost constants of ``device_type`` (``None`` restores the default).
+
+    Example: ``set_residual_costs("cuda", ResidualCosts(bmm=1.0, gather=4.0))``. To force one
+    path on one bank instead, set ``bank.path = "masked"`` or ``"gather"``.
+    """
+    if costs is None:
+        RESIDUAL_COSTS.pop(device_type, None)
+        RESIDUAL_COSTS.update({k: v for k, v in _FITTED.items() if k == device_type})
+        return
+    if not isinstance(costs, ResidualCosts) or costs.bmm <= 0 or costs.gather < 0:
+        raise ValueError(
+            f"Expected ResidualCosts(bmm > 0, gather >= 0) for {device_type!r} (got {costs!r})"
+        )
+    RESIDUAL_COSTS[device_type] = costs
+
+
+def _stack(parts: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
+              for p in parts]  # fmt: skip
+    bias = torch.cat(biases) if any(p.bias is not None for p in parts) else None
+    return torch.cat([p.weight for p in parts]), bias
+
+
+def _part_tensors(parts: list[nn.Linear]) -> list[Tensor]:
+    return [t for p in parts for t in (p.weight, p.bias) if t is not None]
+
+
+def stacked_linear(x: Tensor, parts: list[nn.Linear], cache: dict | None = None) -> Tensor:
+    """``x @ [W_1; W_2; ...]^T + [b_1; b_2; ...]``: ONE GEMM for several linears sharing ``x``.
+
+    Without autograd (evaluation, generation) and given a ``cache`` dict, the stacked weight
+    is kept there and rebuilt only when a part changes or an optimizer steps
+    (:func:`smore_gnn.nn.staleness.cached`), so a decode step does not copy the weights again;
+    with autograd it is stacked per call (the gradient flows to every part).
+    """
+    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return F.linear(x, *_stack(parts))
+    return F.linear(x, *cached(cache, "stacked", parts, _part_tensors, _stack))
+
+
+class ResidualExperts(nn.Module):
+    """``num_experts`` experts ``A^i: rank x in_features``, ``B^i: out_features x rank``.
+
+    The ``A`` of all experts is stored as one matrix ``[num_experts * rank, in_features]`` so
+    that one GEMM projects every token onto every expert (docs/spec.md §10).
+    """
+
+    def __init__(
+        self, in_features: int, num_experts: int, rank: int, out_features: int, bias: bool = True
+    ):
+        super().__init__()
+        self.num_experts, self.rank, self.out_features = num_experts, rank, out_features
+        self.lora_A = nn.Linear(in_features, num_experts * rank, bias=bias)
+        self.lora_B = nn.Parameter(torch.empty(num_experts, out_features, rank))
+        self.lora_B_bias = nn.Parameter(torch.empty(num_experts, out_features)) if bias else None
+        self.path = "auto"  # or "masked" / "gather": force one way of evaluating picked experts
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform ``A`` and ``B`` (as ``nn.Linear`` does), zero biases."""
+        self.lora_A.reset_parameters()
+        if self.lora_A.bias is not None:
+            nn.init.zeros_(self.lora_A.bias)
+        bound = 1.0 / math.sqrt(self.rank)  # kaiming_uniform(a=sqrt(5)) with fan_in = rank
+        nn.init.uniform_(self.lora_B, -bound, bound)
+        if self.lora_B_bias is not None:
+            nn.init.zeros_(self.lora_B_bias)
+
+    @torch.no_grad()
+    def init_slots(self) -> None:
+        """Proposition 3.2's experts: ``B^i`` writes its ``r`` coordinates into slot ``i`` of
+        the ``s r`` outputs (identity there, zero elsewhere); biases zero."""
+        r = self.rank
+        self.lora_B.zero_()
+        for i in range(self.num_experts):
+            self.lora_B[i, i * r : (i + 1) * r, :] = torch.eye(r)
+        for bias in (self.lora_A.bias, self.lora_B_bias):
+            if bias is not None:
+                bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Residuals of every expert for every token: ``[N, d] -> [N, s, d_out]``."""
+        h = self.lora_A(x).view(x.size(0), self.num_experts, self.rank)  # [N, s, r]
+        out = torch.einsum("nsr,sor->nso", h, self.lora_B)  # [N, s, d_out]
+        return out if self.lora_B_bias is None else out + self.lora_B_bias
+
+    def use_masked(self, picks: int, device_type: str = "cpu") -> bool:
+        """Whether :meth:`residuals` takes the one-hot GEMM (True) or compute-all-and-gather.
+
+        Decided by :attr:`path` if it is ``"masked"`` or ``"gather"``, else (``"auto"``) by
+        the cost constants of ``device_type`` (:func:`residual_costs`).
+        """
+        if self.path not in PATHS:
+            raise ValueError(f"ResidualExperts.path must be one of {PATHS} (got {self.path!r})")
+        if self.path != "auto":
+            return self.path == "masked"
+        s, r = self.num_experts, self.rank
+        costs = residual_costs(device_type)
+        masked = picks * (s * r + s)  # multiply-adds per token and output feature
+        return masked <= costs.bmm * s * r + costs.gather * picks
+
+    def choose_path(self, nodes: int, picks: int, device_type: str = "cpu") -> str:
+        """``"masked"`` or ``"gather"`` for ``nodes`` picked experts, ``picks`` per token:
+        :attr:`path` unless ``"auto"``; then ``"gather"`` for at most
+        :data:`GATHER_MAX_NODES` nodes, else as :meth:`use_masked` decides."""
+        if self.path == "auto" and nodes <= GATHER_MAX_NODES:
+            return "gather"
+        return "masked" if self.use_masked(picks, device_type) else "gather"
+
+    def residuals(self, hidden: Tensor, experts: Tensor, scale: float = 1.0) -> Tensor:
+        """``scale * (B^e hidden_e + b^e)`` of the picked experts, by the cheaper of two ways.
+
+        Args:
+            hidden: ``A x + a`` of every expert, ``[N, s * r]`` (e.g. a slice of one GEMM).
+            experts: picked expert ids ``[N, K]``.
+            scale: the residual scale ``c_l``.
+
+        Returns:
+            ``[N * K, d_out]``, node ``(n, k)`` at row ``n * K + k``.
+
+        *Compute-all* runs every expert's ``B`` on every token (one small batched matmul) and
+        gathers the ``K`` picked rows; *one-hot* zeroes all but the picked expert's ``r``
+        coordinates and runs one GEMM with every ``B`` stacked, ``[N K, s r] @ [s r, d_out]``
+        (the bias as ``s`` one-hot columns): ``K`` times the multiply-adds but no gather and no
+        scatter in the backward pass (:meth:`choose_path` picks).
+        """
+        n, k = experts.shape
+        s, r = self.num_experts, self.rank
+        weight = self.lora_B.transpose(1, 2)  # [s, r, d_out]
+        bias = self.lora_B_bias
+        if scale != 1.0:
+            weight = weight * scale
+            bias = None if bias is None else bias * scale
+        path = self.choose_path(n * k, k, hidden.device.type)
+        if path == "masked":
+            # [N, K, s]; not F.one_hot, which checks the ids' range (a host sync) and copies
+            onehot = hidden.new_zeros(n, k, s).scatter_(2, experts[..., None], 1.0)
+            masked = (hidden.view(n, 1, s, r) * onehot[..., None]).reshape(n * k, s * r)
+            weight = weight.reshape(s * r, -1)  # [s r, d_out]
+            if bias is not None:  # [N K, s r + s] @ [s r + s, d_out]
+                masked = torch.cat([masked, onehot.reshape(n * k, s)], dim=1)
+                weight = torch.cat([weight, bias])
+            return masked @ weight
+        h = hidden.view(n, s, r).transpose(0, 1)  # [s, N, r]
+        every = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias[:, None], h, weight)
+        rows = experts * n + torch.arange(n, device=experts.device)[:, None]  # [N, K] in [s N]
+        return every.reshape(s * n, -1).index_select(0, rows.reshape(-1))  # [N K, d_out]
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, rank={self.rank}, out={self.out_features}"

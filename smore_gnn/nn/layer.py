@@ -1,0 +1,300 @@
+"""``SMoRELinear``: a frozen ``nn.Linear`` plus the S'MoRE adapter delta (docs/spec.md §1, §5).
+
+Forward: route every token top-down, materialise the routed sub-trees as one batched graph,
+then propagate bottom-up with :class:`~smore_gnn.nn.conv.SMoREConv` (``backend="gnn"``) or with
+the dense oracle (``backend="dense"``). On the GNN path one GEMM projects the tokens for the
+router (``D``) and for every expert layer (``A_l``) at once, and each layer's picked residuals
+come from :meth:`~smore_gnn.nn.experts.ResidualExperts.residuals` (docs/spec.md §10). An eval
+forward of a few tokens without autograd (a decode step) takes :mod:`smore_gnn.nn.decode`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from smore_gnn.nn.balance_grad import AttachBalanceLoss, in_backward, probe
+from smore_gnn.nn.config import SMoREConfig
+from smore_gnn.nn.conv import SMoREConv
+from smore_gnn.nn.decode import forward_mask, small_forward, small_forward_applies
+from smore_gnn.nn.experts import ResidualExperts, stacked_linear
+from smore_gnn.nn.masks import check_mask_values
+from smore_gnn.nn.reference import dense_delta
+from smore_gnn.nn.router import RoutingResult, SMoRERouter
+from smore_gnn.nn.staleness import watch
+from smore_gnn.nn.tree import RoutingTree
+
+#: A routed tree is regular (parent ``p`` has children ``p f .. p f + f - 1``): with
+#: ``scatter="native"`` the convs sum it by a reshape (:meth:`SMoREConv.regular_sum`, the same
+#: messages without gather or scatter) up to this many tokens (``None``: any number; ``0``:
+#: message passing always, as ``scatter="torch_scatter"`` does).
+REGULAR_SUM_MAX_TOKENS: int | None = None
+
+
+class SMoRELinear(nn.Module):
+    """Wraps a frozen ``base_layer``; returns ``base_layer(x) + W_proj m_root(x)``.
+
+    Args:
+        base_layer (nn.Linear): the frozen map ``W0``.
+        config (SMoREConfig): adapter configuration.
+
+    Attributes:
+        balance_loss: the last forward's summed balance loss, a scalar to ADD to the loss
+            (see below), or ``None`` before the first forward.
+        last_routing: the last forward's :class:`RoutingResult` (detached).
+        attention_mask: the padding mask a model wrapper sets for the layers of a model that
+            calls them as ``layer(x)`` (see :meth:`forward`).
+
+    **Balance loss and gradient checkpointing.** Train with ``loss = task_loss +
+    sum(layer.balance_loss)`` (``SMoREModel.balance_loss()``), in ONE backward call: the
+    gradients are then the same without and with reentrant or non-reentrant checkpointing
+    (:mod:`smore_gnn.nn.balance_grad`), loss scaling included. Log ``balance_loss.detach()``.
+    """
+
+    def __init__(self, base_layer: nn.Linear, config: SMoREConfig):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"SMoRELinear wraps an nn.Linear (got {type(base_layer).__name__})")
+        if not isinstance(config, SMoREConfig):
+            raise TypeError(f"SMoRELinear expects an SMoREConfig (got {type(config).__name__})")
+        self.base_layer, self.config = base_layer, config
+        self.base_layer.requires_grad_(False)
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        dims, cfg = config.message_dims, config
+        self.router = SMoRERouter(self.in_features, cfg)
+        banks = [
+            ResidualExperts(self.in_features, s, r, dims[l + 1], cfg.bias)
+            for l, (s, r) in enumerate(zip(cfg.num_experts, cfg.rank))
+        ]
+        if cfg.shared_pool:  # S'MoRE#: one pool, registered once per layer, stored once
+            banks = [banks[0]] * cfg.num_layers
+        self.experts = nn.ModuleList(banks)
+        self.convs = nn.ModuleList(
+            SMoREConv(dims[l], dims[l + 1], cfg.expert_act, cfg.propagation, cfg.bias,
+                      scatter=cfg.scatter)
+            for l in range(cfg.num_layers)
+        )  # fmt: skip
+        self.root = SMoREConv(dims[-1], dims[-1], propagation=cfg.propagation, root=True,
+                              scatter=cfg.scatter)  # fmt: skip
+        self.proj = nn.Linear(dims[-1], self.out_features, bias=cfg.bias)
+        weight = base_layer.weight
+        dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+        for module in (self.router, self.experts, self.convs, self.proj):  # not the base layer
+            module.to(device=weight.device, dtype=dtype)
+        self._balance_value: Tensor | None = None  # detached
+        self._balance_routing: RoutingResult | None = None  # lazy statistics, not yet read
+        self._balance_graph: Tensor | None = None  # with grad; dropped by deepcopy/pickle
+        self.register_buffer(
+            "_balance_grad", torch.zeros((), dtype=dtype, device=weight.device), persistent=False
+        )
+        self.last_routing: RoutingResult | None = None
+        self._attention_mask: Tensor | None = None  # the wrapper's mask for this batch
+        self._forward_mask: Tensor | None = None  # the mask the last fresh forward used
+        self.disable_adapters = False  # True: forward returns base_layer(x) (disable_adapter())
+        self._cache: dict = {}  # no-grad stacked projection weight (experts.stacked_linear)
+        self.reset_parameters()
+        watch(self)  # a replaced parameter or submodule invalidates the decode caches
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """``init_method`` (docs/spec.md §5): ``w_final_zero`` (``W_proj = 0``), ``eq_1_layer``
+        (plus Proposition 3.2's construction) or ``normal`` (the authors' default: ``W_proj``
+        Kaiming-uniform like every other weight, so the adapter starts non-zero)."""
+        self.router.reset_parameters()  # keys per config.key_init
+        for bank in self.experts:
+            bank.reset_parameters()
+        for conv in self.convs:
+            conv.reset_parameters()
+            lin = conv.lin
+            if self.config.zero_transition_bias and lin is not None and lin.bias is not None:
+                nn.init.zeros_(lin.bias)  # the authors zero every W_l bias
+        if self.config.init_method == "normal":
+            nn.init.kaiming_uniform_(self.proj.weight, a=math.sqrt(5))  # as the authors' W_final
+        else:
+            nn.init.zeros_(self.proj.weight)
+        if self.proj.bias is not None:
+            nn.init.zeros_(self.proj.bias)
+        if self.config.init_method == "eq_1_layer":
+            self._init_eq_1_layer()
+
+    def _init_eq_1_layer(self) -> None:
+        # B^i writes its r coordinates into slot i of the s r new ones; W_l = [0; I] copies
+        # the old d_l coordinates below them (S'MoRE#: W_l = I, slots shared by all layers).
+        for bank in self.experts:
+            bank.init_slots()
+        for conv in self.convs:
+            if conv.lin is None:
+                continue
+            w = conv.lin.weight  # [d_{l+1}, d_l]
+            w.zero_()
+            w[w.size(0) - w.size(1) :, :] = torch.eye(w.size(1))
+            if conv.lin.bias is not None:
+                conv.lin.bias.zero_()
+
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """``[..., d] -> [..., d_out]``: ``base_layer(x)`` plus the adapter delta.
+
+        Args:
+            x: tokens ``[..., d]`` (zero tokens give the base output, an empty tensor).
+            attention_mask: padding mask, 1/True for real tokens and 0/False for padding,
+                bool or integer/float 0/1, of shape ``x.shape[:-1]`` or flat ``[N]``. Padding
+                enters the adapter as the zero token, left out of every balance statistic.
+                If omitted, the mask set in :attr:`attention_mask` is used (also accepted with
+                ``N`` elements when ``x`` is already flat ``[N, d]``). HF's additive or 4-D
+                masks are rejected: ``SMoREModel`` converts them.
+
+        A recomputation inside a backward (checkpointing) reuses the last fresh forward's
+        mask, so it routes as that forward did even if :attr:`attention_mask` changed since.
+
+        Raises:
+            ValueError: ``x`` has the wrong width, or the mask the wrong shape or values.
+            TypeError: the mask is not a bool/integer/float tensor.
+        """
+        if x.size(-1) != self.in_features:
+            raise ValueError(
+                f"SMoRELinear expected inputs [..., {self.in_features}] (got {tuple(x.shape)})"
+            )
+        if self.disable_adapters:  # SMoREModel.disable_adapter(): the base output only
+            return self.base_layer(x)
+        result = self.base_layer(x)
+        lead = x.shape[:-1]
+        fresh = not in_backward()  # False: a checkpoint recomputation
+        stored = self._attention_mask if fresh else self._forward_mask
+        mask = forward_mask(attention_mask, stored, lead, checked=not fresh)  # [N] bool | None
+        # plain attributes below: a dict update is cheaper than nn.Module.__setattr__ per name
+        if fresh:
+            self.__dict__.update(_forward_mask=mask, _balance_graph=None)
+            self._balance_grad.zero_()
+        if lead.numel() == 0:  # nothing to route: the base output, no balance loss
+            self._balance_value = self._balance_grad.new_zeros(())
+            self._balance_routing = None
+            self.last_routing = None
+            return result
+        flat = x.reshape(-1, self.in_features)  # [N, d]
+        if mask is not None:  # padding enters the adapter as the zero token (NaN-safe)
+            flat = torch.where(mask[:, None], flat, flat.new_zeros(()))
+        if self.config.backend == "dense":
+            routing = self.router(flat, mask)
+            delta = dense_delta(self, flat.to(self.proj.weight.dtype), routing)
+        elif small_forward_applies(self, flat.size(0)):  # a decode step: fewer ops, same math
+            delta, routing = small_forward(self, flat, mask)
+        else:  # one GEMM projects x for the router and for every expert (docs/spec.md §10)
+            u, hidden = self._project(flat.to(self.proj.weight.dtype), with_router=True)
+            routing = self.router(flat, mask, u=u)
+            delta = self.proj(self._propagate(hidden, RoutingTree.from_routing(routing)))
+        self.__dict__.update(_balance_value=None, _balance_routing=routing)
+        if not routing.is_lazy:  # lazy (no autograd): computed when balance_loss is read
+            loss = routing.balance_loss
+            if fresh:
+                self._balance_graph = loss if loss.requires_grad else None
+            elif loss.requires_grad and self._balance_graph is None:
+                # recomputing a forward that ran without autograd (reentrant checkpointing):
+                # d(total)/d(loss) = g, recorded by the probe, arrives through the delta
+                delta = AttachBalanceLoss.apply(delta, loss, self._balance_grad)
+            self._balance_value, self._balance_routing = loss.detach(), None
+        self.__dict__["last_routing"] = routing.detached() if torch.is_grad_enabled() else routing
+        delta = delta.view(*lead, self.out_features)
+        return result + (delta if delta.dtype == result.dtype else delta.to(result.dtype))
+
+    @property
+    def attention_mask(self) -> Tensor | None:
+        """The mask :meth:`forward` uses when given none, kept until set again (a model wrapper
+        sets it per model forward); values are checked here, the shape in the forward."""
+        return self._attention_mask
+
+    @attention_mask.setter
+    def attention_mask(self, mask: Tensor | None) -> None:
+        if mask is not None and mask is not self._attention_mask:
+            check_mask_values(mask, "SMoRELinear.attention_mask")
+        self._attention_mask = mask
+
+    @property
+    def balance_loss(self) -> Tensor | None:
+        """The last forward's balance loss (``None`` before any forward), to add to the loss.
+
+        With autograd on: the forward's balance loss with its graph or, if the forward had no
+        graph (reentrant checkpointing), a probe whose gradient the recomputation applies
+        (see the class docstring). Otherwise the detached value.
+        """
+        if self._balance_value is None and self._balance_routing is not None:
+            self._balance_value = self._balance_routing.balance_loss.detach()
+            self._balance_routing = None
+        value = self._balance_value
+        if value is None or not torch.is_grad_enabled():
+            return value
+        if self._balance_graph is not None:  # the forward ran with autograd
+            return self._balance_graph
+        if not any(p.requires_grad for p in self.router.parameters()):
+            return value
+        return probe(value, self._balance_grad)
+
+    def __getstate__(self) -> dict:
+        # deepcopy/pickle (EMA, reference models): the balance loss's graph is the original's
+        return {**self.__dict__, "_balance_graph": None, "_cache": {}}
+
+    def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
+        """``W_proj m_root`` for tokens ``x`` [N, d] routed as ``routing`` -> [N, d_out]."""
+        x = x.to(self.proj.weight.dtype)
+        if self.config.backend == "dense":
+            return dense_delta(self, x, routing)
+        return self.proj(self.propagate_tree(x, RoutingTree.from_routing(routing)))
+
+    def propagate_tree(self, x: Tensor, tree: RoutingTree) -> Tensor:
+        """The GNN pass: ``L`` message-passing steps plus the root sum -> ``m_root`` [N, d_L]."""
+        return self._propagate(self._project(x, with_router=False)[1], tree)
+
+    def _project(self, x: Tensor, with_router: bool) -> tuple[Tensor | None, list[Tensor]]:
+        """``(u, [A_l x + a_l per layer])`` from ONE GEMM over the stacked ``D``, ``A_0``, ...
+
+        ``u`` (the router's ``D x``, float32) is fused in only for a float32 adapter, as the
+        router computes in float32, and only if ``D`` learns (a dense gate has no balance loss
+        and MoMOR ignores the scores); otherwise it is ``None`` and the router projects itself.
+        """
+        cfg = self.config
+        shared = cfg.shared_pool  # S'MoRE#: the one pool is projected once
+        parts = [bank.lora_A for bank in ([self.experts[0]] if shared else self.experts)]
+        down = self.router.down_proj
+        learns = cfg.gate_type != "dense" or cfg.propagation != "momor"
+        fuse = with_router and learns and down is not None
+        fuse = fuse and x.dtype == down.weight.dtype == torch.float32
+        if fuse:
+            parts.insert(0, down)
+        # [N, d] @ [d, d_u + sum_l s_l r_l]
+        out = parts[0](x) if len(parts) == 1 else stacked_linear(x, parts, self._cache)
+        chunks = list(out.split([p.out_features for p in parts], dim=1))
+        u = chunks.pop(0) if fuse else None
+        return u, chunks * len(self.experts) if shared else chunks
+
+    def _propagate(self, hidden: list[Tensor], tree: RoutingTree) -> Tensor:
+        """``m_root`` [N, d_L] from every layer's expert projections ``hidden`` [N, s_l r_l]."""
+        momor, scales = self.config.propagation == "momor", self.config.residual_scales
+        limit = REGULAR_SUM_MAX_TOKENS  # routed trees are regular: sum them by reshape
+        regular = self.config.scatter == "native" and (limit is None or tree.num_tokens <= limit)
+        z = None
+        for l, conv in enumerate(self.convs):  # [N * F_l, d_{l+1}] residuals of picked experts
+            res = self.experts[l].residuals(hidden[l], tree.experts[l], scales[l])
+            first = tree.first_use(l).reshape(-1) if momor else None
+            if l == 0:
+                z = conv(None, res, first_use=first)
+            else:
+                ei = None if regular else tree.layer_edge_index(l - 1)
+                ew = tree.layer_edge_weight(l - 1)
+                z = conv(z, res, ei, ew, first_use=first, regular=regular)  # [N F_l, d_{l+1}]
+        top = self.config.num_layers - 1
+        ei = None if regular else tree.layer_edge_index(top)
+        ew = tree.layer_edge_weight(top)
+        return self.root(z, None, ei, ew, num_parents=tree.num_tokens, regular=regular)
+
+    @property
+    def last_tree(self) -> RoutingTree | None:
+        """The last forward's routed sub-trees as a batched graph (for inspection)."""
+        return None if self.last_routing is None else RoutingTree.from_routing(self.last_routing)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"in={self.in_features}, out={self.out_features}, experts={c.num_experts}, "
+            f"fanout={c.fanout}, rank={c.rank}, backend={c.backend!r}"
+        )

@@ -1,0 +1,181 @@
+"""Fine-tuning with the HF ``Trainer``: LM loss + balance loss, routing statistics, resuming.
+
+``SMoRETrainer`` adds the adapters' summed balance loss (docs/spec.md §3) to the language-model
+loss, logs ``lm_loss``, ``aux_loss``, ``routing_entropy`` and ``max_load_share`` next to ``loss``,
+and saves/resumes checkpoints as adapter files (see :mod:`smore_gnn.hf.save`). It works for any
+model; only an ``SMoREModel`` has an auxiliary loss and routing statistics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer, TrainingArguments
+
+from smore_gnn.data import records as mc
+from smore_gnn.hf.methods import auxiliary_loss
+from smore_gnn.hf.model import SMoREModel, load_adapter, save_adapter
+from smore_gnn.hf.save import CONFIG_NAME
+from smore_gnn.train.optim import param_groups
+
+_STATS = ("lm_loss", "aux_loss", "routing_entropy", "max_load_share")
+
+
+def training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
+    """``TrainingArguments``: the paper's schedule (docs/spec.md §9), safe defaults for adapters.
+
+    Defaults: lr 1e-4, cosine schedule, 10% warmup, no reporting integrations, no checkpoints,
+    ``ddp_find_unused_parameters=False`` (every adapter parameter gets a gradient, see the
+    DDP test) and, under ``torchrun`` on CPU, the gloo backend. ``overrides`` win.
+    """
+    kwargs: dict[str, Any] = dict(
+        output_dir=output_dir,
+        learning_rate=1e-4,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        per_device_train_batch_size=8,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    if not torch.cuda.is_available():
+        kwargs["use_cpu"] = True
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            kwargs["ddp_backend"] = "gloo"
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+class SMoRETrainer(Trainer):
+    """A ``Trainer`` whose loss is ``lm_loss + aux_loss`` (the adapters' balance loss).
+
+    Unless an optimizer is passed, its parameter groups come from
+    ``smore_gnn.train.optim.param_groups(model, lr, router_lr_scale, weight_decay)``: router
+    parameters train at ``lr * router_lr_scale``.
+    """
+
+    def __init__(self, *args: Any, router_lr_scale: float = 1.0, **kwargs: Any):
+        if isinstance(router_lr_scale, bool) or not isinstance(router_lr_scale, int | float):
+            raise TypeError(f"router_lr_scale must be a number (got {router_lr_scale!r})")
+        if not 0 < router_lr_scale < float("inf"):
+            raise ValueError(f"router_lr_scale must be finite and > 0 (got {router_lr_scale!r})")
+        self.router_lr_scale = float(router_lr_scale)
+        super().__init__(*args, **kwargs)
+        # The LM loss stays a per-batch mean; the Trainer then scales it (and the aux loss,
+        # added to it) for gradient accumulation, so both terms are weighted alike.
+        self.model_accepts_loss_kwargs = False
+        self._sums: dict[str, float] = dict.fromkeys(_STATS, 0.0)
+        self._count = 0
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The ``Trainer``'s optimizer over ``smore_gnn.train.optim.param_groups``."""
+        opt_model = self.model if model is None else model
+        if self.optimizer is None and not self.optimizer_cls_and_kwargs:
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            if not {"params", "model", "optimizer_dict"} & set(kwargs):
+                args = self.args
+                groups = param_groups(opt_model, args.learning_rate, self.router_lr_scale,
+                                      args.weight_decay)  # fmt: skip
+                self.optimizer = cls(groups, **kwargs)
+        return super().create_optimizer(model)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor | tuple[Tensor, Any]:
+        """``outputs.loss + balance loss``; the parts are accumulated for :meth:`log`."""
+        outputs = model(**inputs)
+        lm_loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+        unwrapped = self.accelerator.unwrap_model(model)
+        aux = auxiliary_loss(unwrapped)
+        loss = lm_loss if aux is None else lm_loss + aux.to(lm_loss.device, lm_loss.dtype)
+        if model.training:
+            self._sums["lm_loss"] += float(lm_loss.detach())
+            self._sums["aux_loss"] += 0.0 if aux is None else float(aux.detach())
+            if isinstance(unwrapped, SMoREModel):
+                stats = unwrapped.routing_stats()
+                self._sums["routing_entropy"] += stats["mean_entropy"]
+                self._sums["max_load_share"] += stats["max_load_share"]
+            self._count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the averaged loss parts and routing statistics to each training log."""
+        if "loss" in logs and self._count:
+            values = torch.tensor([self._sums[k] / self._count for k in _STATS])
+            if self.accelerator.num_processes > 1:
+                values = self.accelerator.reduce(values.to(self.args.device), "mean").cpu()
+            smore = isinstance(self.accelerator.unwrap_model(self.model), SMoREModel)
+            for key, value in zip(_STATS, values.tolist()):
+                if smore or key in ("lm_loss", "aux_loss"):
+                    logs[key] = round(value, 6)
+            self._sums, self._count = dict.fromkeys(_STATS, 0.0), 0
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, SMoREModel):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return None
+        save_adapter(model, output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        return None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None):
+        target = self.accelerator.unwrap_model(self.model if model is None else model)
+        if not isinstance(target, SMoREModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
+            raise FileNotFoundError(
+                f"Expected an S'MoRE checkpoint with {CONFIG_NAME} in {resume_from_checkpoint} "
+                "(missing); pass a checkpoint-<step> folder written by SMoRETrainer"
+            )
+        load_adapter(target, resume_from_checkpoint, trainable=True)
+        return None
+
+
+def build_trainer(
+    model: nn.Module,
+    tokenizer: Any,
+    train_records: Sequence[dict[str, Any]] | mc.SFTDataset,
+    args: TrainingArguments,
+    max_length: int = 256,
+    callbacks: list | None = None,
+    answer: str = "letter",
+    router_lr_scale: float = 1.0,
+) -> SMoRETrainer:
+    """An :class:`SMoRETrainer` on the tokenized records (SFT or multiple choice).
+
+    ``train_records`` may also be an already tokenized :class:`smore_gnn.data.records.SFTDataset`
+    (then ``max_length`` and ``answer`` are its own).
+
+    ``answer="text"`` trains multiple-choice records to answer with the choice text instead
+    of its letter (see :func:`smore_gnn.data.records.format_example`).
+    """
+    dataset = train_records
+    if not isinstance(dataset, mc.SFTDataset):
+        dataset = mc.SFTDataset(train_records, tokenizer, max_length=max_length, answer=answer)
+    return SMoRETrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=mc.make_collator(tokenizer),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        router_lr_scale=router_lr_scale,
+    )
