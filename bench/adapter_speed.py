@@ -195,9 +195,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument(
-        "--case", nargs=3, metavar=("CONFIG", "D", "N"), default=None,
+        "--case",
+        nargs=3,
+        metavar=("CONFIG", "D", "N"),
+        default=None,
         help=f"only this row, CONFIG in {list(CONFIGS)}",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cases = QUICK if args.quick else FULL

@@ -196,9 +196,10 @@ def before_after_parser(doc: str, rounds: int) -> argparse.ArgumentParser:
     ``--threads``, ``--json`` (:func:`import_before` reads ``--before``)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument(
-        "--before", required=True,
+        "--before",
+        required=True,
         help=f"a git commit, or a directory holding {BEFORE} (the old smore_gnn, renamed)",
-    )  # fmt: skip
+    )
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
@@ -207,8 +208,12 @@ def before_after_parser(doc: str, rounds: int) -> argparse.ArgumentParser:
 
 def add_optim_argument(parser: argparse.ArgumentParser) -> None:
     """``--optim`` of the training-step benchmarks (:data:`ADAMW`, default ``fused``)."""
-    parser.add_argument("--optim", choices=list(ADAMW), default="fused",
-                        help="AdamW implementation (fused: the HF Trainer's default)")  # fmt: skip
+    parser.add_argument(
+        "--optim",
+        choices=list(ADAMW),
+        default="fused",
+        help="AdamW implementation (fused: the HF Trainer's default)",
+    )
 
 
 def export_before(commit: str, directory: str | None = None) -> str:
@@ -219,12 +224,16 @@ def export_before(commit: str, directory: str | None = None) -> str:
     directory = directory or tempfile.mkdtemp(prefix="smore_gnn_before_")
     files = subprocess.run(
         ["git", "ls-tree", "-r", "--name-only", commit, "smore_gnn"],
-        cwd=root, check=True, capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     pattern = re.compile(r"\bsmore_gnn\b")
     for name in files:
-        blob = subprocess.run(["git", "show", f"{commit}:{name}"], cwd=root, check=True,
-                              capture_output=True).stdout  # fmt: skip
+        blob = subprocess.run(
+            ["git", "show", f"{commit}:{name}"], cwd=root, check=True, capture_output=True
+        ).stdout
         target = Path(directory) / BEFORE / Path(name).relative_to("smore_gnn")
         target.parent.mkdir(parents=True, exist_ok=True)
         if name.endswith(".py"):

@@ -62,23 +62,48 @@ MOLRE_OPTIONS: dict[str, dict[str, Any]] = {
     "paper": {},
     "small": {"router_dim": 8, "down_proj_dim": 8},
 }
-FULL = {"seeds": [0, 1, 2], "datasets": ["multitask", "wordnet"], "budgets": ["small", "paper"],
-        "n_train": 640, "n_test": {"multitask": 700, "wordnet": 500}, "lr": 1e-3,
-        "warmup": 0.1, "batch_size": 8, "max_length": 64}  # fmt: skip
-QUICK = {**FULL, "seeds": [0], "datasets": ["multitask"], "budgets": ["small"],
-         "n_train": 160, "n_test": {"multitask": 140}}  # fmt: skip
+FULL = {
+    "seeds": [0, 1, 2],
+    "datasets": ["multitask", "wordnet"],
+    "budgets": ["small", "paper"],
+    "n_train": 640,
+    "n_test": {"multitask": 700, "wordnet": 500},
+    "lr": 1e-3,
+    "warmup": 0.1,
+    "batch_size": 8,
+    "max_length": 64,
+}
+QUICK = {
+    **FULL,
+    "seeds": [0],
+    "datasets": ["multitask"],
+    "budgets": ["small"],
+    "n_train": 160,
+    "n_test": {"multitask": 140},
+}
 
 
 def settings_for(quick: bool) -> dict[str, Any]:
     """The settings of the full study or of ``--quick``, with the router settings."""
-    return {**(QUICK if quick else FULL), "quick": quick, "router_lr_scale": ROUTER_LR_SCALE,
-            "router_options": ROUTER_OPTIONS}  # fmt: skip
+    return {
+        **(QUICK if quick else FULL),
+        "quick": quick,
+        "router_lr_scale": ROUTER_LR_SCALE,
+        "router_options": ROUTER_OPTIONS,
+    }
 
 
 def run_config(settings: dict[str, Any], data: str, method: str, budget: str | None) -> dict:
     """What a finished run must have been run with to count under ``settings``."""
-    keys = ("n_train", "lr", "warmup", "batch_size", "max_length", "router_lr_scale",
-            "router_options")  # fmt: skip
+    keys = (
+        "n_train",
+        "lr",
+        "warmup",
+        "batch_size",
+        "max_length",
+        "router_lr_scale",
+        "router_options",
+    )
     out = {**{k: settings[k] for k in keys}, "n_test": settings["n_test"][data]}
     if method == "molre":
         out["molre_options"] = MOLRE_OPTIONS[budget]
@@ -148,9 +173,16 @@ def run_one(run_id: str, settings: dict[str, Any], work_dir: Path) -> dict[str, 
         seed = int(seed_text[1:])
     train, test = load_data(data, settings["n_train"], settings["n_test"][data], seed)
     model, tok = load_model_and_tokenizer("smollm2")
-    out: dict[str, Any] = {"run": run_id, "dataset": data, "budget": budget, "method": method,
-                           "seed": seed, "n_train": len(train), "n_test": len(test),
-                           "config": run_config(settings, data, method, budget)}  # fmt: skip
+    out: dict[str, Any] = {
+        "run": run_id,
+        "dataset": data,
+        "budget": budget,
+        "method": method,
+        "seed": seed,
+        "n_train": len(train),
+        "n_test": len(test),
+        "config": run_config(settings, data, method, budget),
+    }
     if method != "base":
         cfg = smore_paper_config(**{**BUDGETS[budget], **settings["router_options"]})
         if method == "molre" and MOLRE_OPTIONS[budget]:
@@ -165,10 +197,16 @@ def run_one(run_id: str, settings: dict[str, Any], work_dir: Path) -> dict[str, 
             out["rank"] = sizes[method]["rank"]
         out["trainable_parameters"] = trainable_parameters(model)
         args = training_arguments(
-            str(work_dir / run_id), learning_rate=settings["lr"], num_train_epochs=1,
-            per_device_train_batch_size=settings["batch_size"], warmup_steps=settings["warmup"],
-            seed=seed, data_seed=seed, logging_steps=10, disable_tqdm=True,
-        )  # fmt: skip
+            str(work_dir / run_id),
+            learning_rate=settings["lr"],
+            num_train_epochs=1,
+            per_device_train_batch_size=settings["batch_size"],
+            warmup_steps=settings["warmup"],
+            seed=seed,
+            data_seed=seed,
+            logging_steps=10,
+            disable_tqdm=True,
+        )
         trainer = build_trainer(
             model,
             tok,
@@ -213,8 +251,15 @@ def main(argv: list[str] | None = None) -> None:
     for run_id in args.only or ids:
         if is_done(out_dir / f"{run_id}.json", settings):
             continue  # finished with these settings (a run with others is redone)
-        cmd = [sys.executable, "-m", "bench.quality", "--run-one", run_id,
-               "--work-dir", args.work_dir] + (["--quick"] if args.quick else [])  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.quality",
+            "--run-one",
+            run_id,
+            "--work-dir",
+            args.work_dir,
+        ] + (["--quick"] if args.quick else [])
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         t0 = time.time()
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -36,8 +36,11 @@ def mean_se(values: list[float]) -> dict[str, Any]:
 
 
 def _paired(runs: list[dict], data: str, budget: str, a: str, b: str) -> dict | None:
-    acc = {(r["method"], r["seed"]): r["accuracy"] for r in runs
-           if r["dataset"] == data and r["budget"] == budget}  # fmt: skip
+    acc = {
+        (r["method"], r["seed"]): r["accuracy"]
+        for r in runs
+        if r["dataset"] == data and r["budget"] == budget
+    }
     seeds = sorted(s for (m, s) in acc if m == a and (b, s) in acc)
     if not seeds:
         return None
@@ -56,8 +59,11 @@ def summarise(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
         for budget in settings["budgets"]:
             cell: dict[str, Any] = {}
             for method in ("lora", "molre", "smore"):
-                mine = [r for r in runs if (r["dataset"], r["budget"], r["method"]) ==
-                        (data, budget, method)]  # fmt: skip
+                mine = [
+                    r
+                    for r in runs
+                    if (r["dataset"], r["budget"], r["method"]) == (data, budget, method)
+                ]
                 if not mine:
                     continue
                 tasks = sorted({t for r in mine for t in r["per_task"]})
@@ -66,10 +72,14 @@ def summarise(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
                     "seeds": sorted(r["seed"] for r in mine),
                     "trainable_parameters": mine[0]["trainable_parameters"],
                     "rank": mine[0].get("rank"),
-                    "per_task": {t: statistics.fmean(r["per_task"][t]["accuracy"] for r in mine
-                                                     if t in r["per_task"]) for t in tasks},
+                    "per_task": {
+                        t: statistics.fmean(
+                            r["per_task"][t]["accuracy"] for r in mine if t in r["per_task"]
+                        )
+                        for t in tasks
+                    },
                     "wall_s_mean": statistics.fmean(r["wall_s"] for r in mine),
-                }  # fmt: skip
+                }
             for a, b in (("smore", "lora"), ("smore", "molre")):
                 pair = _paired(runs, data, budget, a, b)
                 if pair is not None:
@@ -115,9 +125,11 @@ def report(out_dir: Path, settings: dict[str, Any]) -> str:
                 if m not in cell:
                     continue
                 c, diff = cell[m], cell.get(f"smore_minus_{m}")
-                lines.append(f"| {budget} | {LABELS[m]} | {c['trainable_parameters']:,} | "
-                             f"{c['rank']} | {len(c['seeds'])} | {_pct(c)} | "
-                             f"{_pct(diff, signed=True)} |")  # fmt: skip
+                lines.append(
+                    f"| {budget} | {LABELS[m]} | {c['trainable_parameters']:,} | "
+                    f"{c['rank']} | {len(c['seeds'])} | {_pct(c)} | "
+                    f"{_pct(diff, signed=True)} |"
+                )
         lines.append("")
         tasks = sorted(
             {
@@ -129,19 +141,27 @@ def report(out_dir: Path, settings: dict[str, Any]) -> str:
             }
         )
         if len(tasks) > 1:
-            lines += ["| budget | method | " + " | ".join(tasks) + " |",
-                      "|---|---|" + "---|" * len(tasks)]  # fmt: skip
+            lines += [
+                "| budget | method | " + " | ".join(tasks) + " |",
+                "|---|---|" + "---|" * len(tasks),
+            ]
             if "base" in entry:
                 base = entry["base"]["per_task"]
-                lines.append("| - | base | " + " | ".join(
-                    f"{100 * base[t]['accuracy']:.1f}" if t in base else "-" for t in tasks
-                ) + " |")  # fmt: skip
+                lines.append(
+                    "| - | base | "
+                    + " | ".join(
+                        f"{100 * base[t]['accuracy']:.1f}" if t in base else "-" for t in tasks
+                    )
+                    + " |"
+                )
             for budget, cell in entry["budgets"].items():
                 for m in ("lora", "molre", "smore"):
                     if m in cell:
                         per = cell[m]["per_task"]
-                        lines.append(f"| {budget} | {LABELS[m]} | " + " | ".join(
-                            f"{100 * per[t]:.1f}" if t in per else "-" for t in tasks
-                        ) + " |")  # fmt: skip
+                        lines.append(
+                            f"| {budget} | {LABELS[m]} | "
+                            + " | ".join(f"{100 * per[t]:.1f}" if t in per else "-" for t in tasks)
+                            + " |"
+                        )
             lines.append("")
     return "\n".join(lines)

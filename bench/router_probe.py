@@ -49,13 +49,17 @@ def logit_stats(model: Any, batch: dict) -> list[dict[str, float]]:
     calls, captured, hooks = [], {}, []  # (router, args, kwargs); layer -> [(router, h)]
     for module in model.modules():
         if isinstance(module, SMoRERouter):
-            hooks.append(module.register_forward_pre_hook(
-                lambda mod, args, kwargs: calls.append((mod, args, kwargs)), with_kwargs=True
-            ))  # fmt: skip
+            hooks.append(
+                module.register_forward_pre_hook(
+                    lambda mod, args, kwargs: calls.append((mod, args, kwargs)), with_kwargs=True
+                )
+            )
             for l, layer in enumerate(module.layers):
-                hooks.append(layer.register_forward_pre_hook(
-                    lambda mod, args, l=l: captured.setdefault(l, []).append((mod, args[0]))
-                ))  # fmt: skip
+                hooks.append(
+                    layer.register_forward_pre_hook(
+                        lambda mod, args, l=l: captured.setdefault(l, []).append((mod, args[0]))
+                    )
+                )
     was = model.training
     model.eval()
     try:
@@ -74,10 +78,15 @@ def logit_stats(model: Any, batch: dict) -> list[dict[str, float]]:
                     tok.append(float(centred.std(0).mean()))  # token-dependent part
                     absl.append(float(logits.abs().mean()))
                     pmax.append(float(logits.softmax(-1).max(-1).values.mean()))
-                out.append({"layer": l, "logit_std": sum(stds) / len(stds),
-                            "logit_token_std": sum(tok) / len(tok),
-                            "logit_abs": sum(absl) / len(absl),
-                            "max_prob": sum(pmax) / len(pmax)})  # fmt: skip
+                out.append(
+                    {
+                        "layer": l,
+                        "logit_std": sum(stds) / len(stds),
+                        "logit_token_std": sum(tok) / len(tok),
+                        "logit_abs": sum(absl) / len(absl),
+                        "max_prob": sum(pmax) / len(pmax),
+                    }
+                )
     finally:
         for h in hooks:
             h.remove()

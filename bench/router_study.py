@@ -40,8 +40,16 @@ from bench.router_probe import grad_norm, logit_stats, validation_split
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS_DIR / "router_study"
-SETTINGS = {"n_train": 160, "n_val": 80, "batch_size": 8, "lr": 1e-3, "warmup": 0.1,
-            "max_length": 64, "seed": 0, "diag_steps": [0, 5, 19]}  # fmt: skip
+SETTINGS = {
+    "n_train": 160,
+    "n_val": 80,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "warmup": 0.1,
+    "max_length": 64,
+    "seed": 0,
+    "diag_steps": [0, 5, 19],
+}
 #: name -> knobs. ``smore``: SMoREConfig overrides of :func:`study_config`; ``router_lr_scale``;
 #: ``balance_reduce`` "sum" (as SMoREModel.balance_loss) or "mean" over adapted modules;
 #: ``balance_warmup``: fraction of the steps over which the balance loss ramps up from 0;
@@ -131,16 +139,23 @@ def run_one(name: str, knobs: dict[str, Any], settings: dict[str, Any]) -> dict[
     result["logits_init"] = logit_stats(model, val_batches[0])
     data = SFTDataset(train, tok, max_length=settings["max_length"], answer="text")
     gen = torch.Generator().manual_seed(settings["seed"])
-    loader = torch.utils.data.DataLoader(data, batch_size=settings["batch_size"], shuffle=True,
-                                         collate_fn=make_collator(tok), generator=gen)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=settings["batch_size"],
+        shuffle=True,
+        collate_fn=make_collator(tok),
+        generator=gen,
+    )
     steps = len(loader)
     scale = float(knobs.get("router_lr_scale", 1.0))
     opt = torch.optim.AdamW(param_groups(model, settings["lr"], scale, 0.0))
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(settings["warmup"] * steps), steps)
-    router_params = [p for n, p in model.named_parameters()
-                     if p.requires_grad and is_router_parameter(n)]  # fmt: skip
-    other_params = [p for n, p in model.named_parameters()
-                    if p.requires_grad and not is_router_parameter(n)]  # fmt: skip
+    router_params = [
+        p for n, p in model.named_parameters() if p.requires_grad and is_router_parameter(n)
+    ]
+    other_params = [
+        p for n, p in model.named_parameters() if p.requires_grad and not is_router_parameter(n)
+    ]
     n_modules = len(model.adapters())
     reduce = 1.0 / n_modules if knobs.get("balance_reduce") == "mean" else 1.0
     warm = float(knobs.get("balance_warmup", 0.0)) * steps
@@ -156,13 +171,15 @@ def run_one(name: str, knobs: dict[str, Any], settings: dict[str, Any]) -> dict[
             g_lm = torch.autograd.grad(lm, router_params, retain_graph=True, allow_unused=True)
             g_aux = []
             if aux.requires_grad:
-                g_aux = torch.autograd.grad(aux, router_params, retain_graph=True,
-                                            allow_unused=True)  # fmt: skip
+                g_aux = torch.autograd.grad(
+                    aux, router_params, retain_graph=True, allow_unused=True
+                )
             entry["router_grad_lm"] = grad_norm(g_lm)
             entry["router_grad_balance"] = grad_norm(g_aux)
             mask = batch["attention_mask"]
-            entry["train_median_spread"] = last_forward_health(model.adapters(), mask)[
-                "summary"]["median_spread"]  # fmt: skip
+            entry["train_median_spread"] = last_forward_health(model.adapters(), mask)["summary"][
+                "median_spread"
+            ]
         opt.zero_grad(set_to_none=True)
         (lm + aux).backward()
         if "router_grad_lm" in entry:
@@ -178,11 +195,17 @@ def run_one(name: str, knobs: dict[str, Any], settings: dict[str, Any]) -> dict[
     result["train_steps"], result["diagnostics"], result["loss_log"] = steps, diag, log
     result["health"] = routing_health(model, val_batches, tasks)["summary"]
     result["logits"] = logit_stats(model, val_batches[0])
-    scales = [float(m.logit_scale.detach()) for m in model.modules()
-              if hasattr(m, "log_logit_scale") and m.log_logit_scale is not None]  # fmt: skip
+    scales = [
+        float(m.logit_scale.detach())
+        for m in model.modules()
+        if hasattr(m, "log_logit_scale") and m.log_logit_scale is not None
+    ]
     if scales:
-        result["learned_logit_scale"] = {"min": min(scales), "max": max(scales),
-                                         "mean": sum(scales) / len(scales)}  # fmt: skip
+        result["learned_logit_scale"] = {
+            "min": min(scales),
+            "max": max(scales),
+            "mean": sum(scales) / len(scales),
+        }
     result["val"] = evaluate_mc(model, tok, val, answer="text", batch_size=16)
     result["val"].pop("predictions")
     result["wall_s"] = round(time.time() - start, 1)
@@ -192,11 +215,16 @@ def run_one(name: str, knobs: dict[str, Any], settings: dict[str, Any]) -> dict[
 def report(out_dir: Path = OUT) -> str:
     """Markdown tables of the finished runs: routing health at init -> after training on the
     validation prompts, validation accuracy, logits and router gradients."""
-    rows = ["| run | knobs | val acc | median spread | max / median top share | task NMI "
-            "(shuffled) | distinct structures |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-    grads = ["| run | router grad: LM / balance (steps) | expert grad | train-batch spread "
-             "| logit std over experts / token part (init -> after) |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| run | knobs | val acc | median spread | max / median top share | task NMI "
+        "(shuffled) | distinct structures |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    grads = [
+        "| run | router grad: LM / balance (steps) | expert grad | train-batch spread "
+        "| logit std over experts / token part (init -> after) |",
+        "|---|---|---|---|---|",
+    ]
     for name in RUNS:
         path = out_dir / f"{name}.json"
         if not path.exists():
@@ -216,8 +244,9 @@ def report(out_dir: Path = OUT) -> str:
             f"| {h['task_nmi']:.3f} ({h['task_nmi_shuffled']:.3f}) | "
             f"{h0['median_distinct_structures']:g} -> {h['median_distinct_structures']:g} |"
         )
-        steps = ", ".join(f"{e['router_grad_lm']:.2g} / {e['router_grad_balance']:.2g} "
-                          f"({e['step']})" for e in d)  # fmt: skip
+        steps = ", ".join(
+            f"{e['router_grad_lm']:.2g} / {e['router_grad_balance']:.2g} ({e['step']})" for e in d
+        )
         expert = ", ".join(f"{e['expert_grad']:.2g}" for e in d)
         spread = ", ".join(f"{e['train_median_spread']:.3f}" for e in d)
         logits = "- (not captured)"  # runs made while the probe missed the no-autograd path
@@ -269,8 +298,13 @@ def main(argv: list[str] | None = None) -> None:
         marker = OUT / f".{name}.running"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         start = time.time()
-        proc = subprocess.Popen([sys.executable, "-m", "bench.router_study", "--run", name],
-                                cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.router_study", "--run", name],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         marker.write_text(str(proc.pid))
         _, err = proc.communicate()
         marker.unlink(missing_ok=True)

@@ -101,10 +101,25 @@ def run_one(method: str, batch: int, seq: int, steps: int, warmup: int, optim: s
 
 
 def _subprocess(method: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "bench.train_step", "--one", method, "--threads",
-           str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq),
-           "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--optim", args.optim]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.train_step",
+        "--one",
+        method,
+        "--threads",
+        str(args.threads),
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--optim",
+        args.optim,
+    ]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -133,8 +148,13 @@ def compare(args: argparse.Namespace) -> dict:
                 statistics.median(a[key] / b[key] for a, b in zip(runs[method], runs[BASELINE])),
                 3,
             )
-    return {"batch": args.batch, "seq": args.seq, "steps": args.steps,
-            "optimizer": f"AdamW ({args.optim})", "methods": summary}  # fmt: skip
+    return {
+        "batch": args.batch,
+        "seq": args.seq,
+        "steps": args.steps,
+        "optimizer": f"AdamW ({args.optim})",
+        "methods": summary,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -161,8 +181,12 @@ def main(argv: list[str] | None = None) -> dict:
         return out
     out = {"machine": machine_info(), **compare(args)}
     save_json(args.json, out)
-    print(json.dumps({m: {k: v for k, v in s.items() if k != "runs"}
-                      for m, s in out["methods"].items()}, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {m: {k: v for k, v in s.items() if k != "runs"} for m, s in out["methods"].items()},
+            indent=2,
+        )
+    )
     return out
 
 

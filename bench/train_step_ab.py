@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=64)
     add_optim_argument(parser)
-    parser.add_argument("--compile", action="store_true",
-                        help="also S'MoRE now under smore_gnn.compile_adapters")  # fmt: skip
+    parser.add_argument(
+        "--compile", action="store_true", help="also S'MoRE now under smore_gnn.compile_adapters"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     old = import_before(args.before)
@@ -59,8 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
     from smore_gnn.nn.runtime import compile_adapters
 
     base, _ = load_model_and_tokenizer("smollm2")
-    ids = torch.randint(3, base.config.vocab_size, (args.batch, args.seq),
-                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    ids = torch.randint(
+        3,
+        base.config.vocab_size,
+        (args.batch, args.seq),
+        generator=torch.Generator().manual_seed(0),
+    )
     steps = {}
     runs = [("lora", new, "lora"), ("smore", new, "smore"), ("smore_before", old, "smore")]
     for name, api, method in runs + ([("smore_compiled", new, "smore")] if args.compile else []):
@@ -89,8 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
             statistics.median(a / b for a, b in zip(times["smore"], times["smore_before"])), 3
         ),
     }
-    print(json.dumps(out["median_step_ms"]), json.dumps(out["time_over_lora"]),
-          out["after_over_before"])  # fmt: skip
+    print(
+        json.dumps(out["median_step_ms"]),
+        json.dumps(out["time_over_lora"]),
+        out["after_over_before"],
+    )
     save_json(args.json, out)
     return out
 

@@ -39,7 +39,7 @@ def test_bench_case_and_report_render():
                 "torch_threads",
                 "load_avg_1min",
             )
-        },  # fmt: skip
+        },
         "adapter_speed": [case],
         "theory": {
             "total_s": 1.0,
@@ -49,7 +49,7 @@ def test_bench_case_and_report_render():
             "gnn_s": 0.1,
             "distinct_s": 0.1,
             "max_rss_mb": 1,
-        },  # fmt: skip
+        },
     }
     results["machine"]["torch_scatter"] = False
     text = render(results)

@@ -22,9 +22,22 @@ def test_generate_bench_runs_every_method_and_renders():
     res = bench_batch(models, tokenizer, batch=2, rounds=1, new_tokens=3)
     assert res["time_over_lora"]["lora"] == 1.0 and set(res["tokens_per_s"]) == set(models)
     machine = dict.fromkeys(
-        ("date", "cpu", "cpu_count", "platform", "torch", "torch_geometric", "transformers",
-         "peft", "python", "torch_threads", "load_avg_1min", "torch_scatter"), "-"
-    )  # fmt: skip
+        (
+            "date",
+            "cpu",
+            "cpu_count",
+            "platform",
+            "torch",
+            "torch_geometric",
+            "transformers",
+            "peft",
+            "python",
+            "torch_threads",
+            "load_avg_1min",
+            "torch_scatter",
+        ),
+        "-",
+    )
     results = {"machine": machine, "generate": {"model": "tiny", "rounds": 1, "batches": [res]}}
     text = render(results)
     assert "## Greedy decoding" in text and "| 2 |" in text

@@ -16,8 +16,23 @@ from smore_gnn.cli.parse import parse
 from smore_gnn.hf.testing import tiny_llama
 from smore_gnn.viz.text import format_routing_tree
 
-TINY = ["--model", "tiny", "--n-train", "16", "--n-test", "8", "--max-steps", "2", "--batch-size",
-        "4", "--max-length", "160", "--no-progress", "--smore", '{"rank": [2, 2]}']  # fmt: skip
+TINY = [
+    "--model",
+    "tiny",
+    "--n-train",
+    "16",
+    "--n-test",
+    "8",
+    "--max-steps",
+    "2",
+    "--batch-size",
+    "4",
+    "--max-length",
+    "160",
+    "--no-progress",
+    "--smore",
+    '{"rank": [2, 2]}',
+]
 
 
 def test_demo_config_is_valid():
@@ -54,9 +69,15 @@ def test_yaml_values_are_converted_by_their_field_type(tmp_path):
     _, args, _ = parse(["finetune", "--config", str(path)])
     assert args.progress is False and args.lr == 0.001 and args.n_test == 12
     assert args.target_modules == ["up_proj", "down_proj"]
-    for bad, field in (("progress: maybe", "progress"), ("n_train: 1.5", "n_train"),
-                       ("lr: fast", "lr"), ("model: 3", "model"), ("seed: null", "seed"),
-                       ("lr: .inf", "lr"), ("target_modules: [1]", "target_modules")):  # fmt: skip
+    for bad, field in (
+        ("progress: maybe", "progress"),
+        ("n_train: 1.5", "n_train"),
+        ("lr: fast", "lr"),
+        ("model: 3", "model"),
+        ("seed: null", "seed"),
+        ("lr: .inf", "lr"),
+        ("target_modules: [1]", "target_modules"),
+    ):
         path.write_text(bad + "\n")
         with pytest.raises(UsageError, match=rf"\b{field}\b"):
             parse(["finetune", "--config", str(path)])
@@ -120,8 +141,10 @@ def test_finetune_baselines_on_jsonl(tmp_path, method, answer, capsys):
 
 def test_eval_reports_per_task_accuracy(tmp_path, capsys):
     data = tmp_path / "mc.jsonl"
-    rows = [{"question": f"q{i}", "choices": ["x", "y"], "answer": i % 2, "task": "ab"[i % 2]}
-            for i in range(6)]  # fmt: skip
+    rows = [
+        {"question": f"q{i}", "choices": ["x", "y"], "answer": i % 2, "task": "ab"[i % 2]}
+        for i in range(6)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     argv = ["eval", "--model", "tiny", "--data", str(data), "--n-test", "6", "--no-progress"]
     assert main(argv) == 0
@@ -145,8 +168,10 @@ def test_format_routing_tree_lists_every_node():
 
 def test_finetune_reports_per_task_accuracy_and_routing_health(tmp_path):
     data = tmp_path / "mc.jsonl"
-    rows = [{"question": f"q{i}", "choices": ["x", "y"], "answer": i % 2, "task": "ab"[i % 2]}
-            for i in range(12)]  # fmt: skip
+    rows = [
+        {"question": f"q{i}", "choices": ["x", "y"], "answer": i % 2, "task": "ab"[i % 2]}
+        for i in range(12)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     argv = ["finetune", *TINY, "--data", str(data), "--n-test", "4", "--output-dir", str(out)]
@@ -178,11 +203,24 @@ def test_bundled_data_by_name(name, capsys):
 
 def test_inspect_draws_routing_health_on_test_questions(tmp_path, capsys):
     data = tmp_path / "mc.jsonl"
-    rows = [{"question": f"q{i}", "choices": ["x", "y"], "answer": i % 2, "task": "ab"[i % 2]}
-            for i in range(6)]  # fmt: skip
+    rows = [
+        {"question": f"q{i}", "choices": ["x", "y"], "answer": i % 2, "task": "ab"[i % 2]}
+        for i in range(6)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    argv = ["inspect", "--model", "tiny", "--health-data", str(data), "--n-test", "6",
-            "--module", "1", "--output-dir", str(tmp_path)]  # fmt: skip
+    argv = [
+        "inspect",
+        "--model",
+        "tiny",
+        "--health-data",
+        str(data),
+        "--n-test",
+        "6",
+        "--module",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     for name in ("routing_tree.png", "routing_health.png", "routing_tasks.png"):

@@ -28,8 +28,15 @@ def test_compile_adapters_compiles_every_layer_lazily():
 @pytest.mark.slow  # compiling forward + backward takes 1-2 min on a busy 2-core CPU
 def test_compiled_layer_equals_eager():
     torch._dynamo.reset()
-    eager = make_layer(torch.float32, in_features=16, out_features=12, gate_type="switch",
-                       num_experts=[4, 4], fanout=[2, 2], rank=[2, 2]).train()  # fmt: skip
+    eager = make_layer(
+        torch.float32,
+        in_features=16,
+        out_features=12,
+        gate_type="switch",
+        num_experts=[4, 4],
+        fanout=[2, 2],
+        rank=[2, 2],
+    ).train()
     compiled = copy.deepcopy(eager)
     assert compile_adapters(compiled, fullgraph=True) == 1
     x = torch.randn(2, 5, 16)

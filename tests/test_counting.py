@@ -55,8 +55,10 @@ def test_num_structures_equals_a_recursive_enumeration(num_experts, fanout):
 
 def test_momor_bound_counts_per_layer_unions():
     # Layer 0 under F_1 = 2 parents picking 2 of 4: unions of size 2..4; the top picks 2 of 3.
-    unions = {frozenset(a) | frozenset(b) for a, b in itertools.product(
-        itertools.combinations(range(4), 2), repeat=2)}  # fmt: skip
+    unions = {
+        frozenset(a) | frozenset(b)
+        for a, b in itertools.product(itertools.combinations(range(4), 2), repeat=2)
+    }
     assert momor_upper_bound([4, 3], [2, 2]) == math.comb(3, 2) * len(unions) == 3 * 11
 
 

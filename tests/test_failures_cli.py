@@ -12,8 +12,23 @@ from smore_gnn.cli.commands import main
 from smore_gnn.data.records import SFTDataset, read_dataset
 from smore_gnn.hf.testing import byte_tokenizer
 
-TINY = ["--model", "tiny", "--n-train", "8", "--n-test", "4", "--max-steps", "1", "--batch-size",
-        "4", "--max-length", "160", "--no-progress", "--smore", '{"rank": [2, 2]}']  # fmt: skip
+TINY = [
+    "--model",
+    "tiny",
+    "--n-train",
+    "8",
+    "--n-test",
+    "4",
+    "--max-steps",
+    "1",
+    "--batch-size",
+    "4",
+    "--max-length",
+    "160",
+    "--no-progress",
+    "--smore",
+    '{"rank": [2, 2]}',
+]
 MC = {"question": "Which is a fruit?", "choices": ["rock", "pear"], "answer": 1}
 
 
@@ -72,9 +87,12 @@ def test_failure_5_yaml_values_are_type_checked(tmp_path, capsys):
     config.write_text('progress: "false"\nlr: 1e-3\neval_before: "no"\n')
     _, args, _ = parse(["finetune", "--config", str(config)])
     assert args.progress is False and args.eval_before is False and args.lr == 0.001
-    for text, field in (("progress: perhaps", "progress"), ("lr: [1]", "lr"),
-                        ("smore: {shared_pool: 'false'}", "shared_pool"),
-                        ("smore: {lora_alpha: .inf}", "lora_alpha")):  # fmt: skip
+    for text, field in (
+        ("progress: perhaps", "progress"),
+        ("lr: [1]", "lr"),
+        ("smore: {shared_pool: 'false'}", "shared_pool"),
+        ("smore: {lora_alpha: .inf}", "lora_alpha"),
+    ):
         config.write_text(text + "\n")
         assert main(["finetune", "--config", str(config), "--model", "tiny"]) == 2
         assert field in _one_line_error(capsys)

@@ -79,7 +79,7 @@ def test_masks_of_every_accepted_form_route_alike():
         "value_2",
         "complex",
         "list",
-    ],  # fmt: skip
+    ],
 )
 def test_bad_masks_are_rejected(mask, error, match):
     """#6: a transposed, additive, out-of-range or wrongly typed mask is an error."""

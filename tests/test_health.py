@@ -79,8 +79,9 @@ def test_structure_ids_count_every_structure_of_the_closed_form():
 
 def test_layer_ids_are_order_free_multisets():
     bottom = torch.tensor([[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 2, 1], [0, 0, 1, 1]])
-    tree = RoutingTree([bottom, torch.zeros(4, 2, dtype=torch.long)], [torch.ones(4, 4)] * 2,
-                       [2, 2])  # fmt: skip
+    tree = RoutingTree(
+        [bottom, torch.zeros(4, 2, dtype=torch.long)], [torch.ones(4, 4)] * 2, [2, 2]
+    )
     ids = layer_ids(tree, 0).tolist()
     assert ids[0] == ids[1] == ids[3] != ids[2]
 
@@ -101,8 +102,11 @@ def test_module_health_of_a_specialised_and_a_constant_router():
     assert bottom["task_nmi"] == 0.0  # every token uses {0, 1} below: a constant
     assert top["spread_median"] == pytest.approx(0.8) and bottom["spread_median"] == 0.0
     assert top["top_share"] == pytest.approx(1 / 3) and top["uniform_top_share"] == 2 / 6
-    assert top["task_expert_counts"] == [[10, 10, 0, 0, 0, 0], [0, 0, 10, 10, 0, 0],
-                                         [0, 0, 0, 0, 10, 10]]  # fmt: skip
+    assert top["task_expert_counts"] == [
+        [10, 10, 0, 0, 0, 0],
+        [0, 0, 10, 10, 0, 0],
+        [0, 0, 0, 0, 10, 10],
+    ]
     assert health["distinct_structures"] == 3 and health["tokens"] == 30
     constant = module_health(specialised_tree([0] * 30), [2, 6], tasks)
     assert constant["task_nmi_tree"] == 0.0 and constant["layers"][1]["task_nmi"] == 0.0
@@ -114,8 +118,9 @@ def collected(sequence_tasks: list[str], tokens_per_sequence: int) -> CollectedR
     names = sorted(set(sequence_tasks))
     sequence = torch.arange(len(sequence_tasks)).repeat_interleave(tokens_per_sequence)
     codes = [names.index(sequence_tasks[s]) for s in sequence.tolist()]
-    return CollectedRouting({"m": specialised_tree(codes)}, {"m": [2, 2 * len(names)]},
-                            sequence, sequence_tasks)  # fmt: skip
+    return CollectedRouting(
+        {"m": specialised_tree(codes)}, {"m": [2, 2 * len(names)]}, sequence, sequence_tasks
+    )
 
 
 def test_shuffled_control_is_near_zero_for_many_sequences():
@@ -133,15 +138,27 @@ def test_shuffled_control_is_near_zero_for_many_sequences():
 
 def test_summarize_by_hand():
     def layer(spread, top, ent, fanout=2, nmi=0.5, collapsed=False):
-        return {"spread_median": spread, "top_share": top, "load_entropy": ent,
-                "fanout": fanout, "task_nmi": nmi, "collapsed": collapsed}  # fmt: skip
+        return {
+            "spread_median": spread,
+            "top_share": top,
+            "load_entropy": ent,
+            "fanout": fanout,
+            "task_nmi": nmi,
+            "collapsed": collapsed,
+        }
 
     modules = {
-        "a": {"layers": [layer(0.1, 0.5, 1.0, fanout=1), layer(0.2, 0.9, 0.6, nmi=0.3)],
-              "distinct_structures": 4, "task_nmi_tree": 0.4},
-        "b": {"layers": [layer(0.3, 1.0, 0.8, collapsed=True), layer(0.6, 0.7, 0.9, nmi=0.1)],
-              "distinct_structures": 8, "task_nmi_tree": 0.2},
-    }  # fmt: skip
+        "a": {
+            "layers": [layer(0.1, 0.5, 1.0, fanout=1), layer(0.2, 0.9, 0.6, nmi=0.3)],
+            "distinct_structures": 4,
+            "task_nmi_tree": 0.4,
+        },
+        "b": {
+            "layers": [layer(0.3, 1.0, 0.8, collapsed=True), layer(0.6, 0.7, 0.9, nmi=0.1)],
+            "distinct_structures": 8,
+            "task_nmi_tree": 0.2,
+        },
+    }
     out = summarize(modules, 123)
     assert out["median_spread"] == pytest.approx(0.3)  # f=1 layer left out: 0.2, 0.3, 0.6
     assert out["max_top_share"] == 0.9 and out["median_top_share"] == pytest.approx(0.8)
@@ -241,8 +258,14 @@ def test_routing_health_end_to_end_on_a_tiny_llama():
             assert 0.0 <= layer["task_nmi_shuffled"] <= 1.0 and 0.0 <= layer["task_nmi"] <= 1.0
     summary = health["summary"]
     assert summary["num_tokens"] == valid and summary["num_modules"] == len(smore.adapters())
-    for key in ("median_spread", "max_top_share", "median_top_share", "mean_load_entropy",
-                "task_nmi", "task_nmi_shuffled"):  # fmt: skip
+    for key in (
+        "median_spread",
+        "max_top_share",
+        "median_top_share",
+        "mean_load_entropy",
+        "task_nmi",
+        "task_nmi_shuffled",
+    ):
         assert isinstance(summary[key], float)
 
 

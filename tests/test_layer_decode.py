@@ -44,9 +44,7 @@ def test_decode_step_equals_the_general_path(config, dtype, monkeypatch):
     mask = torch.tensor([[True, True, True], [False, True, True]])
     calls = []
     real = decode_layer.small_forward
-    monkeypatch.setattr(
-        "smore_gnn.nn.layer.small_forward", lambda *a: calls.append(1) or real(*a)
-    )  # fmt: skip
+    monkeypatch.setattr("smore_gnn.nn.layer.small_forward", lambda *a: calls.append(1) or real(*a))
     for m in (None, mask):
         if m is not None:
             x[1, 0] = float("nan")  # padding: must reach nothing

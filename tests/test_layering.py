@@ -114,8 +114,11 @@ def imports_of(module: str, source: str, is_package: bool, known: set[str]):
             anchor = base[: len(base) - node.level + 1] if node.level else []
             parent = ".".join(anchor + ([node.module] if node.module else []))
             for alias in node.names:  # `from pkg import sub` imports the module pkg.sub
-                add(f"{parent}.{alias.name}" if f"{parent}.{alias.name}" in known else parent,
-                    node.lineno, runtime)  # fmt: skip
+                add(
+                    f"{parent}.{alias.name}" if f"{parent}.{alias.name}" in known else parent,
+                    node.lineno,
+                    runtime,
+                )
         elif isinstance(node, ast.Call):
             func = node.func
             name = getattr(func, "attr", None) or getattr(func, "id", None)
@@ -161,8 +164,9 @@ def test_imports_follow_the_layers():
     for importer, imported, line, _ in EDGES:
         a, b = layer_of(importer), layer_of(imported)
         if a and b and b not in MAY_IMPORT[a] and (importer, imported) not in ALLOWED:
-            bad.append(f"{FILES[importer].relative_to(ROOT)}:{line} {importer} ({a}) -> "
-                       f"{imported} ({b})")  # fmt: skip
+            bad.append(
+                f"{FILES[importer].relative_to(ROOT)}:{line} {importer} ({a}) -> {imported} ({b})"
+            )
     assert not bad, "imports against the layering (docs/architecture.md):\n" + "\n".join(bad)
 
 
@@ -252,8 +256,16 @@ def test_core_needs_only_torch_and_pyg():
 
 @pytest.mark.parametrize("runtime_only", [False, True])
 def test_the_checker_sees_lazy_relative_and_importlib_imports(runtime_only):
-    known = {"smore_gnn", "smore_gnn.nn.config", "smore_gnn.hf.model", "smore_gnn.viz", "theory",
-             "theory.closed_form", "smore_gnn.analysis", "smore_gnn.analysis.routing"}  # fmt: skip
+    known = {
+        "smore_gnn",
+        "smore_gnn.nn.config",
+        "smore_gnn.hf.model",
+        "smore_gnn.viz",
+        "theory",
+        "theory.closed_form",
+        "smore_gnn.analysis",
+        "smore_gnn.analysis.routing",
+    }
     source = (
         "from typing import TYPE_CHECKING\nimport importlib\nimport torch\n"
         "if TYPE_CHECKING:\n    from smore_gnn.hf.model import SMoREModel\n"

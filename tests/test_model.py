@@ -57,8 +57,11 @@ def test_matching_is_peft_s_own_rule():
         ours = find_target_modules(_tiny()[0], targets, exclude)
         config = LoraConfig(r=2, target_modules=targets, exclude_modules=exclude)
         lora = get_peft_model(_tiny()[0], config)
-        theirs = [n.removeprefix("base_model.model.") for n, m in lora.named_modules()
-                  if hasattr(m, "lora_A") and isinstance(m.base_layer, nn.Linear)]  # fmt: skip
+        theirs = [
+            n.removeprefix("base_model.model.")
+            for n, m in lora.named_modules()
+            if hasattr(m, "lora_A") and isinstance(m.base_layer, nn.Linear)
+        ]
         assert ours == theirs, (targets, exclude)
     with pytest.raises(TypeError, match="target_modules must be a regex string or a list"):
         find_target_modules(_tiny()[0], 3)

@@ -57,10 +57,13 @@ def fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         entries.append((words[0], f"{words[0]} /ipa/\n2. {prefix}second\n"))  # a second sense
         write_db(folder, f"freedict-eng-{code}", entries)
     foldoc = [
-        (w, f"{w}\n\n   <{['programming', 'hardware'][i % 2]}> A made-up thing number {i} "
-            f"of the fixture, used in tests. More text.\n\n   (2024-01-01)\n")
+        (
+            w,
+            f"{w}\n\n   <{['programming', 'hardware'][i % 2]}> A made-up thing number {i} "
+            f"of the fixture, used in tests. More text.\n\n   (2024-01-01)\n",
+        )
         for i, w in enumerate(words[60:120])
-    ]  # fmt: skip
+    ]
     write_db(folder, "foldoc", foldoc + [("redirect", "redirect\n\n   {elsewhere}\n\n")])
     return folder
 
@@ -264,8 +267,10 @@ def test_write_bundled_writes_records_readme_and_licences(tmp_path: Path) -> Non
     assert "Train per task: acronyms 2.\nTest per task: wordnet 1.\n" in readme
     licences = (out / "LICENSES.md").read_text(encoding="utf-8").splitlines()
     assert len([row for row in licences if row.startswith("| ")]) == 1 + len(TASKS)
-    assert "| acronyms | dict-vera | GNU FDL 1.1 or later (Oliver Heidelbach) | " \
-        "licenses/dict-vera.copyright |" in licences  # fmt: skip
+    assert (
+        "| acronyms | dict-vera | GNU FDL 1.1 or later (Oliver Heidelbach) | "
+        "licenses/dict-vera.copyright |" in licences
+    )
     assert "| en_fr | dict-freedict-eng-fra | GPL-2+ (FreeDict contributors) | (not found) |" in (
         licences
     )

@@ -14,16 +14,30 @@ from bench.router_probe import validation_split
 
 
 def _settings() -> dict:
-    return {**quality.settings_for(quick=False), "seeds": [0, 1], "datasets": ["multitask"],
-            "budgets": ["small"]}  # fmt: skip
+    return {
+        **quality.settings_for(quick=False),
+        "seeds": [0, 1],
+        "datasets": ["multitask"],
+        "budgets": ["small"],
+    }
 
 
 def _write(tmp_path, settings, method, seed, acc, per_task=None, **extra):
     config = quality.run_config(settings, "multitask", method, "small")
-    run = {"run": f"multitask-small-{method}-s{seed}", "dataset": "multitask", "budget": "small",
-           "method": method, "seed": seed, "accuracy": acc, "trainable_parameters": 100,
-           "rank": 2, "wall_s": 10.0, "per_task": per_task or {"a": {"accuracy": acc, "n": 4}},
-           "config": config, **extra}  # fmt: skip
+    run = {
+        "run": f"multitask-small-{method}-s{seed}",
+        "dataset": "multitask",
+        "budget": "small",
+        "method": method,
+        "seed": seed,
+        "accuracy": acc,
+        "trainable_parameters": 100,
+        "rank": 2,
+        "wall_s": 10.0,
+        "per_task": per_task or {"a": {"accuracy": acc, "n": 4}},
+        "config": config,
+        **extra,
+    }
     (tmp_path / f"{run['run']}.json").write_text(json.dumps(run))
 
 

@@ -22,8 +22,14 @@ KEYS = [[3.0, 0.0], [0.0, 0.5]]  # two top-layer keys of different, non-unit nor
 
 def _router_inputs(gate: str) -> tuple[list[int], torch.Tensor]:
     """Top layer of 2 experts with KEYS, f = 1; returns the picks and the child router input."""
-    cfg = SMoREConfig(num_experts=[2, 2], fanout=[1, 1], rank=[1, 1], router_dim=2,
-                      gate_type=gate, down_proj_dim=None)  # fmt: skip
+    cfg = SMoREConfig(
+        num_experts=[2, 2],
+        fanout=[1, 1],
+        rank=[1, 1],
+        router_dim=2,
+        gate_type=gate,
+        down_proj_dim=None,
+    )
     router = SMoRERouter(2, cfg).eval()
     top = router.layers[1]
     with torch.no_grad():  # q = u: the token itself is the query
@@ -60,8 +66,9 @@ def test_switch_hands_down_the_raw_keys():
 
 def test_normalised_keys_change_the_childrens_choice():
     """With raw keys the child would see (3, 0) and pick differently than with (1, 0)."""
-    cfg = SMoREConfig(num_experts=[2, 1], fanout=[1, 1], rank=[1, 1], router_dim=2,
-                      down_proj_dim=None)  # fmt: skip
+    cfg = SMoREConfig(
+        num_experts=[2, 1], fanout=[1, 1], rank=[1, 1], router_dim=2, down_proj_dim=None
+    )
     router = SMoRERouter(2, cfg).eval()
     child, top = router.layers  # bottom first
     with torch.no_grad():
@@ -114,8 +121,9 @@ def test_reference_initialisations():
 
 # ---- decision 1: the LoRA special case (L = 1, s = f = 1, sigma = identity) -----------------
 def _lora_case(gate: str) -> tuple[SMoRELinear, torch.Tensor, torch.Tensor]:
-    layer = make_layer(num_experts=[1], fanout=[1], rank=[3], expert_act="identity",
-                       gate_type=gate, bias=False).eval()  # fmt: skip
+    layer = make_layer(
+        num_experts=[1], fanout=[1], rank=[3], expert_act="identity", gate_type=gate, bias=False
+    ).eval()
     x = torch.randn(10, 8, dtype=torch.float64)
     bank = layer.experts[0]
     lora = x @ (layer.proj.weight @ bank.lora_B[0] @ bank.lora_A.weight).T  # W_proj B A x
@@ -160,8 +168,14 @@ def _routing(experts: list[list[list[int]]], scores: list[list[list[float]]]) ->
 def test_momor_is_the_literal_flat_mixture(backend):
     """m = sum_l sum_{e in U_l} c_l (B_l^e (A_l^e x + a) + b), layer l placed in the last
     d_{l+1} coordinates of d_L; scores, wiring, duplicates and sigma do not enter."""
-    layer = make_layer(num_experts=[3, 2], fanout=[2, 2], rank=[2, 1], propagation="momor",
-                       backend=backend, lora_alpha=[3.0, 2.0])  # fmt: skip
+    layer = make_layer(
+        num_experts=[3, 2],
+        fanout=[2, 2],
+        rank=[2, 1],
+        propagation="momor",
+        backend=backend,
+        lora_alpha=[3.0, 2.0],
+    )
     assert all(conv.lin is None for conv in layer.convs)  # no W_l: nothing unused to train
     x = torch.randn(2, 8, dtype=torch.float64)
     # token 0: top {0, 1}, leaves {0, 2} and {2, 1} -> U_0 = {0, 1, 2}; token 1: top {1, 0},
@@ -195,8 +209,14 @@ def test_momor_is_the_literal_flat_mixture(backend):
 def test_momor_equals_smore_under_prop_3_2_when_every_expert_is_used_once():
     """With Proposition 3.2's W_l = [0; I], identity sigma and unit scores, S'MoRE's m_root is
     exactly the flat mixture: the literal MoMOR is the structure-forgetting form of it."""
-    kw = dict(num_experts=[2, 2], fanout=[1, 2], rank=[2, 2], expert_act="identity",
-              init_method="eq_1_layer", gate_type="switch")  # fmt: skip
+    kw = dict(
+        num_experts=[2, 2],
+        fanout=[1, 2],
+        rank=[2, 2],
+        expert_act="identity",
+        init_method="eq_1_layer",
+        gate_type="switch",
+    )
     smore = make_layer(randomize=False, **kw)
     momor = make_layer(randomize=False, propagation="momor", **kw)
     momor.load_state_dict(smore.state_dict(), strict=False)  # momor has no W_l
@@ -219,5 +239,6 @@ def test_momor_counts_no_transition_and_no_activation_parameters():
     with pytest.warns(UserWarning, match="expert_act='prelu' has no effect"):
         cfg = SMoREConfig(propagation="momor", expert_act="prelu")
     layer = SMoRELinear(nn.Linear(24, 20), cfg)
-    assert count_parameters(cfg, 24, 20)["total"] == sum(p.numel() for p in layer.parameters()
-                                                         if p.requires_grad)  # fmt: skip
+    assert count_parameters(cfg, 24, 20)["total"] == sum(
+        p.numel() for p in layer.parameters() if p.requires_grad
+    )

@@ -18,8 +18,15 @@ GATES = ("switch", "noisy_topk", "dense")
 
 def _cfg(gate: str = "switch", **kw) -> SMoREConfig:
     fanout = [3, 2] if gate == "dense" else [2, 1]
-    return SMoREConfig(num_experts=[3, 2], fanout=fanout, rank=[2, 2], gate_type=gate,
-                       router_dim=8, down_proj_dim=4, **kw)  # fmt: skip
+    return SMoREConfig(
+        num_experts=[3, 2],
+        fanout=fanout,
+        rank=[2, 2],
+        gate_type=gate,
+        router_dim=8,
+        down_proj_dim=4,
+        **kw,
+    )
 
 
 def _layer(cfg: SMoREConfig, seed: int = 0) -> LayerRouter:
@@ -136,8 +143,9 @@ def test_bad_values_are_named(kwargs, error, match):
 
 
 def test_options_round_trip_and_default_off():
-    cfg = SMoREConfig(logit_scale=3, learn_logit_scale=True, z_loss_weight=1e-3,
-                      router_input_norm=True)  # fmt: skip
+    cfg = SMoREConfig(
+        logit_scale=3, learn_logit_scale=True, z_loss_weight=1e-3, router_input_norm=True
+    )
     assert isinstance(cfg.logit_scale, float) and cfg.logit_scale == 3.0
     assert SMoREConfig.from_json(cfg.to_json()) == cfg
     default = SMoREConfig()
@@ -149,9 +157,16 @@ def test_learned_scale_and_options_survive_save_and_load(tmp_path):
     from smore_gnn.hf.model import SMoREModel, get_smore_model
     from smore_gnn.hf.testing import tiny_llama
 
-    cfg = SMoREConfig(num_experts=[3, 2], fanout=[2, 1], rank=[2, 2], gate_type="switch",
-                      logit_scale=4.0, learn_logit_scale=True, router_input_norm=True,
-                      z_loss_weight=1e-3)  # fmt: skip
+    cfg = SMoREConfig(
+        num_experts=[3, 2],
+        fanout=[2, 1],
+        rank=[2, 2],
+        gate_type="switch",
+        logit_scale=4.0,
+        learn_logit_scale=True,
+        router_input_norm=True,
+        z_loss_weight=1e-3,
+    )
     model = get_smore_model(tiny_llama(seed=0)[0], cfg)
     with torch.no_grad():
         for layer in model.adapters().values():

@@ -25,10 +25,11 @@ CONFIGS = [
     dict(num_experts=[3, 4], fanout=[2, 2], rank=[2, 3], gate_type="noisy_topk"),
     dict(num_experts=[3, 4], fanout=[3, 4], rank=[2, 3], gate_type="dense"),
     dict(num_experts=[3, 4, 2], fanout=[2, 2, 2], rank=[2, 3, 2], propagation="smore_star"),
-    dict(num_experts=[3, 4], fanout=[2, 2], rank=[2, 3], propagation="momor",
-         expert_act="identity"),
+    dict(
+        num_experts=[3, 4], fanout=[2, 2], rank=[2, 3], propagation="momor", expert_act="identity"
+    ),
     dict(num_experts=[3], fanout=[2], rank=[2], shared_pool=False, expert_act="identity"),
-]  # fmt: skip
+]
 
 
 def _step(layer, x, grad_out, mask=None, seed=7):
@@ -141,8 +142,9 @@ def test_stacked_weight_cache_follows_updates(tokens, entry):
 
 
 def test_cached_edges_made_in_inference_mode_serve_a_backward():
-    layer = make_layer(torch.float64, gate_type="switch", num_experts=[3, 4],
-                       fanout=[2, 2], rank=[2, 2]).train()  # fmt: skip
+    layer = make_layer(
+        torch.float64, gate_type="switch", num_experts=[3, 4], fanout=[2, 2], rank=[2, 2]
+    ).train()
     x = torch.randn(100, 8, dtype=torch.float64)  # over the tiny-N limit: message passing
     with torch.inference_mode():
         routing = layer.router(x)

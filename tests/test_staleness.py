@@ -27,14 +27,16 @@ def test_a_fused_step_leaves_the_version_counters_alone():
 @pytest.mark.parametrize("gate_type", ["switch", "noisy_topk"])
 @pytest.mark.parametrize("num_tokens", list(SIZES.values()), ids=list(SIZES))
 def test_eval_after_an_optimizer_step_uses_the_new_weights(num_tokens, gate_type, fused):
-    layer = make_layer(dtype=torch.float32, gate_type=gate_type, router_input_norm=True,
-                       logit_scale=10.0)  # fmt: skip
+    layer = make_layer(
+        dtype=torch.float32, gate_type=gate_type, router_input_norm=True, logit_scale=10.0
+    )
     x = torch.randn(num_tokens, 8)
     layer.eval()
     with torch.no_grad():
         before = layer(x)  # builds the caches
-    opt = torch.optim.AdamW([p for p in layer.parameters() if p.requires_grad], lr=0.05,
-                            fused=fused)  # fmt: skip
+    opt = torch.optim.AdamW(
+        [p for p in layer.parameters() if p.requires_grad], lr=0.05, fused=fused
+    )
     layer.train()
     torch.manual_seed(0)
     (layer(torch.randn(num_tokens, 8)).square().sum() + layer.balance_loss).backward()

@@ -227,8 +227,23 @@ def test_cli_tiny_grid(capsys, tmp_path):
     assert "G_SMoRE" in out and "ALL CHECKS PASSED" in out and png.stat().st_size > 10_000
     rows = [line for line in out.splitlines() if line.lstrip()[:1].isdigit()]
     assert len(rows) == len(cli.grid(3, 2, 2)) == 10
-    assert rows[-1].split()[:15] == ["3", "2", "2", "|", "27", "27", "|", "12", "12", "|",
-                                     "18", "18", "|", "27", "27"]  # fmt: skip
+    assert rows[-1].split()[:15] == [
+        "3",
+        "2",
+        "2",
+        "|",
+        "27",
+        "27",
+        "|",
+        "12",
+        "12",
+        "|",
+        "18",
+        "18",
+        "|",
+        "27",
+        "27",
+    ]
 
 
 def test_cli_reports_mismatch(monkeypatch, capsys):

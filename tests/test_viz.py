@@ -189,8 +189,12 @@ def test_plot_routing_health(layer, tmp_path):
     fig = plot_routing_health(health, path=tmp_path / "r.png")
     assert (tmp_path / "r.png").exists()
     labels = [ax.get_ylabel() for ax in fig.axes]
-    assert labels == ["median score spread", "busiest-expert share", "load entropy / log s",
-                      "task NMI (whole tree)"]  # fmt: skip
+    assert labels == [
+        "median score spread",
+        "busiest-expert share",
+        "load entropy / log s",
+        "task NMI (whole tree)",
+    ]
     spread, share, entropy, nmi = fig.axes
     top = health["modules"][MODULES[0]]["layers"][1]["top_share"]
     (line,) = [line for line in share.lines if line.get_label() == "layer 1"]
@@ -206,8 +210,9 @@ def test_plot_routing_health(layer, tmp_path):
 
 def test_draw_task_trees(layer, tmp_path):
     tasks = ["a", "a", "b", "b", "a", "a"]
-    fig = draw_task_trees(layer.last_tree, tasks, token_labels=list("uvwxyz"),
-                          path=tmp_path / "t.png")  # fmt: skip
+    fig = draw_task_trees(
+        layer.last_tree, tasks, token_labels=list("uvwxyz"), path=tmp_path / "t.png"
+    )
     assert (tmp_path / "t.png").exists()
     assert len(fig.axes) == 2 and all(drawn(ax) == (7, 6) for ax in fig.axes)
     titles = [ax.get_title() for ax in fig.axes]

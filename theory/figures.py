@@ -32,6 +32,10 @@ def figure2(
         The figure; save it with ``fig.savefig(path)``.
     """
     return plot_gamma_vs_layers(
-        num_experts, fanout, max_layers, show_star=True, measured=measured,
+        num_experts,
+        fanout,
+        max_layers,
+        show_star=True,
+        measured=measured,
         title=f"Figure 2: s = {num_experts}, f = {fanout} per layer",
-    )  # fmt: skip
+    )

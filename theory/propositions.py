@@ -75,11 +75,13 @@ def check_prop_3_1(num_experts: int = 5, fanout: int = 2, tokens: int = 16) -> C
     routing = layer.last_routing
     mix = torch.stack(
         [
-            sum(a * _expert(layer, 0, int(e), x[n])[1]
-                for e, a in zip(routing.experts[0][n], routing.scores[0][n].double()))
+            sum(
+                a * _expert(layer, 0, int(e), x[n])[1]
+                for e, a in zip(routing.experts[0][n], routing.scores[0][n].double())
+            )
             for n in range(tokens)
         ]
-    )  # fmt: skip
+    )
     expected = layer.base_layer(x) + mix @ layer.proj.weight.t() + layer.proj.bias
     err = _rel(y, expected)
     return CheckResult("Prop 3.1 (L=1, identity: mixture of LoRA)", err < EXACT, {"rel_err": err})
@@ -123,8 +125,10 @@ def check_prop_3_2(
     routing = layer.router(x)
     m_root = layer.propagate_tree(x, RoutingTree.from_routing(routing))  # [N, d_L]
     expected = torch.zeros_like(m_root)
-    offsets = [sum(s * r for s, r in zip(cfg.num_experts[l + 1 :], cfg.rank[l + 1 :]))
-               for l in range(cfg.num_layers)]  # fmt: skip
+    offsets = [
+        sum(s * r for s, r in zip(cfg.num_experts[l + 1 :], cfg.rank[l + 1 :]))
+        for l in range(cfg.num_layers)
+    ]
     for n in range(tokens):
         for l in range(cfg.num_layers):
             for j, e in enumerate(routing.experts[l][n].tolist()):
@@ -194,11 +198,17 @@ def check_figure3() -> list[CheckResult]:
         [[0, 1], [0, 1]],
     ]
     return [
-        _pair_check("Figure 3 (a) re-partition children",
-                    case_a, {"smore": True, "smore_star": True, "momor": False}),
-        _pair_check("Figure 3 (b)/(c) swap sibling child sets",
-                    case_bc, {"smore": True, "smore_star": False, "momor": False}),
-    ]  # fmt: skip
+        _pair_check(
+            "Figure 3 (a) re-partition children",
+            case_a,
+            {"smore": True, "smore_star": True, "momor": False},
+        ),
+        _pair_check(
+            "Figure 3 (b)/(c) swap sibling child sets",
+            case_bc,
+            {"smore": True, "smore_star": False, "momor": False},
+        ),
+    ]
 
 
 def check_rewiring(num_trees: int = 200, seed: int = 0) -> CheckResult:
@@ -228,8 +238,9 @@ def check_rewiring(num_trees: int = 200, seed: int = 0) -> CheckResult:
         "smore_min_gap": float(gaps["smore"][~iso].min()),
         "momor_max_gap": float(gaps["momor"].max()),
     }
-    return CheckResult("Re-wiring: MoMOR invariant, S'MoRE iff non-isomorphic",
-                       smore_ok and momor_ok, detail)  # fmt: skip
+    return CheckResult(
+        "Re-wiring: MoMOR invariant, S'MoRE iff non-isomorphic", smore_ok and momor_ok, detail
+    )
 
 
 def check_smore_star_positional(num_layers: int = 2, tokens: int = 2) -> CheckResult:

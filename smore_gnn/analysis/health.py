@@ -234,8 +234,9 @@ class RoutingHealthCallback:
 
     def measure(self, model: nn.Module, step: int) -> dict[str, Any]:
         """Measure ``model`` now, append ``{"step", **summary}`` to :attr:`history`."""
-        summary = routing_health(model, self.batches, self.tasks, self.shuffled_control,
-                                 self.seed)["summary"]  # fmt: skip
+        summary = routing_health(
+            model, self.batches, self.tasks, self.shuffled_control, self.seed
+        )["summary"]
         entry = {"step": int(step), **summary}
         self.history.append(entry)
         self._pending = entry
@@ -262,8 +263,9 @@ class RoutingHealthCallback:
             history[-1].update(extra)  # the Trainer recorded a copy of logs before on_log
         self._pending = None
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None,
-                    **kwargs: Any) -> None:  # fmt: skip
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any
+    ) -> None:
         """Measure now and add the summary to the evaluation metrics."""
         model = kwargs.get("model")
         if model is None or metrics is None:

@@ -124,8 +124,9 @@ def accuracy(args: Any, model: Any, tokenizer: Any, test: list[dict]) -> dict | 
 
     if not test:
         return None
-    return evaluate_mc(model, tokenizer, test, args.answer, args.eval_batch_size,
-                       progress=args.progress)  # fmt: skip
+    return evaluate_mc(
+        model, tokenizer, test, args.answer, args.eval_batch_size, progress=args.progress
+    )
 
 
 def draw_routing(args: Any, model: Any, tokenizer: Any, prompt: str, out: Path) -> tuple:
@@ -138,8 +139,13 @@ def draw_routing(args: Any, model: Any, tokenizer: Any, prompt: str, out: Path) 
     png = Path(args.png or out / "routing_tree.png")
     with user_input("--png"):
         png.parent.mkdir(parents=True, exist_ok=True)
-    draw_routing_tree(routed.layer.last_tree, token=routed.token, path=str(png), show_scores=True,
-                      title=f"{routed.name}\ntoken {routed.token} {routed.piece!r}")  # fmt: skip
+    draw_routing_tree(
+        routed.layer.last_tree,
+        token=routed.token,
+        path=str(png),
+        show_scores=True,
+        title=f"{routed.name}\ntoken {routed.token} {routed.piece!r}",
+    )
     return f"{routed.text}\nrouting tree drawn to {png}", routed.name
 
 
@@ -167,19 +173,37 @@ def finetune(args: Any) -> dict[str, Any]:
     print(f"base accuracy: {base and base['accuracy']} on {len(test)} questions")
     if not args.adapter:
         model, report = build_for_budget(
-            args.method or "smore", model, args.smore_config, args.target_modules,
-            lora_rank=args.lora_rank, match_budget=args.match_budget, seed=args.seed,
-        )  # fmt: skip
+            args.method or "smore",
+            model,
+            args.smore_config,
+            args.target_modules,
+            lora_rank=args.lora_rank,
+            match_budget=args.match_budget,
+            seed=args.seed,
+        )
     method = method_of(model).name
     health = routing_health_of(model, tokenizer, test, args.eval_batch_size, args.seed)
     training = training_arguments(
-        str(out / "trainer"), per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, num_train_epochs=args.epochs,
-        max_steps=args.max_steps, learning_rate=args.lr, warmup_steps=args.warmup,
-        seed=args.seed, logging_steps=args.logging_steps, disable_tqdm=not args.progress,
-    )  # fmt: skip
-    trainer = build_trainer(model, tokenizer, dataset, training, args.max_length,
-                            answer=args.answer, router_lr_scale=args.router_lr_scale)  # fmt: skip
+        str(out / "trainer"),
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup,
+        seed=args.seed,
+        logging_steps=args.logging_steps,
+        disable_tqdm=not args.progress,
+    )
+    trainer = build_trainer(
+        model,
+        tokenizer,
+        dataset,
+        training,
+        args.max_length,
+        answer=args.answer,
+        router_lr_scale=args.router_lr_scale,
+    )
     t_train = time.time()
     result = trainer.train()
     t_train = time.time() - t_train
@@ -187,13 +211,21 @@ def finetune(args: Any) -> dict[str, Any]:
     print(f"adapter saved to {out}", flush=True)
     tuned = accuracy(args, model, tokenizer, test)
     metrics = {
-        "model": args.model, "method": method, "adapter": args.adapter, "answer": args.answer,
-        "base_accuracy": base and base["accuracy"], "tuned_accuracy": tuned and tuned["accuracy"],
-        "n_train": len(train), "n_test": len(test),
-        "trainable_parameters": trainable_parameters(model), "budget_report": report,
-        "train_steps": result.global_step, "train_loss": result.training_loss,
-        "train_time_s": round(t_train, 1), "log_history": trainer.state.log_history,
-    }  # fmt: skip
+        "model": args.model,
+        "method": method,
+        "adapter": args.adapter,
+        "answer": args.answer,
+        "base_accuracy": base and base["accuracy"],
+        "tuned_accuracy": tuned and tuned["accuracy"],
+        "n_train": len(train),
+        "n_test": len(test),
+        "trainable_parameters": trainable_parameters(model),
+        "budget_report": report,
+        "train_steps": result.global_step,
+        "train_loss": result.training_loss,
+        "train_time_s": round(t_train, 1),
+        "log_history": trainer.state.log_history,
+    }
     if tuned and tuned["per_task"]:
         metrics["per_task"] = {"base": base and base["per_task"], "tuned": tuned["per_task"]}
     if health is not None:
@@ -210,9 +242,11 @@ def finetune(args: Any) -> dict[str, Any]:
     (out / "finetune_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=True))
     m = metrics
     print("\n".join(summary_lines(m)))
-    print(f"{m['method']}: base accuracy {m['base_accuracy']} -> tuned accuracy "
-          f"{m['tuned_accuracy']} ({m['trainable_parameters']:,} trainable parameters, "
-          f"{m['wall_time_s']:.0f} s); adapter and metrics.json in {out}")  # fmt: skip
+    print(
+        f"{m['method']}: base accuracy {m['base_accuracy']} -> tuned accuracy "
+        f"{m['tuned_accuracy']} ({m['trainable_parameters']:,} trainable parameters, "
+        f"{m['wall_time_s']:.0f} s); adapter and metrics.json in {out}"
+    )
     return metrics
 
 
@@ -226,9 +260,14 @@ def evaluate(args: Any) -> dict[str, Any]:
     if args.adapter:
         model = load_adapter(model, args.adapter)
     scores = accuracy(args, model, tokenizer, test)
-    result = {"model": args.model, "adapter": args.adapter, "n_test": len(test),
-              "answer": args.answer, "accuracy": scores["accuracy"],
-              "per_task": scores["per_task"]}  # fmt: skip
+    result = {
+        "model": args.model,
+        "adapter": args.adapter,
+        "n_test": len(test),
+        "answer": args.answer,
+        "accuracy": scores["accuracy"],
+        "per_task": scores["per_task"],
+    }
     print(json.dumps(result))
     return result
 
@@ -248,8 +287,9 @@ def inspect(args: Any) -> str:
             )
     else:
         with user_input("--target-modules"):
-            model, _ = build_for_budget("smore", model, args.smore_config, args.target_modules,
-                                        seed=args.seed)  # fmt: skip
+            model, _ = build_for_budget(
+                "smore", model, args.smore_config, args.target_modules, seed=args.seed
+            )
     out = Path(args.output_dir)
     text, module = draw_routing(args, model, tokenizer, args.prompt or "The cat sat on the", out)
     if args.health_data:
@@ -269,8 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command, args, ignored = parse(argv)
         if ignored:
-            print(f"smore-gnn {command}: not using config keys {', '.join(ignored)} "
-                  "(settings of other commands)", flush=True)  # fmt: skip
+            print(
+                f"smore-gnn {command}: not using config keys {', '.join(ignored)} "
+                "(settings of other commands)",
+                flush=True,
+            )
         {"finetune": finetune, "eval": evaluate, "inspect": inspect}[command](args)
     except UsageError as err:
         message = " ".join(str(err).split())
@@ -278,8 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{where}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("smore-gnn: interrupted; the output folder keeps the adapter of the last "
-              "completed save, if any (saves are atomic)", file=sys.stderr)  # fmt: skip
+        print(
+            "smore-gnn: interrupted; the output folder keeps the adapter of the last "
+            "completed save, if any (saves are atomic)",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

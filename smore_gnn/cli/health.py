@@ -69,8 +69,10 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     for task in sorted(tuned):
         before = base.get(task, {}).get("accuracy")
         before = "-" if before is None else f"{before:.3f}"
-        lines.append(f"  {task:<12} {before} -> {tuned[task]['accuracy']:.3f} "
-                     f"({tuned[task]['n']} questions)")  # fmt: skip
+        lines.append(
+            f"  {task:<12} {before} -> {tuned[task]['accuracy']:.3f} "
+            f"({tuned[task]['n']} questions)"
+        )
     if lines:
         lines.insert(0, "accuracy per task (base -> tuned):")
     health = metrics.get("routing_health")

@@ -63,12 +63,22 @@ def element_items(elements: Iterable[Element]) -> list[Item]:
         name, near = e.name.capitalize(), (str((e.number - 1) // 10),)  # neighbours look alike
         asks = [  # (type, question, answer, answer kind, distractor groups)
             ("symbol_to_name", f"Which element has the symbol {e.symbol}?", name, "name", near),
-            ("name_to_symbol", f"What is the chemical symbol of {e.name}?", e.symbol, "symbol",
-             (e.symbol[0],)),
+            (
+                "name_to_symbol",
+                f"What is the chemical symbol of {e.name}?",
+                e.symbol,
+                "symbol",
+                (e.symbol[0],),
+            ),
             ("number_to_name", f"Which element has atomic number {e.number}?", name, "name", near),
-            ("name_to_number", f"What is the atomic number of {e.name}?", str(e.number), "number",
-             near),
-        ]  # fmt: skip
+            (
+                "name_to_number",
+                f"What is the atomic number of {e.name}?",
+                str(e.number),
+                "number",
+                near,
+            ),
+        ]
         if not e.weight.startswith("("):  # "(253)" is an isotope's mass number, not a weight
             question = f"Which element has an atomic weight of {e.weight}?"
             asks.append(("weight_to_name", question, name, "name", near))

@@ -182,11 +182,20 @@ def wordnet_records(
     extra = [round(n * 1.3) + 10 for n in (n_train, n_test)]  # room for the filters
     out: list[list[dict[str, Any]]] = []
     for records in wordnet.build_wordnet_mc(wordnet_dir, *extra, seed=seed):
-        out.append([
-            dict(question=r["question"], choices=r["choices"], answer=r["answer"], task="wordnet",
-                 type=r["type"], key=wordnet.headword(r))
-            for r in records if fits(r)
-        ])  # fmt: skip
+        out.append(
+            [
+                dict(
+                    question=r["question"],
+                    choices=r["choices"],
+                    answer=r["answer"],
+                    task="wordnet",
+                    type=r["type"],
+                    key=wordnet.headword(r),
+                )
+                for r in records
+                if fits(r)
+            ]
+        )
     train = out[0][:n_train]
     asked = {r["key"] for r in train}
     test = [r for r in out[1] if r["key"] not in asked][:n_test]

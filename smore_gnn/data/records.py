@@ -86,8 +86,10 @@ def read_dataset(path: str | Path) -> list[dict[str, Any]]:
         try:
             formats.append(fmt := record_format(record))
             if fmt != formats[0]:
-                raise ValueError(f"record is {fmt!r}, line {numbered[0][0]} is {formats[0]!r}; "
-                                 "put one format per file")  # fmt: skip
+                raise ValueError(
+                    f"record is {fmt!r}, line {numbered[0][0]} is {formats[0]!r}; "
+                    "put one format per file"
+                )
             if fmt == "mc":
                 answer_index(record)
         except (TypeError, ValueError) as err:
@@ -220,8 +222,13 @@ class SFTDataset(Dataset):
     would keep no prompt token, nothing to condition on, so it is refused.
     """
 
-    def __init__(self, records: Sequence[dict], tokenizer: Any, max_length: int = 512,
-                 answer: str = "letter"):  # fmt: skip
+    def __init__(
+        self,
+        records: Sequence[dict],
+        tokenizer: Any,
+        max_length: int = 512,
+        answer: str = "letter",
+    ):
         """Validate and tokenize ``records``; ValueError on mixed formats or no-prompt examples."""
         self.format = detect_format(records)
         self.records = list(records)
@@ -230,9 +237,11 @@ class SFTDataset(Dataset):
         no_prompt = [i for i, ex in enumerate(self.examples) if ex["labels"][0] != IGNORE_INDEX]
         if no_prompt:
             need, first = max(len(parts[i][1]) for i in no_prompt) + 1, no_prompt[0]
-            raise ValueError(f"{len(no_prompt)} of {len(records)} examples keep no prompt token "
-                             f"at max_length={max_length} (their answer fills it; first: record "
-                             f"{first}); use max_length >= {need} or drop them")  # fmt: skip
+            raise ValueError(
+                f"{len(no_prompt)} of {len(records)} examples keep no prompt token "
+                f"at max_length={max_length} (their answer fills it; first: record "
+                f"{first}); use max_length >= {need} or drop them"
+            )
         cut = [len(p) + len(t) - max_length for p, t in parts if len(p) + len(t) > max_length]
         if cut:
             warnings.warn(

@@ -21,9 +21,11 @@ class AdapterFolders:
     """Mixin of :class:`~smore_gnn.hf.model.SMoREModel` (uses ``peft_config`` and ``_bank``)."""
 
     def save_pretrained(
-        self, save_directory: str | Path, selected_adapters: list[str] | None = None,
+        self,
+        save_directory: str | Path,
+        selected_adapters: list[str] | None = None,
         base_model_name: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Write each adapter atomically: ``"default"`` to the folder, others to subfolders."""
         for name in list(self.peft_config) if selected_adapters is None else selected_adapters:
             out = Path(save_directory) if name == "default" else Path(save_directory) / name
@@ -69,9 +71,12 @@ class AdapterFolders:
 
     @classmethod
     def from_pretrained(
-        cls, model: nn.Module, directory: str | Path, is_trainable: bool = False,
+        cls,
+        model: nn.Module,
+        directory: str | Path,
+        is_trainable: bool = False,
         adapter_name: str = "default",
-    ) -> Any:  # fmt: skip
+    ) -> Any:
         """Wrap the base ``model`` with the adapter saved in ``directory`` (peft's signature).
 
         Everything is validated before the model is touched: on any error it is unchanged.

@@ -27,10 +27,23 @@ from smore_gnn.hf.save import CONFIG_NAME
 from smore_gnn.nn.config import SMoREConfig
 
 __all__ = [
-    "Budgeted", "LoRAMethod", "Method", "SMoREMethod", "Spec", "auxiliary_loss",
-    "build_for_budget", "get_method", "load_any", "method_names", "method_of", "molre_config",
-    "read_folder_method", "save_any", "smore_paper_config", "trainable_parameters",
-]  # fmt: skip
+    "Budgeted",
+    "LoRAMethod",
+    "Method",
+    "SMoREMethod",
+    "Spec",
+    "auxiliary_loss",
+    "build_for_budget",
+    "get_method",
+    "load_any",
+    "method_names",
+    "method_of",
+    "molre_config",
+    "read_folder_method",
+    "save_any",
+    "smore_paper_config",
+    "trainable_parameters",
+]
 
 
 def smore_paper_config(**overrides: Any) -> SMoREConfig:

@@ -33,10 +33,19 @@ from smore_gnn.nn.config import SMoREConfig
 from smore_gnn.nn.layer import SMoRELinear
 
 __all__ = [
-    "ADAPTER_METHODS", "DEFAULT_TARGET_MODULES", "Patterns", "SMoREModel", "adapted_modules",
-    "default_target_modules", "find_target_modules", "get_smore_model", "load_adapter",
-    "match_module_name", "routing_statistics", "save_adapter",
-]  # fmt: skip
+    "ADAPTER_METHODS",
+    "DEFAULT_TARGET_MODULES",
+    "Patterns",
+    "SMoREModel",
+    "adapted_modules",
+    "default_target_modules",
+    "find_target_modules",
+    "get_smore_model",
+    "load_adapter",
+    "match_module_name",
+    "routing_statistics",
+    "save_adapter",
+]
 _MERGE_REASON = (
     "S'MoRE adapters cannot be merged into the base weights: each token is routed to its own "
     "experts, so the update W_proj m_root(x) depends on the input and no single weight matrix "

@@ -108,13 +108,15 @@ class SMoREConfig:
     balance_loss_weight: float = _opt(1e-2, "w of the balance loss (the authors' scale)")
     noise_eps: float = _opt(1e-2, "eps added to the noise std (noisy_topk only)")
     noise_bias: bool = _opt(
-        False, "noisy_topk: a bias in the noise projection (the authors' has none; adapters "
-        "saved by smore-gnn <= 0.1 have one)"
-    )  # fmt: skip
+        False,
+        "noisy_topk: a bias in the noise projection (the authors' has none; adapters "
+        "saved by smore-gnn <= 0.1 have one)",
+    )
     init_method: str = _opt(
-        "w_final_zero", f"one of {INIT_METHODS}: W_proj = 0; Prop. 3.2's construction; or "
-        "'normal' (the authors' default: W_proj Kaiming-uniform too)"
-    )  # fmt: skip
+        "w_final_zero",
+        f"one of {INIT_METHODS}: W_proj = 0; Prop. 3.2's construction; or "
+        "'normal' (the authors' default: W_proj Kaiming-uniform too)",
+    )
     key_init: str = _opt("normal", "router keys: N(0, 1/d_g) or 'uniform' U[0, 1) (the authors')")
     zero_transition_bias: bool = _opt(False, "W_l biases start at zero (as the authors' code)")
     lora_alpha: float | list[float] | None = _opt(
@@ -162,8 +164,14 @@ class SMoREConfig:
         _choice("key_init", self.key_init, KEY_INITS)
         _choice("backend", self.backend, BACKENDS)
         _choice("scatter", self.scatter, SCATTERS)
-        for name in ("shared_pool", "noise_bias", "zero_transition_bias", "bias",
-                     "learn_logit_scale", "router_input_norm"):  # fmt: skip
+        for name in (
+            "shared_pool",
+            "noise_bias",
+            "zero_transition_bias",
+            "bias",
+            "learn_logit_scale",
+            "router_input_norm",
+        ):
             _bool(name, getattr(self, name))
         if self.gate_type == "dense" and self.fanout != self.num_experts:
             raise ValueError(
@@ -200,8 +208,12 @@ class SMoREConfig:
         self._set("down_proj_dim", int(dim) if dim else None)
 
     def _check_floats(self, n: int) -> None:
-        for name, bound in (("balance_loss_weight", ">= 0"), ("noise_eps", "> 0"),
-                            ("logit_scale", "> 0"), ("z_loss_weight", ">= 0")):  # fmt: skip
+        for name, bound in (
+            ("balance_loss_weight", ">= 0"),
+            ("noise_eps", "> 0"),
+            ("logit_scale", "> 0"),
+            ("z_loss_weight", ">= 0"),
+        ):
             value = _real(name, getattr(self, name), f"a float {bound}")
             if value < 0 or (value == 0 and bound == "> 0"):
                 raise ValueError(f"SMoREConfig.{name} must be a float {bound} (got {value})")
@@ -231,8 +243,11 @@ class SMoREConfig:
         if self.zero_transition_bias and (
             not self.bias or self.num_layers == 1 or self.propagation == "momor"
         ):
-            _ignored("zero_transition_bias", True, "there is no W_l bias (bias=False, one "
-                     "layer, or propagation='momor')")  # fmt: skip
+            _ignored(
+                "zero_transition_bias",
+                True,
+                "there is no W_l bias (bias=False, one layer, or propagation='momor')",
+            )
 
     # ---- derived quantities (the formulas live in smore_gnn.nn.counting) --------------------
     @property

@@ -64,8 +64,7 @@ def set_residual_costs(device_type: str, costs: ResidualCosts | None) -> None:
 
 
 def _stack(parts: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
-    biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
-              for p in parts]  # fmt: skip
+    biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in parts]
     bias = torch.cat(biases) if any(p.bias is not None for p in parts) else None
     return torch.cat([p.weight for p in parts]), bias
 

@@ -72,12 +72,19 @@ class SMoRELinear(nn.Module):
             banks = [banks[0]] * cfg.num_layers
         self.experts = nn.ModuleList(banks)
         self.convs = nn.ModuleList(
-            SMoREConv(dims[l], dims[l + 1], cfg.expert_act, cfg.propagation, cfg.bias,
-                      scatter=cfg.scatter)
+            SMoREConv(
+                dims[l],
+                dims[l + 1],
+                cfg.expert_act,
+                cfg.propagation,
+                cfg.bias,
+                scatter=cfg.scatter,
+            )
             for l in range(cfg.num_layers)
-        )  # fmt: skip
-        self.root = SMoREConv(dims[-1], dims[-1], propagation=cfg.propagation, root=True,
-                              scatter=cfg.scatter)  # fmt: skip
+        )
+        self.root = SMoREConv(
+            dims[-1], dims[-1], propagation=cfg.propagation, root=True, scatter=cfg.scatter
+        )
         self.proj = nn.Linear(dims[-1], self.out_features, bias=cfg.bias)
         weight = base_layer.weight
         dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32

@@ -88,10 +88,23 @@ def build_tables(router: nn.Module) -> dict:
             bn = None if layer.noise.bias is None else _f32(layer.noise.bias)
             parts = wn[:, d_u:].split(d_g, dim=1) if l < num_layers - 1 else ()
             noise_w.append(wn[:, :d_u])  # the token part, [s, d_u]
-            noise = (bn, [keys[num_layers - 1 - j] @ w.t() for j, w in enumerate(parts)],
-                     layer.noise_eps)  # fmt: skip
-        plan.append((act, head, ancestors, layer.gate_type, layer.fanout,
-                     layer.weight, layer.z_loss_weight, noise))  # fmt: skip
+            noise = (
+                bn,
+                [keys[num_layers - 1 - j] @ w.t() for j, w in enumerate(parts)],
+                layer.noise_eps,
+            )
+        plan.append(
+            (
+                act,
+                head,
+                ancestors,
+                layer.gate_type,
+                layer.fanout,
+                layer.weight,
+                layer.z_loss_weight,
+                noise,
+            )
+        )
     return {
         "token_w": torch.cat(token_w),  # [L d_g, d_u], layer 0 first
         "token_b": torch.cat(token_b),  # [L d_g]

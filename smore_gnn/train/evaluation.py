@@ -213,8 +213,9 @@ def answer_text_accuracy(
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         mask = mask.to(device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, W] left padding: real positions
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                    logits_to_keep=1)  # fmt: skip
+        out = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
+        )
         first = out.logits[:, -1].float().log_softmax(-1)  # [B, V] predicts option token 0
         owner = torch.tensor([q for q, opts in enumerate(options) for _ in opts], device=device)
         flat = [o for opts in options for o in opts]  # B * k option token lists
@@ -224,8 +225,13 @@ def answer_text_accuracy(
         cache.reorder_cache(owner)  # [B * k, ...]: each option continues its own prompt
         full_mask = torch.cat([mask[owner], torch.ones_like(cont)], dim=1)  # [B * k, W + S]
         cont_pos = pos[owner, -1:] + 1 + torch.arange(span, device=device)  # [B * k, S]
-        logits = model(input_ids=cont, attention_mask=full_mask, position_ids=cont_pos,
-                       use_cache=True, **{key: cache}).logits  # fmt: skip
+        logits = model(
+            input_ids=cont,
+            attention_mask=full_mask,
+            position_ids=cont_pos,
+            use_cache=True,
+            **{key: cache},
+        ).logits
         logp = logits.float().log_softmax(-1)  # [B * k, S, V] predicts option token j + 1
         scores: list[list[float]] = [[] for _ in chunk]
         for row, option in enumerate(flat):

@@ -68,8 +68,11 @@ def param_groups(
     scale = _positive("router_lr_scale", router_lr_scale)
     decay = _positive("weight_decay", weight_decay, allow_zero=True)
     groups: dict[str, list[nn.Parameter]] = {
-        "router": [], "router_no_decay": [], "other": [], "other_no_decay": []
-    }  # fmt: skip
+        "router": [],
+        "router_no_decay": [],
+        "other": [],
+        "other_no_decay": [],
+    }
     seen: set[int] = set()
     for name, param in model.named_parameters():
         if not param.requires_grad or id(param) in seen:

@@ -82,8 +82,9 @@ class SMoRETrainer(Trainer):
             cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             if not {"params", "model", "optimizer_dict"} & set(kwargs):
                 args = self.args
-                groups = param_groups(opt_model, args.learning_rate, self.router_lr_scale,
-                                      args.weight_decay)  # fmt: skip
+                groups = param_groups(
+                    opt_model, args.learning_rate, self.router_lr_scale, args.weight_decay
+                )
                 self.optimizer = cls(groups, **kwargs)
         return super().create_optimizer(model)
 

@@ -93,8 +93,9 @@ def plot_task_expert_heatmap(
         for j, l in enumerate(layers):
             ax, info = axes[i * len(layers) + j], health["modules"][name]["layers"][l]
             shown = shares[name, l]
-            image = ax.imshow(shown, aspect="auto", cmap="viridis", vmin=0, vmax=top,
-                              interpolation="none")  # fmt: skip
+            image = ax.imshow(
+                shown, aspect="auto", cmap="viridis", vmin=0, vmax=top, interpolation="none"
+            )
             ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
             ax.set_xticks(range(shown.shape[1]))
             ax.set_xlabel(f"expert (layer {l})", fontsize=8)
@@ -138,12 +139,26 @@ def plot_routing_health(
         spread = [(i, v["spread_median"]) for i, v in infos if v["fanout"] >= 2]
         if spread:
             axes[0].plot(*zip(*spread), "o-", ms=3, lw=1, color=color, label=f"layer {l}")
-        axes[1].plot([i for i, _ in infos], [v["top_share"] for _, v in infos], "o-", ms=3,
-                     lw=1, color=color, label=f"layer {l}")  # fmt: skip
+        axes[1].plot(
+            [i for i, _ in infos],
+            [v["top_share"] for _, v in infos],
+            "o-",
+            ms=3,
+            lw=1,
+            color=color,
+            label=f"layer {l}",
+        )
         uniform = infos[0][1]["uniform_top_share"]
         axes[1].axhline(uniform, color=color, ls="--", lw=0.8)
-        axes[2].plot([i for i, _ in infos], [v["load_entropy"] for _, v in infos], "o-", ms=3,
-                     lw=1, color=color, label=f"layer {l}")  # fmt: skip
+        axes[2].plot(
+            [i for i, _ in infos],
+            [v["load_entropy"] for _, v in infos],
+            "o-",
+            ms=3,
+            lw=1,
+            color=color,
+            label=f"layer {l}",
+        )
         f, s = infos[0][1]["fanout"], infos[0][1]["num_experts"]
         if s > 1:
             axes[2].axhline(math.log(f) / math.log(s), color=color, ls=":", lw=0.8)
@@ -155,8 +170,15 @@ def plot_routing_health(
     if has_tasks:
         axes[3].plot(x, [r["task_nmi_tree"] for r in rows], "o-", ms=3, lw=1, label="tasks")
         if "task_nmi_tree_shuffled" in rows[0]:
-            axes[3].plot(x, [r["task_nmi_tree_shuffled"] for r in rows], "s--", ms=3, lw=1,
-                         color="grey", label="shuffled tasks")  # fmt: skip
+            axes[3].plot(
+                x,
+                [r["task_nmi_tree_shuffled"] for r in rows],
+                "s--",
+                ms=3,
+                lw=1,
+                color="grey",
+                label="shuffled tasks",
+            )
         axes[3].set_ylabel("task NMI (whole tree)")
         axes[3].set_ylim(0, 1.05)
     for ax in axes:
@@ -263,5 +285,12 @@ def draw_task_trees(
             text = "" if token_labels is None else f" {token_labels[token]!r}"
             tokens.append(token)
             labels.append(f"{task}\ntoken {token}{text}\n{share:.0%} of the task's tokens")
-    return draw_routing_trees(tree, tokens=tokens, labels=labels, ncols=ncols, path=path,
-                              title=title, show_scores=show_scores)  # fmt: skip
+    return draw_routing_trees(
+        tree,
+        tokens=tokens,
+        labels=labels,
+        ncols=ncols,
+        path=path,
+        title=title,
+        show_scores=show_scores,
+    )

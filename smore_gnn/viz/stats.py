@@ -214,11 +214,18 @@ def plot_gamma_vs_layers(
         star = [smore_star_structures([s] * n, [f] * n) for n in layers]
         ax.plot(layers, star, marker="^", ls=":", label="S'MoRE* (ours)")
     for i, counts in enumerate((measured or {}).values()):
-        ax.plot(list(counts), list(counts.values()), "x", color="black", markersize=9,
-                label=None if i else "brute force (GNN)")  # fmt: skip
+        ax.plot(
+            list(counts),
+            list(counts.values()),
+            "x",
+            color="black",
+            markersize=9,
+            label=None if i else "brute force (GNN)",
+        )
     for x, a, b in zip(layers, smore, momor):
-        ax.annotate(f"{a:,}", (x, a), textcoords="offset points", xytext=(-6, 6), fontsize=7,
-                    ha="right")  # fmt: skip
+        ax.annotate(
+            f"{a:,}", (x, a), textcoords="offset points", xytext=(-6, 6), fontsize=7, ha="right"
+        )
         ax.annotate(f"{b:,}", (x, b), textcoords="offset points", xytext=(4, -12), fontsize=7)
     ax.set_yscale("log")
     ax.set_ylim(top=max(smore + momor) * 50)  # room for the top annotation
