@@ -24,6 +24,7 @@ from smore_gnn.hf.lora import lora_rank as check_lora_rank
 from smore_gnn.hf.method import Budgeted, Method, Spec, linear_shapes
 from smore_gnn.hf.model import ADAPTER_METHODS, Patterns, SMoREModel
 from smore_gnn.hf.save import CONFIG_NAME
+from smore_gnn.nn.accounting import count_parameters
 from smore_gnn.nn.config import SMoREConfig
 
 __all__ = [
@@ -80,7 +81,8 @@ class SMoREMethod(Method):
 
     def count(self, model: nn.Module, target_modules: Patterns | None, spec: Spec) -> int:
         spec = _config(self.name, spec)
-        return sum(spec.num_parameters(i, o) for i, o in linear_shapes(model, target_modules))
+        shapes = linear_shapes(model, target_modules)
+        return sum(count_parameters(spec, i, o)["total"] for i, o in shapes)
 
     def build(self, model: nn.Module, spec: Spec, target_modules: Patterns | None = None):
         return SMoREModel(model, _config(self.name, spec), target_modules, method=self.name)

@@ -1,7 +1,7 @@
 """The balance loss's gradient under reentrant gradient checkpointing.
 
 Under *reentrant* checkpointing the first forward runs without autograd, so a balance loss kept
-aside and added to the task loss has no graph: its gradient used to be lost silently. The
+aside and added to the task loss has no graph, and its gradient would be lost silently. The
 layer then carries it through its output instead, without any change to how a trainer writes
 its loss (``loss = task_loss + model.balance_loss()``):
 

@@ -282,12 +282,6 @@ class SMoREConfig:
         """Gamma_S'MoRE = prod_l C(s_l, f_l)^{F_{l+1}}: routing trees the router can produce."""
         return counting.num_structures(self.num_experts, self.fanout)
 
-    def num_parameters(self, in_features: int, out_features: int) -> int:
-        """Trainable parameters of one adapted ``in_features -> out_features`` linear."""
-        from smore_gnn.nn.accounting import count_parameters
-
-        return count_parameters(self, in_features, out_features)["total"]
-
     # ---- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict:
         return asdict(self)

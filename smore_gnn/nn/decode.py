@@ -1,4 +1,4 @@
-"""A whole ``SMoRELinear`` forward of a few tokens without autograd (a decode step; issue 13).
+"""A whole ``SMoRELinear`` forward of a few tokens without autograd (a decode step).
 
 The GNN pass of :meth:`SMoRELinear._propagate` on the regular trees (docs/spec.md §4-§5, §10)
 in fewer operations, from weights rearranged once and cached

@@ -8,19 +8,14 @@ tests use it as the oracle and the benchmarks as the speed baseline.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from smore_gnn.nn.router import RoutingResult
 
-if TYPE_CHECKING:
-    from smore_gnn.nn.layer import SMoRELinear
 
-
-def _residuals(layer: SMoRELinear, l: int, x: Tensor, experts: Tensor) -> Tensor:
+def _residuals(layer: nn.Module, l: int, x: Tensor, experts: Tensor) -> Tensor:
     # x: [N, d], experts: [N, K] -> c_l * (B^e (A^e x + a^e) + b^e): [N, K, d_{l+1}]
     bank = layer.experts[l]
     s, r = bank.num_experts, bank.rank
@@ -34,7 +29,7 @@ def _residuals(layer: SMoRELinear, l: int, x: Tensor, experts: Tensor) -> Tensor
     return layer.config.residual_scales[l] * out
 
 
-def _momor_root(layer: SMoRELinear, x: Tensor, routing: RoutingResult) -> Tensor:
+def _momor_root(layer: nn.Module, x: Tensor, routing: RoutingResult) -> Tensor:
     # The literal flat mixture sum_l sum_{e in U_l} c_l (B_l^e A_l^e x + ...) (docs/spec.md §5),
     # layer l's d_{l+1} coordinates placed last in d_L (where Prop. 3.2's W = [0; I] puts them).
     num_tokens, d_last = x.size(0), layer.config.message_dims[-1]
@@ -49,7 +44,7 @@ def _momor_root(layer: SMoRELinear, x: Tensor, routing: RoutingResult) -> Tensor
     return total
 
 
-def dense_delta(layer: SMoRELinear, x: Tensor, routing: RoutingResult) -> Tensor:
+def dense_delta(layer: nn.Module, x: Tensor, routing: RoutingResult) -> Tensor:
     """Adapter output ``W_proj m_root`` for tokens ``x`` [N, d] routed as ``routing``."""
     cfg = layer.config
     if cfg.propagation == "momor":

@@ -1,7 +1,7 @@
 """How :class:`~smore_gnn.nn.router.SMoRERouter` computes its routing: the router of docs/spec.md
 §3 in fewer, larger operations than its readable form
 (:meth:`~smore_gnn.nn.router.SMoRERouter.route_reference`), where per-operation overhead, not
-arithmetic, sets the time (issue 13):
+arithmetic, sets the time:
 
 * ``fc1`` of a child router is split by its input blocks,
   ``fc1(concat(u, k_1, ..., k_j)) = (W_u u + b) + W_1 k_1 + ... + W_j k_j``: the ``W_u u + b``
