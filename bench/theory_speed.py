@@ -20,14 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from theory.closed_form import gamma_smore, uniform  # noqa: E402
+from smore_gnn.nn.counting import num_structures, uniform_layers  # noqa: E402
 from theory.count import generic_layer  # noqa: E402
 from theory.distinct import distinct_rows  # noqa: E402
 from theory.enumerate import iter_structures  # noqa: E402
 
 
 def run(num_experts: int, fanout: int, num_layers: int, propagation: str, chunk: int | None):
-    s, f = uniform(num_experts, fanout, num_layers)
+    s, f = uniform_layers(num_experts, fanout, num_layers)
     layer = generic_layer(s, f, propagation)
     x = torch.randn(layer.in_features, generator=torch.Generator().manual_seed(1)).double()
     times = {"enumerate_s": 0.0, "gnn_s": 0.0}
@@ -50,7 +50,7 @@ def run(num_experts: int, fanout: int, num_layers: int, propagation: str, chunk:
     times["total_s"] = time.perf_counter() - start
     return {
         "config": {"s": num_experts, "f": fanout, "L": num_layers, "propagation": propagation},
-        "trees": gamma_smore(s, f),
+        "trees": num_structures(s, f),
         "passes": len(outs),
         "distinct": res.count,
         "min_gap": res.min_gap,

@@ -10,19 +10,19 @@ import torch
 from torch_geometric.utils import to_networkx
 
 from smore_gnn import RoutingTree
+from smore_gnn.nn.counting import (
+    figure2_values,
+    momor_upper_bound,
+    nodes_per_layer,
+    num_structures,
+    smore_star_structures,
+    uniform_layers,
+)
 from tests.test_counting import HAND  # (s, f, Gamma_S'MoRE, MoMOR bound, S'MoRE*) by hand
 from theory import cli
-from theory.closed_form import (
-    figure2_values,
-    gamma_momor_bound,
-    gamma_smore,
-    gamma_smore_star,
-    nodes_per_layer,
-    uniform,
-)
 from theory.count import generic_layer, measure, structure_outputs
 from theory.distinct import close_pairs, distinct_rows
-from theory.enumerate import decode, iter_structures, num_structures, structures
+from theory.enumerate import decode, iter_structures, structures
 from theory.figures import figure2
 from theory.isomorphism import canonical_classes, canonical_ids, data_to_graph, wl_classes, wl_hash
 from theory.propositions import (
@@ -53,18 +53,18 @@ SMALL = [
 @pytest.mark.parametrize("num_experts, fanout, smore, momor, star", HAND)
 def test_closed_forms_against_hand_values(num_experts, fanout, smore, momor, star):
     """theory's names for the formulas of smore_gnn.nn.counting, and the enumeration's count."""
-    assert gamma_smore(num_experts, fanout) == smore
-    assert gamma_momor_bound(num_experts, fanout) == momor
-    assert gamma_smore_star(num_experts, fanout) == star
+    assert num_structures(num_experts, fanout) == smore
+    assert momor_upper_bound(num_experts, fanout) == momor
+    assert smore_star_structures(num_experts, fanout) == star
     assert num_structures(num_experts, fanout) == smore
 
 
 def test_closed_form_helpers():
     assert nodes_per_layer([2, 3, 2]) == [12, 6, 2, 1]
-    assert uniform(4, 2, 3) == ([4, 4, 4], [2, 2, 2])
+    assert uniform_layers(4, 2, 3) == ([4, 4, 4], [2, 2, 2])
     assert figure2_values() == [(1, 6, 6), (2, 216, 66), (3, 279_936, 726)]
     with pytest.raises(ValueError, match="fanout"):
-        gamma_smore([3], [4])
+        num_structures([3], [4])
 
 
 def test_enumeration_is_complete_and_duplicate_free():
@@ -117,9 +117,9 @@ def test_brute_force_equals_closed_forms(num_experts, fanout):
     smore = measure(num_experts, fanout, "smore", tokens=2)
     momor = measure(num_experts, fanout, "momor", tokens=2)
     star = measure(num_experts, fanout, "smore_star", tokens=2)
-    assert smore.counts == [gamma_smore(num_experts, fanout)] * 2
-    assert momor.counts == [gamma_momor_bound(num_experts, fanout)] * 2  # generic: tight
-    assert star.counts == [gamma_smore_star(num_experts, fanout)] * 2
+    assert smore.counts == [num_structures(num_experts, fanout)] * 2
+    assert momor.counts == [momor_upper_bound(num_experts, fanout)] * 2  # generic: tight
+    assert star.counts == [smore_star_structures(num_experts, fanout)] * 2
     for m in (smore, momor, star):  # classes far apart, members equal up to round-off
         assert m.max_within < 1e-13
         assert m.min_gap > 1e-6 or m.min_gap == math.inf
@@ -128,12 +128,12 @@ def test_brute_force_equals_closed_forms(num_experts, fanout):
 def test_identity_activation_collapses_smore():
     # Without a nonlinearity S'MoRE is linear in the tree: fewer distinct outputs than Gamma.
     smore = measure([3, 3], [2, 2], "smore", tokens=1, act="identity")
-    assert smore.min_count < gamma_smore([3, 3], [2, 2])
+    assert smore.min_count < num_structures([3, 3], [2, 2])
 
 
 def test_positional_edge_weights_separate_smore_star():
     star = measure([3, 3], [2, 2], "smore_star", tokens=1, edge_weights="positional")
-    assert star.min_count == gamma_smore([3, 3], [2, 2]) > gamma_smore_star([3, 3], [2, 2])
+    assert star.min_count == num_structures([3, 3], [2, 2]) > smore_star_structures([3, 3], [2, 2])
 
 
 def test_structure_outputs_chunked_equals_single_pass():
@@ -176,7 +176,7 @@ def test_close_pairs_matches_brute_force():
 @pytest.mark.parametrize("num_experts, fanout", [([3, 3], [2, 2]), ([2, 3, 2], [1, 2, 2])])
 def test_wl_classes_equal_smore_count(num_experts, fanout):
     tree = structures(num_experts, fanout)
-    assert wl_classes(tree) == gamma_smore(num_experts, fanout) == canonical_classes(tree)
+    assert wl_classes(tree) == num_structures(num_experts, fanout) == canonical_classes(tree)
     data = tree.get_example(5)  # the fast path builds the same graphs as get_example
     graph = to_networkx(data, node_attrs=["layer", "expert"], to_undirected=True)
     labels = {n: f"{a['layer']}:{a['expert']}" for n, a in graph.nodes(data=True)}
@@ -247,7 +247,7 @@ def test_cli_tiny_grid(capsys, tmp_path):
 
 
 def test_cli_reports_mismatch(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "gamma_smore", lambda s, f: 5)  # a wrong closed form
+    monkeypatch.setattr(cli, "num_structures", lambda s, f: 5)  # a wrong closed form
     args = ["verify", "--max-s", "2", "--max-layers", "1", "--seeds", "1", "--skip-checks"]
     assert cli.main(args) == 1
     assert "NO" in capsys.readouterr().out

@@ -134,7 +134,6 @@ def test_plot_entropy_curve(layer, tmp_path):
 
 
 def test_plot_gamma_vs_layers(tmp_path):
-    pytest.importorskip("theory.closed_form")
     fig = plot_gamma_vs_layers(4, 2, max_layers=3, show_star=True, path=tmp_path / "g.png")
     assert (tmp_path / "g.png").exists()
     ax = fig.axes[0]

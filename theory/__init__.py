@@ -2,7 +2,8 @@
 
 Every count is brute-forced through the real propagation code of :mod:`smore_gnn`:
 
-* :mod:`theory.closed_form` -- Theorem 3.3 / 3.4 closed forms (and our S'MoRE* formula);
+* the closed forms of Theorems 3.3 / 3.4 (and our S'MoRE* formula) live once, in
+  :mod:`smore_gnn.nn.counting`; everything here checks them;
 * :mod:`theory.enumerate` -- every routing structure as a batched ``RoutingTree``;
 * :mod:`theory.distinct` -- tolerance-aware, sort-based counting of distinct outputs;
 * :mod:`theory.count` -- distinct adapter outputs over all structures (one GNN pass);

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from theory.closed_form import gamma_momor_bound, gamma_smore, gamma_smore_star, uniform
+from smore_gnn.nn.counting import (
+    momor_upper_bound,
+    num_structures,
+    smore_star_structures,
+    uniform_layers,
+)
 from theory.count import Measurement, measure
 from theory.enumerate import structures
 from theory.isomorphism import canonical_classes, wl_classes
@@ -31,7 +36,7 @@ HEADER = (
 LEGEND = """\
 G_SMoRE: Theorem 3.4 closed form; counted: min over tokens of distinct S'MoRE outputs.
 MoMOR<=: Theorem 3.3 bound; counted: max over tokens of distinct MoMOR outputs.
-SMoRE*cf: our S'MoRE* closed form (theory.closed_form.gamma_smore_star); counted: min over tokens.
+SMoRE*cf: our S'MoRE* closed form (nn.counting.smore_star_structures); counted: min over tokens.
 WL: networkx Weisfeiler-Lehman classes of the labelled trees ('-': skipped for size);
 AHU: canonical-form isomorphism classes. min gap: smallest distance between two distinct outputs,
 in-class: largest distance inside a class (both relative to max|output|; '>' = lower bound).
@@ -54,15 +59,15 @@ class Row:
 
     @property
     def lists(self) -> tuple[list[int], list[int]]:
-        return uniform(self.num_experts, self.fanout, self.num_layers)
+        return uniform_layers(self.num_experts, self.fanout, self.num_layers)
 
     @property
     def match(self) -> bool:
-        gamma = gamma_smore(*self.lists)
+        gamma = num_structures(*self.lists)
         return (
             self.smore.min_count == gamma
-            and self.momor.max_count <= gamma_momor_bound(*self.lists)
-            and self.smore_star.min_count == gamma_smore_star(*self.lists)
+            and self.momor.max_count <= momor_upper_bound(*self.lists)
+            and self.smore_star.min_count == smore_star_structures(*self.lists)
             and self.ahu == gamma
             and self.wl in (None, gamma)
         )
@@ -77,9 +82,9 @@ class Row:
         lists = self.lists
         return (
             f"{self.num_experts:>2} {self.fanout:>2} {self.num_layers:>2} | "
-            f"{gamma_smore(*lists):>9} {self.smore.min_count:>9} | "
-            f"{gamma_momor_bound(*lists):>7} {self.momor.max_count:>7} | "
-            f"{gamma_smore_star(*lists):>8} {self.smore_star.min_count:>8} | "
+            f"{num_structures(*lists):>9} {self.smore.min_count:>9} | "
+            f"{momor_upper_bound(*lists):>7} {self.momor.max_count:>7} | "
+            f"{smore_star_structures(*lists):>8} {self.smore_star.min_count:>8} | "
             f"{'-' if self.wl is None else self.wl:>6} {self.ahu:>9} | {gap:>8} {within:>8.1e} | "
             f"{'yes' if self.match else 'NO':>5} {self.seconds:>6.1f}"
         )
@@ -94,7 +99,7 @@ def grid(
         for s in range(1, max_experts + 1)
         for f in range(1, min(max_fanout, s) + 1)
         for L in range(1, max_layers + 1)
-        if gamma_smore(*uniform(s, f, L)) <= max_trees
+        if num_structures(*uniform_layers(s, f, L)) <= max_trees
     ]
 
 
@@ -109,7 +114,7 @@ def verify_config(
 ) -> Row:
     """Measure one config with all three propagation rules and count isomorphism classes."""
     start = time.perf_counter()
-    s, f = uniform(num_experts, fanout, num_layers)
+    s, f = uniform_layers(num_experts, fanout, num_layers)
     found = {
         p: measure(s, f, p, tokens, chunk_size=chunk_size, tol=tol)
         for p in ("smore", "momor", "smore_star")
@@ -183,7 +188,7 @@ def verify(args: argparse.Namespace) -> int:
         rows.append(row)
         tqdm.write(str(row), file=sys.stdout)
     print(LEGEND)
-    tight = sum(r.momor.max_count == gamma_momor_bound(*r.lists) for r in rows)
+    tight = sum(r.momor.max_count == momor_upper_bound(*r.lists) for r in rows)
     print(f"MoMOR counted == Theorem 3.3 bound (not just <=) in {tight}/{len(rows)} configs.")
     ok = all(r.match for r in rows)
     print(f"grid: {sum(r.match for r in rows)}/{len(rows)} configs match")

@@ -13,12 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from smore_gnn import RoutingTree, SMoREConfig, SMoRELinear
-from theory.closed_form import (
+from smore_gnn.nn.counting import (
     figure2_values,
-    gamma_momor_bound,
-    gamma_smore,
-    gamma_smore_star,
-    uniform,
+    momor_upper_bound,
+    num_structures,
+    smore_star_structures,
+    uniform_layers,
 )
 from theory.count import generic_layer, measure
 from theory.enumerate import decode
@@ -149,11 +149,11 @@ def check_figure2(brute_force_layers: int = 2, tokens: int = 2) -> CheckResult:
     expected = [(1, 6, 6), (2, 216, 66), (3, 279_936, 726)]
     ok, detail = figure2_values(4, 2, 3) == expected, {}
     for L in range(1, brute_force_layers + 1):
-        s, f = uniform(4, 2, L)
+        s, f = uniform_layers(4, 2, L)
         smore = measure(s, f, "smore", tokens).min_count
         momor = measure(s, f, "momor", tokens).max_count
         detail[f"L{L}"] = f"{smore} vs {momor}"
-        ok = ok and smore == gamma_smore(s, f) and momor == gamma_momor_bound(s, f)
+        ok = ok and smore == num_structures(s, f) and momor == momor_upper_bound(s, f)
     detail["L3_closed_form"] = f"{expected[2][1]} vs {expected[2][2]}"
     return CheckResult("Figure 2 (s=4, f=2)", ok, detail)
 
@@ -216,7 +216,7 @@ def check_rewiring(num_trees: int = 200, seed: int = 0) -> CheckResult:
     exactly when the re-wired tree is not isomorphic to the original (AHU canonical forms)."""
     num_experts, fanout = [4, 4, 4], [2, 2, 2]
     gen = torch.Generator().manual_seed(seed)
-    pick = torch.randint(gamma_smore(num_experts, fanout), (num_trees,), generator=gen)
+    pick = torch.randint(num_structures(num_experts, fanout), (num_trees,), generator=gen)
     experts = decode(num_experts, fanout, pick).experts
     rewired = [e[:, torch.randperm(e.size(1), generator=gen)] for e in experts]
     tree = RoutingTree(
@@ -246,14 +246,14 @@ def check_rewiring(num_trees: int = 200, seed: int = 0) -> CheckResult:
 def check_smore_star_positional(num_layers: int = 2, tokens: int = 2) -> CheckResult:
     """S'MoRE* forgets which child carries which sub-tree only because sibling edges weigh the
     same: with generic per-position weights it separates every structure, like S'MoRE."""
-    s, f = uniform(4, 2, num_layers)
+    s, f = uniform_layers(4, 2, num_layers)
     equal = measure(s, f, "smore_star", tokens).min_count
     positional = measure(s, f, "smore_star", tokens, edge_weights="positional").min_count
-    ok = equal == gamma_smore_star(s, f) and positional == gamma_smore(s, f)
+    ok = equal == smore_star_structures(s, f) and positional == num_structures(s, f)
     detail = {
         "equal_weights": equal,
         "positional_weights": positional,
-        "G_smore": gamma_smore(s, f),
+        "G_smore": num_structures(s, f),
     }
     return CheckResult(f"S'MoRE* weights (s=4, f=2, L={num_layers})", ok, detail)
 

@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 __all__ = [
+    "uniform_layers",
     "nodes_per_layer",
     "message_dims",
     "num_structures",
@@ -56,6 +57,11 @@ def check_layers(num_experts: Sequence[int], fanout: Sequence[int]) -> None:
                 f"Expected fanout[{l}] <= num_experts[{l}] (got f={fl}, s={sl}); a parent "
                 "cannot pick more children than the layer has experts"
             )
+
+
+def uniform_layers(num_experts: int, fanout: int, num_layers: int) -> tuple[list[int], list[int]]:
+    """``([s] * L, [f] * L)``: the per-layer lists of a config whose layers are all equal."""
+    return [num_experts] * num_layers, [fanout] * num_layers
 
 
 def nodes_per_layer(fanout: Sequence[int]) -> list[int]:
