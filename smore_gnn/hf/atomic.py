@@ -153,7 +153,7 @@ def _remove(out: Path, item: _Leftover) -> None:
     try:
         if item.path.is_dir() and not item.path.is_symlink():
             doomed = item.path
-            if item.kind != "removing":
+            if item.kind in ("old", "saving"):  # may be a complete copy: never a partial one
                 doomed = _named(out, "removing", _new_tag(), item.inside)
                 os.rename(item.path, doomed)
             shutil.rmtree(doomed)
