@@ -71,7 +71,14 @@ class RunFolder:
         try:
             self.path = save_target(directory)
             self.created = _missing_folders(self.path)
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OSError(
+                    err.errno,
+                    f"Expected a folder that can be created (got {self.path}: {err.strerror}); "
+                    "pass a folder on a writable disk",
+                ) from err
             probe_save(self.path)
         except (ValueError, OSError) as err:
             self._remove_created()
