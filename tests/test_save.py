@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -260,10 +261,10 @@ def test_stale_cleanup_touches_only_dead_saves_of_this_target(tmp_path):
         f".adapter2.saving-{dead}-0123abcd",  # another target
         f".adapter.saving-{dead}-0123ABCD",  # not the pattern atomic_folder writes
         f".adapter.saving-{dead}-0123abcd.bak",
-        f".adapter.old-{dead}-fedcba98",  # a previous adapter: never removed by a save
         "adapter.saving-1-0123abcd",
     ]
-    for name in stale + kept:
+    backup = f".adapter.old-{dead}-fedcba98"  # a 0.2 backup: superseded by the next save
+    for name in [*stale, *kept, backup]:
         (tmp_path / name).mkdir()
         (tmp_path / name / WEIGHTS_NAME).write_bytes(b"partial")
     (tmp_path / stale[1] / "notes.txt").write_text("carried")  # out does not exist yet
@@ -287,7 +288,9 @@ def test_own_pid_counts_as_alive_only_for_saves_in_flight(tmp_path):
 
     def write(tmp):
         seen.append(folder.recover_killed_saves(out))  # a second look while this save runs
-        assert tmp.is_dir() and tmp.name.startswith(f".adapter.saving-{os.getpid()}-")
+        assert tmp.is_dir() and re.fullmatch(
+            rf"\.adapter\.saving-\d+T\d+Z-{os.getpid()}-\w{{8}}", tmp.name
+        )
         (tmp / CONFIG_NAME).write_text("{}")
         (tmp / WEIGHTS_NAME).write_bytes(b"new")
 

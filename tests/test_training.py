@@ -73,6 +73,27 @@ def test_training_logs_loss_parts_and_reduces_loss(tmp_path):
     assert frozen and not any(p.requires_grad for p in frozen)
 
 
+def test_one_step_run_with_the_default_warmup_trains(tmp_path):
+    """A warm-up starts at lr 0: with one step and warmup 0.1 (rounded up to 1 step) nothing
+    would train; the step runs without warm-up, with a warning."""
+    torch.manual_seed(0)
+    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
+    model = get_smore_model(model, smore_paper_config(rank=[4, 4]))
+    before = {k: p.detach().clone() for k, p in adapter_parameters(model.adapters()).items()}
+    args = training_arguments(str(tmp_path), max_steps=1, disable_tqdm=True, learning_rate=1e-3)
+    assert args.warmup_steps == 0.1  # the default
+    trainer = build_trainer(model, tokenizer, RECORDS, args, max_length=48)
+    with pytest.warns(UserWarning, match="only training step at learning rate 0"):
+        trainer.train()
+    after = adapter_parameters(model.adapters())
+    assert any(not torch.equal(before[k], p) for k, p in after.items())
+    assert trainer.args.warmup_steps == 0.1  # the user's setting is left as it was
+    args = training_arguments(str(tmp_path), max_steps=2, disable_tqdm=True)
+    trainer = build_trainer(model, tokenizer, RECORDS, args, max_length=48)
+    trainer.create_optimizer()
+    assert trainer.create_scheduler(2).get_last_lr()[0] == 0  # two steps: the warm-up stays
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     _, _, full = _train(tmp_path / "full", max_steps=6)
     _, _, half = _train(

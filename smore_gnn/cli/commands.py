@@ -27,6 +27,7 @@ import yaml
 
 from smore_gnn.cli.args import COMMANDS, UsageError
 from smore_gnn.cli.health import draw_health, routing_health_of, summary_lines
+from smore_gnn.cli.output import RunFolder
 from smore_gnn.cli.parse import parse
 
 BUNDLED = ("wordnet", "multitask")
@@ -150,12 +151,22 @@ def draw_routing(args: Any, model: Any, tokenizer: Any, prompt: str, out: Path) 
 
 
 def finetune(args: Any) -> dict[str, Any]:
-    """Validate everything, score the base model, train, save the adapter, score again."""
+    """Validate everything, score the base model, train, save the adapter, score again.
+
+    The output folder is checked first (:class:`smore_gnn.cli.output.RunFolder`); a run that
+    fails before its adapter is saved leaves it as it found it.
+    """
+    start, run = time.time(), RunFolder(args.output_dir)
+    with run.cleaned_up_on_failure():
+        return _finetune(args, run, start)
+
+
+def _finetune(args: Any, run: RunFolder, start: float) -> dict[str, Any]:
     from smore_gnn.data.records import SFTDataset, format_example
-    from smore_gnn.hf.methods import build_for_budget, method_of, save_any, trainable_parameters
+    from smore_gnn.hf.methods import build_for_budget, method_of, trainable_parameters
     from smore_gnn.train.trainer import build_trainer, training_arguments
 
-    start, out = time.time(), check_writable(args.output_dir)
+    out = run.path
     train, test = load_split(args.data, args.eval_data, args.n_train, args.n_test)
     set_threads(args.threads)
     model, tokenizer = load_model(args)
@@ -184,7 +195,7 @@ def finetune(args: Any) -> dict[str, Any]:
     method = method_of(model).name
     health = routing_health_of(model, tokenizer, test, args.eval_batch_size, args.seed)
     training = training_arguments(
-        str(out / "trainer"),
+        str(run.subfolder("trainer")),
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum,
         num_train_epochs=args.epochs,
@@ -204,10 +215,12 @@ def finetune(args: Any) -> dict[str, Any]:
         answer=args.answer,
         router_lr_scale=args.router_lr_scale,
     )
+    settings = {k: v for k, v in asdict(args).items() if k != "smore_config"}
+    run.write_text("finetune_config.yaml", yaml.safe_dump(settings, sort_keys=True))
     t_train = time.time()
     result = trainer.train()
     t_train = time.time() - t_train
-    save_any(model, out)  # before any post-training evaluation: nothing trained is lost
+    run.save(model)  # before any post-training evaluation: nothing trained is lost
     print(f"adapter saved to {out}", flush=True)
     tuned = accuracy(args, model, tokenizer, test)
     metrics = {
@@ -228,18 +241,18 @@ def finetune(args: Any) -> dict[str, Any]:
     }
     if tuned and tuned["per_task"]:
         metrics["per_task"] = {"base": base and base["per_task"], "tuned": tuned["per_task"]}
+    metrics["wall_time_s"] = round(time.time() - start, 1)
+    run.write_text("metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     if health is not None:
         after = routing_health_of(model, tokenizer, test, args.eval_batch_size, args.seed)
         metrics["routing_health"] = {"before": health["summary"], "after": after["summary"]}
-        (out / "routing_health.json").write_text(json.dumps(after, indent=1) + "\n")
+        run.write_text("routing_health.json", json.dumps(after, indent=1) + "\n")
     if hasattr(model, "routing_stats"):
         prompt = args.prompt or format_example((test or train)[0])[0]
         print(draw_routing(args, model, tokenizer, prompt, out)[0])
         metrics["routing"] = {k: v for k, v in model.routing_stats().items() if k != "modules"}
     metrics["wall_time_s"] = round(time.time() - start, 1)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    settings = {k: v for k, v in asdict(args).items() if k != "smore_config"}
-    (out / "finetune_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=True))
+    run.write_text("metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     m = metrics
     print("\n".join(summary_lines(m)))
     print(

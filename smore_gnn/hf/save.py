@@ -5,13 +5,11 @@ one expert bank in every layer; such shared tensors are stored once, under their
 and stay shared after loading. Reading validates the files completely before the caller
 touches the model.
 
-A folder is written as a unit (:func:`atomic_folder`): the files go to a hidden sibling
-folder, are flushed to disk, and the sibling is renamed into place; an existing folder is
-renamed aside first and removed last. A reader therefore sees the old adapter or the new one,
-never a mix, and an interrupted save leaves the previous adapter loadable. Other entries of
-an existing folder (``metrics.json``, checkpoints, ...) are carried over by renaming. The next
-save into the same folder cleans up after a save whose process was killed (see
-:func:`recover_killed_saves`).
+A folder is written as a unit (:func:`smore_gnn.hf.atomic.atomic_folder`): a reader sees the
+old adapter or the new one, never a mix, and an interrupted save leaves the previous adapter
+loadable; a symlink is followed, and a mount point is written inside. Other entries of an
+existing folder (``metrics.json``, checkpoints, ...) are kept. The next save into the same
+folder cleans up after a killed save (:func:`~smore_gnn.hf.atomic.recover_killed_saves`).
 
 Saving and loading a model live with the model (``SMoREModel.save_pretrained`` /
 ``SMoREModel.from_pretrained``, :mod:`smore_gnn.hf.folders`); this module only knows files.
@@ -21,10 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,142 +27,27 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from smore_gnn.hf.atomic import CONFIG_NAME, atomic_folder, latest_backup, recover_killed_saves
 from smore_gnn.nn.config import SMoREConfig
 from smore_gnn.nn.layer import SMoRELinear
 
-CONFIG_NAME = "adapter_config.json"
+__all__ = [
+    "ADAPTER_FILES",
+    "CONFIG_NAME",
+    "REQUIRED_KEYS",
+    "WEIGHTS_NAME",
+    "adapter_parameters",
+    "atomic_folder",
+    "check_tensors",
+    "expected_shapes",
+    "read_adapter_config",
+    "read_weights",
+    "recover_killed_saves",
+    "write_adapter",
+]
 WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 REQUIRED_KEYS = ("method", "smore_config", "adapted_modules", "target_modules")
-_IN_PROGRESS: set[str] = set()  # names of the temporary folders of this process's saves
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file, or a folder's entries, to disk (folders: where the OS allows it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        if path.is_dir():  # e.g. Windows cannot open a folder; its renames are still atomic
-            return
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_folder(directory: str | Path, write: Callable[[Path], Any]) -> None:
-    """Write a folder as a unit: ``write(tmp)`` fills a hidden sibling, which replaces it.
-
-    Steps: write into ``.<name>.saving-<id>``; fsync its files and itself; move the other
-    entries of an existing ``directory`` (those ``write`` did not create) into it; rename
-    ``directory`` aside to ``.<name>.old-<id>``; rename the new folder in; remove the old one.
-    If a step raises, the new folder is removed and the old one is put back. Before the
-    entries move, what killed saves into ``directory`` left behind is cleaned up
-    (:func:`recover_killed_saves`); ``<id>`` is ``<pid>-<8 hex digits>``.
-    """
-    out = Path(os.path.abspath(directory))
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"Expected a folder to save the adapter in (got the file {out})")
-    cwd = Path.cwd()
-    if out == cwd or out in cwd.parents:
-        raise ValueError(
-            f"Expected a folder other than the working directory or its parents (got {out}); "
-            "the save replaces the folder as a whole: pass a subfolder such as ./adapter"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp, old = out.parent / f".{out.name}.saving-{tag}", out.parent / f".{out.name}.old-{tag}"
-    tmp.mkdir()
-    _IN_PROGRESS.add(tmp.name)
-    moved: list[str] = []
-    try:
-        write(tmp)
-        for path in sorted(tmp.rglob("*")):
-            if path.is_file():
-                _fsync(path)
-        _fsync(tmp)
-        recover_killed_saves(out, keep=tmp)
-        if out.exists():
-            for entry in sorted(os.listdir(out)):
-                if not (tmp / entry).exists():  # keep what the writer did not replace
-                    os.rename(out / entry, tmp / entry)
-                    moved.append(entry)
-            os.rename(out, old)
-        os.rename(tmp, out)
-    except BaseException:
-        if old.exists() and not out.exists():
-            os.rename(old, out)
-        for entry in moved:
-            if (tmp / entry).exists() and out.exists():
-                os.rename(tmp / entry, out / entry)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        _IN_PROGRESS.discard(tmp.name)
-    _fsync(out.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _in_progress(folder: Path, pid: int) -> bool:
-    """Whether the save writing ``folder`` (named after process ``pid``) may still run here.
-
-    True whenever that cannot be told. Our own pid counts only for the saves this process has
-    in flight: a restarted job often gets the pid of the killed one (PID 1 in a container).
-    """
-    if pid == os.getpid():
-        return folder.name in _IN_PROGRESS
-    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: the process exists, owned by another user
-        return True
-    return True
-
-
-def recover_killed_saves(directory: str | Path, keep: str | Path | None = None) -> list[Path]:
-    """Clean up after :func:`atomic_folder` saves into ``directory`` that were killed.
-
-    Touched: siblings named ``.<name>.saving-<pid>-<8 hex>`` of ``directory`` whose process
-    is gone (:func:`_in_progress`; saving into one folder from two machines at once is not
-    supported). Such a save may have carried entries of ``directory`` (``metrics.json``, ...)
-    into its folder and, killed between its last two renames, left ``directory`` as
-    ``.<name>.old-<pid>-<hex>``. That old folder is renamed back, entries ``directory`` lacks
-    return to it (unless ``keep``, the folder of the save now running, has the name: it
-    supersedes them), and the temporary folder is removed once each entry it still holds is
-    superseded (by ``directory`` or ``keep``).
-
-    Returns:
-        The temporary folders removed.
-    """
-    out = Path(os.path.abspath(directory))
-    keep = None if keep is None else Path(keep)
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.saving-(\d+)-([0-9a-f]{{8}})")
-    removed = []
-    for stale in sorted(out.parent.iterdir()) if out.parent.is_dir() else []:
-        match = pattern.fullmatch(stale.name)
-        if not match or stale == keep or not stale.is_dir() or _in_progress(stale, int(match[1])):
-            continue
-
-        def superseded(entry: str) -> bool:
-            return (out / entry).exists() or (keep is not None and (keep / entry).exists())
-
-        try:
-            old = out.parent / f".{out.name}.old-{match[1]}-{match[2]}"
-            if not out.exists() and old.is_dir():
-                os.rename(old, out)  # killed between its renames: the previous folder returns
-            for entry in sorted(os.listdir(stale)):
-                if out.is_dir() and not superseded(entry):
-                    os.rename(stale / entry, out / entry)  # carried over by the killed save
-            if all(superseded(entry) for entry in os.listdir(stale)):
-                shutil.rmtree(stale)
-                removed.append(stale)
-        except OSError:  # best effort: a folder that cannot be cleaned now stays for later
-            continue
-    return removed
 
 
 def adapter_parameters(layers: dict[str, SMoRELinear]) -> dict[str, nn.Parameter]:
@@ -192,10 +71,15 @@ def write_adapter(directory: str | Path, meta: dict[str, Any], tensors: dict[str
 
 
 def _leftover_hint(path: Path) -> str:
-    folder = path.parent.absolute()
-    backups = sorted(folder.parent.glob(f".{folder.name}.old-*")) if folder.parent.is_dir() else []
-    if backups:
-        return f"; an interrupted save left the previous adapter in {backups[-1]}: rename it back"
+    folder = Path(os.path.realpath(path.parent))
+    backup = latest_backup(folder)
+    if backup is not None and backup[1]:
+        return (
+            f"; an interrupted save left the previous adapter's files in {backup[0]}: move "
+            f"them back into {folder}"
+        )
+    if backup is not None:
+        return f"; an interrupted save left the previous adapter in {backup[0]}: rename it back"
     named = sorted(p.parent.name for p in folder.glob(f"*/{CONFIG_NAME}"))  # [] if no folder
     return f"; it holds the named adapters {named}: pass one of those subfolders" if named else ""
 

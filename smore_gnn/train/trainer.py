@@ -9,6 +9,7 @@ model; only an ``SMoREModel`` has an auxiliary loss and routing statistics.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,6 +88,31 @@ class SMoRETrainer(Trainer):
                 )
                 self.optimizer = cls(groups, **kwargs)
         return super().create_optimizer(model)
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """The ``Trainer``'s schedule, without warm-up when the run is a single step.
+
+        A linear warm-up gives its first step a learning rate of 0, so a one-step run with any
+        warm-up (``max_steps=1`` and the default 10%, rounded up to a step) would train nothing.
+        """
+        args = self.args
+        if self.lr_scheduler is not None or not (
+            num_training_steps == 1 and args.get_warmup_steps(num_training_steps) > 0
+        ):
+            return super().create_scheduler(num_training_steps, optimizer)
+        warnings.warn(
+            f"warmup_steps={args.warmup_steps} would leave the only training step at learning "
+            "rate 0 (a warm-up starts at 0): that step is trained without warm-up; set the "
+            "warm-up to 0 (smore-gnn: --warmup 0) or train more steps",
+            stacklevel=2,
+        )
+        warmup, args.warmup_steps = args.warmup_steps, 0
+        try:
+            return super().create_scheduler(num_training_steps, optimizer)
+        finally:
+            args.warmup_steps = warmup
 
     def compute_loss(
         self,
