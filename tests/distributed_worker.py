@@ -111,7 +111,7 @@ def main(out: Path) -> None:
         logits = model(**probe).logits
         # Each rank routes its share of the probe; the statistics cover all of it.
         model(**{k: v[rank::world] for k, v in probe.items()})
-        stats = global_routing_statistics(model)
+        stats, shard_stats = global_routing_statistics(model), model.routing_stats()
     if rank == 0:
         torch.save(logits, out / "probe_logits.pt")
     first = next(iter(model.adapters().values())).router
@@ -133,7 +133,8 @@ def main(out: Path) -> None:
         "logs": [log for log in trainer.state.log_history if "loss" in log],
         "resumed_logs": [log for log in resumed.state.log_history if "loss" in log],
         "probe_stats": {k: stats[k] for k in ("mean_entropy", "max_load_share")},
-        "probe_loads": stats["modules"],
+        "probe_loads": {name: m["load"] for name, m in stats["modules"].items()},
+        "probe_shard_loads": {name: m["load"] for name, m in shard_stats["modules"].items()},
         "health": health.history,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(result))
