@@ -20,7 +20,10 @@ from pathlib import Path
 
 import torch
 
+from smore_gnn.hf.methods import smore_paper_config
+
 PROBE = ["the quick brown fox", "jumps over the lazy", "dog and runs far aw", "ay into the woods!"]
+CONFIG = smore_paper_config(num_experts=[4, 4], fanout=[2, 1], rank=[2, 2])
 MAX_LENGTH = 16  # the 11-token prompt and a 4-letter answer with its end token
 
 
@@ -37,21 +40,22 @@ def force_fsdp_on_cpu() -> None:
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    Accelerator(cpu=True)  # initialises the process group and the shared state
+    accelerator = Accelerator(cpu=True)  # initialises the process group and the shared state
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":  # what accelerate does on accelerator devices
+        plugin.set_mixed_precision(accelerator.mixed_precision)
     for shared in (PartialState._shared_state, AcceleratorState._shared_state):
         shared["distributed_type"] = DistributedType.FSDP
-    AcceleratorState._shared_state["fsdp_plugin"] = FullyShardedDataParallelPlugin()
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
 
 
 def make_model():
-    from smore_gnn.hf.methods import smore_paper_config
     from smore_gnn.hf.model import get_smore_model
     from smore_gnn.hf.testing import tiny_llama
 
     torch.manual_seed(0)  # the adapter's initialisation uses the global generator
     model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64, num_layers=2)
-    config = smore_paper_config(num_experts=[4, 4], fanout=[2, 1], rank=[2, 2])
-    return get_smore_model(model, config), tokenizer
+    return get_smore_model(model, CONFIG), tokenizer
 
 
 def probe_batch(tokenizer) -> dict[str, torch.Tensor]:
@@ -61,7 +65,13 @@ def probe_batch(tokenizer) -> dict[str, torch.Tensor]:
 
 def main(out: Path) -> None:
     from smore_gnn.analysis.health import RoutingHealthCallback
-    from smore_gnn.train.distributed import global_routing_statistics, is_sharded
+    from smore_gnn.hf.model import get_smore_model
+    from smore_gnn.hf.testing import tiny_llama
+    from smore_gnn.train.distributed import (
+        check_same_adapters,
+        global_routing_statistics,
+        is_sharded,
+    )
     from smore_gnn.train.trainer import build_trainer, training_arguments
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -106,6 +116,7 @@ def main(out: Path) -> None:
     trainer.save_model(str(out / "adapter"))  # every rank: FSDP gathers the state dict
 
     rank = trainer.args.process_index
+    probe = {k: v.to(trainer.args.device) for k, v in probe.items()}
     model.eval()
     with torch.no_grad():  # every rank runs the forward (FSDP all-gathers), rank 0 records
         logits = model(**probe).logits
@@ -113,10 +124,18 @@ def main(out: Path) -> None:
         model(**{k: v[rank::world] for k, v in probe.items()})
         stats, shard_stats = global_routing_statistics(model), model.routing_stats()
     if rank == 0:
-        torch.save(logits, out / "probe_logits.pt")
+        torch.save(logits.cpu(), out / "probe_logits.pt")
     first = next(iter(model.adapters().values())).router
     weight = next(p for p in first.parameters() if p.requires_grad)
     shard = weight.to_local() if is_sharded(model) else weight
+
+    torch.manual_seed(rank)  # adapters initialised differently on each rank: refused
+    mismatched = get_smore_model(tiny_llama(hidden_size=32, num_layers=1)[0], CONFIG)
+    try:
+        check_same_adapters(mismatched)
+        mismatch = "accepted"
+    except ValueError as err:
+        mismatch = str(err)
 
     resumed_model, _ = make_model()
     resumed = build_trainer(resumed_model, tokenizer, records, arguments("resume"), MAX_LENGTH)
@@ -136,6 +155,7 @@ def main(out: Path) -> None:
         "probe_loads": {name: m["load"] for name, m in stats["modules"].items()},
         "probe_shard_loads": {name: m["load"] for name, m in shard_stats["modules"].items()},
         "health": health.history,
+        "mismatch": mismatch,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(result))
 

@@ -159,6 +159,14 @@ def test_routing_health_callback_reports_the_same_on_every_rank(runs, mode):
             assert mine == pytest.approx(theirs, rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_ranks_with_different_adapter_initialisations_are_refused(runs, mode):
+    for rank in runs[mode]["ranks"]:
+        assert "ranks [1] differ from rank 0's" in rank["mismatch"]
+        assert "manual_seed" in rank["mismatch"]
+
+
 # ---- in-process: the helpers without a process group ------------------------------------
 
 

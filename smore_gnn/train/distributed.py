@@ -12,8 +12,9 @@ the model is split over ranks (docs/distributed.md):
 * loading a checkpoint into a sharded model: the saved full tensors are scattered into the
   shards with torch's ``set_model_state_dict`` (:func:`load_adapter_sharded`).
 
-:func:`warn_if_sharding_ignored` catches accelerate's silent fallback from FSDP to DDP on
-CPU-only machines.
+:func:`check_same_adapters` refuses ranks whose adapters were initialised differently (FSDP2
+would shard each rank's own initialisation); :func:`warn_if_sharding_ignored` catches
+accelerate's silent fallback from FSDP to DDP on CPU-only machines.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _collective_device(layers: dict[str, SMoRELinear]) -> torch.device:
+    """Where this process group reduces: CPU for gloo and MPI, else the adapters' device (a
+    DTensor shard reports its local device)."""
+    if dist.get_backend() in ("gloo", "mpi") or not layers:
+        return torch.device("cpu")
+    return next(iter(layers.values())).proj.weight.device
+
+
 def summed_loads(layers: dict[str, SMoRELinear]) -> dict[str, list[Tensor]]:
     """Each adapter's per-layer expert loads of the last forward, summed over all ranks.
 
@@ -61,12 +70,7 @@ def summed_loads(layers: dict[str, SMoRELinear]) -> dict[str, list[Tensor]]:
             parts += [t.detach().double().cpu() for t in routing.load]
     flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)  # [sum s_l]
     if is_distributed():
-        # gloo reduces CPU tensors, NCCL (and the other device backends) device tensors: the
-        # adapters' device (a DTensor shard reports its local device).
-        device = torch.device("cpu")
-        if dist.get_backend() not in ("gloo", "mpi") and layers:
-            device = next(iter(layers.values())).proj.weight.device
-        flat = flat.to(device)
+        flat = flat.to(_collective_device(layers))
         dist.all_reduce(flat)
         flat = flat.cpu()
     out, start = {}, 0
@@ -89,6 +93,41 @@ def global_routing_statistics(model: SMoREModel) -> dict[str, Any]:
     if not is_distributed():
         return model.routing_stats()
     return model.routing_stats(loads=summed_loads(model.adapters()))
+
+
+def check_same_adapters(model: SMoREModel) -> None:
+    """Raise unless every rank holds the same adapter weights (every rank must call it).
+
+    FSDP2 keeps each rank's own shard of the weights it was given (accelerate broadcasts rank
+    0's only with ``fsdp_cpu_ram_efficient_loading``), so adapters initialised with different
+    seeds would be stitched together from different initialisations; DDP would silently take
+    rank 0's. Compares a sum and a sum of squares per tensor, gathered from all ranks.
+
+    Raises:
+        ValueError: the adapters differ; seed (``torch.manual_seed``) before
+            ``get_smore_model`` on every rank.
+    """
+    if not is_distributed():
+        return
+    layers = model.adapters()
+    params = list(adapter_parameters(layers).values())
+    if not params:
+        return
+    device = _collective_device(layers)
+    local = torch.stack(
+        [
+            torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+            for p in params
+        ]
+    ).to(device)  # [tensors, 2]
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    differ = [r for r, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
+    if differ:
+        raise ValueError(
+            f"The adapter weights of ranks {differ} differ from rank 0's; initialise them alike "
+            "on every rank: call torch.manual_seed(seed) before get_smore_model"
+        )
 
 
 def is_sharded(model: nn.Module) -> bool:
