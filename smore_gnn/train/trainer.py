@@ -71,7 +71,8 @@ class SMoRETrainer(Trainer):
         self.router_lr_scale = float(router_lr_scale)
         super().__init__(*args, **kwargs)
         distributed.warn_if_sharding_ignored(self.accelerator)
-        if isinstance(self.model, SMoREModel):
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled  # DDP broadcasts rank 0's
+        if sharded and isinstance(self.model, SMoREModel):
             distributed.check_same_adapters(self.model)
         # The LM loss stays a per-batch mean; the Trainer then scales it (and the aux loss,
         # added to it) for gradient accumulation, so both terms are weighted alike.
