@@ -42,12 +42,19 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _collective_device(layers: dict[str, SMoRELinear]) -> torch.device:
-    """Where this process group reduces: CPU for gloo and MPI, else the adapters' device (a
-    DTensor shard reports its local device)."""
-    if dist.get_backend() in ("gloo", "mpi") or not layers:
+def _collective_device() -> torch.device:
+    """Where the default process group reduces: the CPU when it has gloo or MPI (accelerate
+    pairs NCCL with gloo, ``"cuda:nccl,cpu:gloo"``, for FSDP full state dicts), else the
+    current accelerator (NCCL reduces device tensors only; the model may still be on the CPU
+    when the ``Trainer`` is built)."""
+    backend = str(dist.get_backend())
+    if "gloo" in backend or "mpi" in backend:
         return torch.device("cpu")
-    return next(iter(layers.values())).proj.weight.device
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None and accelerator.is_available():
+        kind = accelerator.current_accelerator().type
+        return torch.device(kind, accelerator.current_device_index())
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def summed_loads(layers: dict[str, SMoRELinear]) -> dict[str, list[Tensor]]:
@@ -70,7 +77,7 @@ def summed_loads(layers: dict[str, SMoRELinear]) -> dict[str, list[Tensor]]:
             parts += [t.detach().double().cpu() for t in routing.load]
     flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)  # [sum s_l]
     if is_distributed():
-        flat = flat.to(_collective_device(layers))
+        flat = flat.to(_collective_device())
         dist.all_reduce(flat)
         flat = flat.cpu()
     out, start = {}, 0
@@ -107,13 +114,13 @@ def check_same_adapters(model: SMoREModel) -> None:
         ValueError: the adapters differ; seed (``torch.manual_seed``) before
             ``get_smore_model`` on every rank.
     """
-    if not is_distributed():
+    if not is_distributed() or is_sharded(model):  # sharded already: checked when prepared
         return
     layers = model.adapters()
     params = list(adapter_parameters(layers).values())
     if not params:
         return
-    device = _collective_device(layers)
+    device = _collective_device()
     local = torch.stack(
         [
             torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
@@ -132,7 +139,10 @@ def check_same_adapters(model: SMoREModel) -> None:
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether any parameter of ``model`` is a ``DTensor`` (FSDP2 ``fully_shard``)."""
-    from torch.distributed.tensor import DTensor
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.4 (no public DTensor): no FSDP2 either
+        return False
 
     return any(isinstance(p, DTensor) for p in model.parameters())
 
