@@ -170,10 +170,10 @@ def test_ranks_with_different_adapter_initialisations_are_refused(runs, mode):
 # ---- in-process: the helpers without a process group ------------------------------------
 
 
-def _tiny_smore():
+def _tiny_smore(**overrides):
     torch.manual_seed(0)
     base, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64, num_layers=1)
-    config = smore_paper_config(num_experts=[4, 4], fanout=[2, 1], rank=[2, 2])
+    config = smore_paper_config(num_experts=[4, 4], fanout=[2, 1], rank=[2, 2], **overrides)
     return get_smore_model(base, config), tokenizer
 
 
@@ -191,8 +191,9 @@ def test_global_routing_statistics_without_process_group_are_the_local_ones():
     assert model.routing_stats(loads=loads) == model.routing_stats()
 
 
-def test_adapter_from_state_dict_round_trips_and_names_a_missing_tensor(tmp_path):
-    model, _ = _tiny_smore()
+@pytest.mark.parametrize("shared_pool", [False, True])
+def test_adapter_from_state_dict_round_trips_and_names_a_missing_tensor(tmp_path, shared_pool):
+    model, _ = _tiny_smore(shared_pool=shared_pool)
     state = model.state_dict()
     distributed.save_adapter_from_state_dict(model, tmp_path / "a", state)
     fresh = load_adapter(
