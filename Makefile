@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: test test-scatter demo bench bench-quality bench-compile lint format figures verify clean
+.PHONY: test test-distributed test-scatter demo bench bench-quality bench-compile lint format figures verify clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP) lint
-	$(PY) -m pytest -q -m "not slow" -n 2
+	$(PY) -m pytest -q -m "not slow and not distributed" -n 2
+
+# Single process vs DDP vs FSDP2 on two CPU ranks (gloo), launched by accelerate: about a
+# minute on a busy 2-core machine, so not part of `make test`.
+test-distributed: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m distributed tests/test_distributed.py
 
 # The optional torch-scatter kernel (scatter="torch_scatter"). It compiles against the installed
 # torch (minutes; 47 on this busy 2-core machine; once: pip caches the built wheel), hence

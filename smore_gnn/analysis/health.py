@@ -201,6 +201,10 @@ class RoutingHealthCallback:
     ``trainer.evaluate()`` returns. Duck-typed, so this module does not import
     ``transformers``: every other ``on_*`` event is a no-op.
 
+    Under several ranks (DDP, FSDP) every rank measures all of ``batches`` (an FSDP forward
+    needs every rank), so every rank, rank 0 included, reports the whole held-out set: pass
+    the same batches on every rank.
+
     Args:
         batches: held-out batches (see :func:`routing_health`); kept as a list.
         tasks: one task per sequence of ``batches``, or ``None``.

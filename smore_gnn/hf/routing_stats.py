@@ -10,12 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
+
 from smore_gnn.analysis.metrics import load_health
 from smore_gnn.nn.layer import SMoRELinear
 
 
-def routing_statistics(layers: dict[str, SMoRELinear]) -> dict[str, Any]:
+def routing_statistics(
+    layers: dict[str, SMoRELinear], loads: dict[str, list[Tensor]] | None = None
+) -> dict[str, Any]:
     """Load and routing entropy of the last forward of every adapted module.
+
+    ``loads`` (``{name: [[s_l] picks per layer]}``) replaces the layers' own
+    ``last_routing.load``, e.g. the loads summed over data-parallel ranks (a module absent
+    from ``loads`` is skipped).
 
     ``share`` is the fraction of picks each expert got (valid tokens only); ``entropy`` is the
     entropy of that share normalised by ``log s`` (1 = balanced); ``max_load_share`` is the
@@ -29,12 +37,15 @@ def routing_statistics(layers: dict[str, SMoRELinear]) -> dict[str, Any]:
     """
     modules, entropies, shares, collapsed = {}, [], [], []
     for name, layer in layers.items():
-        routing = layer.last_routing
-        if routing is None:
+        if loads is not None:
+            layer_loads = loads.get(name)
+        else:
+            layer_loads = None if layer.last_routing is None else layer.last_routing.load
+        if layer_loads is None:
             continue
-        health = [load_health(t, f) for t, f in zip(routing.load, layer.config.fanout)]
+        health = [load_health(t, f) for t, f in zip(layer_loads, layer.config.fanout)]
         modules[name] = {
-            "load": [t.double().tolist() for t in routing.load],
+            "load": [t.double().tolist() for t in layer_loads],
             "share": [h["load_share"] for h in health],
             "entropy": [h["load_entropy"] for h in health],
         }

@@ -21,6 +21,7 @@ from smore_gnn.data import records as mc
 from smore_gnn.hf.methods import auxiliary_loss
 from smore_gnn.hf.model import SMoREModel, load_adapter, save_adapter
 from smore_gnn.hf.save import CONFIG_NAME
+from smore_gnn.train import distributed
 from smore_gnn.train.optim import param_groups
 
 _STATS = ("lm_loss", "aux_loss", "routing_entropy", "max_load_share")
@@ -70,6 +71,10 @@ class SMoRETrainer(Trainer):
             raise ValueError(f"router_lr_scale must be finite and > 0 (got {router_lr_scale!r})")
         self.router_lr_scale = float(router_lr_scale)
         super().__init__(*args, **kwargs)
+        distributed.warn_if_sharding_ignored(self.accelerator)
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled  # DDP broadcasts rank 0's
+        if sharded and isinstance(self.model, SMoREModel):
+            distributed.check_same_adapters(self.model)
         # The LM loss stays a per-batch mean; the Trainer then scales it (and the aux loss,
         # added to it) for gradient accumulation, so both terms are weighted alike.
         self.model_accepts_loss_kwargs = False
@@ -131,7 +136,7 @@ class SMoRETrainer(Trainer):
             self._sums["lm_loss"] += float(lm_loss.detach())
             self._sums["aux_loss"] += 0.0 if aux is None else float(aux.detach())
             if isinstance(unwrapped, SMoREModel):
-                stats = unwrapped.routing_stats()
+                stats = distributed.global_routing_statistics(unwrapped)  # the whole batch
                 self._sums["routing_entropy"] += stats["mean_entropy"]
                 self._sums["max_load_share"] += stats["max_load_share"]
             self._count += 1
@@ -157,7 +162,10 @@ class SMoRETrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return None
-        save_adapter(model, output_dir)
+        if state_dict:  # FSDP / DeepSpeed: the full state dict, gathered for this rank
+            distributed.save_adapter_from_state_dict(model, output_dir, state_dict)
+        else:
+            save_adapter(model, output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -172,7 +180,10 @@ class SMoRETrainer(Trainer):
                 f"Expected an S'MoRE checkpoint with {CONFIG_NAME} in {resume_from_checkpoint} "
                 "(missing); pass a checkpoint-<step> folder written by SMoRETrainer"
             )
-        load_adapter(target, resume_from_checkpoint, trainable=True)
+        if distributed.is_sharded(target):
+            distributed.load_adapter_sharded(target, resume_from_checkpoint)
+        else:
+            load_adapter(target, resume_from_checkpoint, trainable=True)
         return None
 
 
