@@ -89,7 +89,7 @@ def figure_path(png: str | None, output_dir: str) -> Path:
     return path
 
 
-def adapter_mismatch(err: RuntimeError, directory: str) -> UsageError | None:
+def adapter_mismatch(err: RuntimeError, directory: str) -> ValueError | None:
     """peft's ``size mismatch`` load error as one line naming the folder, or ``None``."""
     found = _MISMATCH.findall(str(err))
     if not found:
@@ -99,7 +99,7 @@ def adapter_mismatch(err: RuntimeError, directory: str) -> UsageError | None:
         f"expected {model}, got {folder}"
         for name, folder, model in found
     ]
-    return UsageError(
+    return ValueError(
         f"the adapter in {directory} does not fit this model: wrong shapes {shapes[:3]} "
         f"({len(shapes)}); load it into the base model it was trained on (--model)"
     )
