@@ -121,8 +121,7 @@ def check_record(record: dict[str, Any]) -> str:
     Raises:
         TypeError: If a text field is not a string (``"question": null``, a number, ...),
             ``choices`` is not a list of strings or ``answer`` not an int/str.
-        ValueError: If the keys match no format, ``question`` / ``instruction`` is blank or
-            the answer matches no choice.
+        ValueError: If the keys match no format or the answer matches no choice.
     """
     fmt = record_format(record)
     texts = {"mc": ("question",), "sft": ("instruction", "output", "input")}[fmt]
@@ -132,8 +131,6 @@ def check_record(record: dict[str, Any]) -> str:
             continue  # optional
         if not isinstance(value, str):
             raise TypeError(f"expected {key!r} to be a string, got {value!r}; give its text")
-        if key in ("question", "instruction") and not value.strip():
-            raise ValueError(f"expected {key!r} to hold text, got {value!r}; give its text")
     if fmt == "mc":
         answer_index(record)
     return fmt
