@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -331,10 +332,7 @@ def test_corrupt_wordnet_file_names_the_file_and_line(tmp_path, capsys, noun, in
     assert build([*argv, "--n-train", "1", "--n-test", "1"]) == 2
     err = _one_line_error(capsys)
     assert err.startswith("python -m smore_gnn.data build wordnet: error: ")
-    assert "reinstall wordnet-base" in err
-    import re
-
-    assert re.search(message, err), err
+    assert "reinstall wordnet-base" in err and re.search(message, err), err
 
 
 @pytest.mark.parametrize("name", ["wordnet", "multitask"])
