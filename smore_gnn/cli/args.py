@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class UsageError(ValueError):
-    """A user error in the command line, config file or inputs: one line, exit code 2."""
+from smore_gnn.cli.checks import UsageError, figure_path
 
 
 def _opt(default: Any, text: str) -> Any:
@@ -112,8 +110,18 @@ class RoutingArgs:
     prompt: str | None = _opt(None, "prompt routed; unset: the first test question")
     module: str | None = _opt(None, "adapted module: index or name; unset: the middle one")
     token: int = _opt(-1, "token whose tree is drawn (-1: last)")
-    png: str | None = _opt(None, "routing tree PNG; unset: in output_dir")
+    png: str | None = _opt(
+        None, "routing tree figure (.png, .svg, ...); a folder or unset: routing_tree.png in it"
+    )
     output_dir: str = _opt("runs/finetune", "where outputs are written")
+
+    def __post_init__(self) -> None:
+        if self.prompt is not None and not self.prompt.strip():
+            raise UsageError(
+                f"prompt must hold a non-space character (got {self.prompt!r}); drop --prompt "
+                "to route the default prompt"
+            )
+        figure_path(self.png, self.output_dir)  # the drawing, after training, resolves it again
 
 
 @dataclass
@@ -145,6 +153,7 @@ class FinetuneArgs(CommonArgs, DataArgs, RoutingArgs, AdapterArgs):
         names = method_names()
         _check(self.method in (None, *names), "method", self.method, f"one of {list(names)}")
         AdapterArgs.__post_init__(self)
+        RoutingArgs.__post_init__(self)
         _check(self.max_length >= 2, "max_length", self.max_length, ">= 2")
         for name in ("n_train", "batch_size", "grad_accum", "logging_steps"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
@@ -187,6 +196,7 @@ class InspectArgs(CommonArgs, RoutingArgs, AdapterArgs):
         CommonArgs.__post_init__(self)
         AdapterArgs.__post_init__(self)
         _check(self.n_test >= 1, "n_test", self.n_test, ">= 1")
+        RoutingArgs.__post_init__(self)
 
 
 COMMANDS: dict[str, type] = {"finetune": FinetuneArgs, "eval": EvalArgs, "inspect": InspectArgs}

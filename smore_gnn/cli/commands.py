@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from smore_gnn.cli.args import COMMANDS, UsageError
+from smore_gnn.cli.checks import adapter_mismatch, check_token, figure_path
 from smore_gnn.cli.health import draw_health, routing_health_of, summary_lines
 from smore_gnn.cli.output import RunFolder
 from smore_gnn.cli.parse import parse
@@ -68,8 +69,8 @@ def load_split(
         test = read(data, "test", flag)
     elif test is None and not n_train:
         train = read(data, "train", flag)
-    with user_input(flag):
-        train, test = split_train_test(train, test, n_train or len(train), n_test)
+    with user_input("--n-test"):
+        train, test = split_train_test(train, test, n_train, n_test)
     if test:
         with user_input("--eval-data" if eval_data else flag):
             validate_mc_records(test, "test questions")
@@ -116,7 +117,13 @@ def load_adapter(model: Any, directory: str, trainable: bool = False) -> Any:
     from smore_gnn.hf.methods import load_any
 
     with user_input("--adapter"):
-        return load_any(model, directory, is_trainable=trainable)
+        try:
+            return load_any(model, directory, is_trainable=trainable)
+        except RuntimeError as err:  # peft's load_state_dict error for a LoRA of another model
+            mismatch = adapter_mismatch(err, directory)
+            if mismatch is None:
+                raise
+            raise mismatch from err
 
 
 def accuracy(args: Any, model: Any, tokenizer: Any, test: list[dict]) -> dict | None:
@@ -137,7 +144,7 @@ def draw_routing(args: Any, model: Any, tokenizer: Any, prompt: str, out: Path) 
 
     with user_input("--module/--token/--prompt"):
         routed = route_prompt(model, tokenizer, prompt, args.module, args.token)
-    png = Path(args.png or out / "routing_tree.png")
+    png = figure_path(args.png, str(out))
     with user_input("--png"):
         png.parent.mkdir(parents=True, exist_ok=True)
     draw_routing_tree(
@@ -170,6 +177,8 @@ def _finetune(args: Any, run: RunFolder, start: float) -> dict[str, Any]:
     train, test = load_split(args.data, args.eval_data, args.n_train, args.n_test)
     set_threads(args.threads)
     model, tokenizer = load_model(args)
+    prompt = args.prompt or format_example((test or train)[0])[0]
+    check_token(tokenizer, prompt, args.token)  # drawn after training: checked before it
     with user_input("--data/--max-length"):
         dataset = SFTDataset(train, tokenizer, args.max_length, answer=args.answer)
     if args.adapter:  # continue training the saved adapter (its own method and config)
@@ -248,7 +257,6 @@ def _finetune(args: Any, run: RunFolder, start: float) -> dict[str, Any]:
         metrics["routing_health"] = {"before": health["summary"], "after": after["summary"]}
         run.write_text("routing_health.json", json.dumps(after, indent=1) + "\n")
     if hasattr(model, "routing_stats"):
-        prompt = args.prompt or format_example((test or train)[0])[0]
         print(draw_routing(args, model, tokenizer, prompt, out)[0])
         metrics["routing"] = {k: v for k, v in model.routing_stats().items() if k != "modules"}
     metrics["wall_time_s"] = round(time.time() - start, 1)
@@ -289,6 +297,10 @@ def inspect(args: Any) -> str:
     """Route a prompt through an adapted model (a saved adapter, or a fresh S'MoRE one)."""
     from smore_gnn.hf.methods import build_for_budget
 
+    if args.health_data:
+        _, test = load_split(args.health_data, None, 0, args.n_test, "--health-data")
+        if not test:
+            raise UsageError("--health-data: needs multiple-choice questions (got SFT records)")
     set_threads(args.threads)
     model, tokenizer = load_model(args)
     if args.adapter:
@@ -306,9 +318,6 @@ def inspect(args: Any) -> str:
     out = Path(args.output_dir)
     text, module = draw_routing(args, model, tokenizer, args.prompt or "The cat sat on the", out)
     if args.health_data:
-        _, test = load_split(args.health_data, None, 0, args.n_test, "--health-data")
-        if not test:
-            raise UsageError("--health-data: needs multiple-choice questions (got SFT records)")
         health = routing_health_of(model, tokenizer, test, seed=args.seed)
         pngs = draw_health(health, out, module) if health else []
         text += "".join(f"\nrouting health drawn to {png}" for png in pngs)

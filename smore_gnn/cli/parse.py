@@ -26,8 +26,11 @@ def _names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls) if f.init}
 
 
-def _coerce(name: str, hint: Any, value: Any, where: str) -> Any:
-    """``value`` from a YAML file as the type ``hint`` of field ``name`` (or UsageError)."""
+def _coerce(name: str, hint: Any, value: Any, where: str, example: str = "<text>") -> Any:
+    """``value`` from a YAML file as the type ``hint`` of field ``name`` (or UsageError).
+
+    ``example`` is a valid string value shown when a list or mapping came for a string.
+    """
     args = typing.get_args(hint)
     if value is None:
         if type(None) in args:
@@ -59,7 +62,20 @@ def _coerce(name: str, hint: Any, value: Any, where: str) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if isinstance(items, list) and all(isinstance(v, str) for v in items):
             return items
-        raise UsageError(f"{where}: {name} must be a list of strings (got {value!r})")
+        raise UsageError(
+            f"{where}: {name} must be a list of strings (got {value!r}), e.g. "
+            f"{name}: [q_proj, v_proj]"
+        )
+    if hint is dict:
+        raise UsageError(
+            f"{where}: {name} must be a mapping of settings (got the {type(value).__name__} "
+            f"{value!r}), e.g. {name}: {{rank: [4, 4], num_experts: [4, 4]}}"
+        )
+    if isinstance(value, list | dict):  # quoting a whole list or mapping would not fix it
+        raise UsageError(
+            f"{where}: {name} must be one string (got the {type(value).__name__} {value!r}), "
+            f"e.g. {name}: {example}"
+        )
     if not isinstance(value, str):
         raise UsageError(f"{where}: {name} must be a string (got {value!r}); quote it")
     return value
@@ -72,6 +88,8 @@ def read_config(path: str, command: str) -> tuple[dict[str, Any], list[str]]:
         UsageError: If the file is missing or not a YAML mapping, a key is unknown to every
             sub-command, or a value has the wrong type.
     """
+    if Path(path).is_dir():
+        raise UsageError(f"config: {path!r} is a folder; pass a YAML file to --config")
     if not Path(path).is_file():
         raise UsageError(f"config: {path!r} does not exist; pass a YAML file to --config")
     try:
@@ -90,8 +108,11 @@ def read_config(path: str, command: str) -> tuple[dict[str, Any], list[str]]:
     if unknown:
         raise UsageError(f"config {path}: unknown keys {unknown}; known keys: {sorted(known)}")
     hints = typing.get_type_hints(cls)
+    examples = {f.name: f.default for f in dataclasses.fields(cls) if isinstance(f.default, str)}
     mine = {
-        k: _coerce(k, hints[k], v, f"config {path}") for k, v in data.items() if k in _names(cls)
+        k: _coerce(k, hints[k], v, f"config {path}", examples.get(k, "<text>"))
+        for k, v in data.items()
+        if k in _names(cls)
     }
     return mine, sorted(set(data) - _names(cls))
 

@@ -4,14 +4,19 @@
     python -m smore_gnn.data build wordnet --out smore_gnn/resources/wordnet_mc
 
 The multi-task build drops questions longer than ``--max-tokens`` SmolLM2 tokens (prompt,
-letter answer and EOS); ``--tokenizer none`` uses only the character limit.
+letter answer and EOS); ``--tokenizer none`` uses only the character limit. The source files
+and the output folder are checked first; a user error (a missing Debian package, an
+unwritable folder, a damaged data file) prints one line and exits with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from smore_gnn.data import multitask, wordnet
 from smore_gnn.data.dictd import DEFAULT_DICTD_DIR
@@ -33,8 +38,24 @@ def token_counter(spec: str) -> Callable[[str], int] | None:
     return lambda text: len(tokenizer(text)["input_ids"])
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse ``build <name> --out DIR [...]`` and write the data set there."""
+def check_out(out: str) -> None:
+    """Create ``out`` if needed and prove it writable (OSError naming it otherwise)."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise OSError(
+            f"--out {out!r}: cannot write there ({err.strerror or err}); pass a writable folder"
+        ) from err
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``build <name> --out DIR [...]``, write the data set there; the exit code.
+
+    ``OSError`` and ``ValueError`` (missing or damaged source files, an unwritable folder, bad
+    sizes) are user errors: one line on stderr and exit code 2.
+    """
     parser = argparse.ArgumentParser(prog="python -m smore_gnn.data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build a data set from the Debian files")
@@ -48,8 +69,29 @@ def main(argv: list[str] | None = None) -> None:
     build.add_argument("--tokenizer", default="smollm2", help="multitask: model or 'none'")
     build.add_argument("--max-tokens", type=int, default=multitask.MAX_TOKENS)
     args = parser.parse_args(argv)
+    try:
+        build_dataset(args)
+    except (OSError, ValueError) as err:
+        message = " ".join(str(err).split())
+        print(f"{parser.prog} build {args.name}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_dataset(args: argparse.Namespace) -> None:
+    """Check the sources and ``--out``, then build and write the data set ``args.name``."""
     n_train = DEFAULTS[args.name][0] if args.n_train is None else args.n_train
     n_test = DEFAULTS[args.name][1] if args.n_test is None else args.n_test
+    if n_train < 0 or n_test < 0 or args.max_tokens < 1:
+        raise ValueError(
+            f"expected --n-train, --n-test >= 0 and --max-tokens >= 1 (got {n_train}, "
+            f"{n_test}, {args.max_tokens})"
+        )
+    if args.name == "wordnet":
+        wordnet.check_dir(args.wordnet_dir)
+    else:
+        multitask.check_sources(args.dictd_dir, args.wordnet_dir)
+    check_out(args.out)
     if args.name == "wordnet":
         wordnet.write_bundled(args.out, args.wordnet_dir, n_train, n_test, args.seed)
     else:
@@ -68,4 +110,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

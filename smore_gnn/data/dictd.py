@@ -150,6 +150,16 @@ class DictdDatabase:
         Raises:
             FileNotFoundError: If the database is not there (names the Debian package hint).
         """
+        return cls(*cls.files(name, directory), errors)
+
+    @staticmethod
+    def files(name: str, directory: str | Path = DEFAULT_DICTD_DIR) -> tuple[Path, Path]:
+        """The ``(index, data)`` files of database ``name`` in ``directory``, without reading
+        them (``<name>.dict.dz`` preferred over ``<name>.dict``).
+
+        Raises:
+            FileNotFoundError: If either is missing (names the Debian package hint).
+        """
         directory = Path(directory)
         index = directory / f"{name}.index"
         candidates = (directory / f"{name}.dict.dz", directory / f"{name}.dict")
@@ -160,7 +170,7 @@ class DictdDatabase:
                 f"{msg} and {name}.dict.dz or {name}.dict); install it, e.g. "
                 f"`apt-get install dict-{name}`, or pass the directory holding it"
             )
-        return cls(index, data, errors)
+        return index, data
 
     def text(self, entry: IndexEntry) -> str:
         """The UTF-8 text of one entry (its headword line included, as dictd stores it)."""

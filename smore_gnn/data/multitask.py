@@ -36,6 +36,14 @@ MAX_PROMPT_CHARS = 170  # mc_prompt length, the cheap cut when no tokenizer is g
 MAX_TOKENS = 56  # prompt + " B" + EOS with the SmolLM2 tokenizer, well under max_length 64
 MAX_TEXT_TOKENS = 64  # prompt + " <choice text>" + EOS for every choice (text scoring)
 Fits = Callable[[dict[str, Any]], bool]
+DICTD_DATABASES = {  # the dictd database of each dictd task
+    "elements": "elements",
+    "acronyms": "vera",
+    "en_fr": "freedict-eng-fra",
+    "en_es": "freedict-eng-spa",
+    "en_de": "freedict-eng-deu",
+    "computing": "foldoc",
+}
 
 
 def in_test(key: str, seed: int, fraction: float = TEST_FRACTION) -> bool:
@@ -155,21 +163,37 @@ def split_items(
     return train, test
 
 
+def check_sources(
+    dictd_dir: str | Path = DEFAULT_DICTD_DIR,
+    wordnet_dir: str | Path = wordnet.DEFAULT_WORDNET_DIR,
+) -> None:
+    """Check that every source file is there, before anything slow runs.
+
+    Raises:
+        FileNotFoundError: Naming the first missing database or folder and its Debian package.
+    """
+    for name in DICTD_DATABASES.values():
+        DictdDatabase.files(name, dictd_dir)
+    wordnet.check_dir(wordnet_dir)
+
+
 def dictd_items(dictd_dir: str | Path = DEFAULT_DICTD_DIR) -> list[Item]:
     """Question items of every dictd task (all but ``wordnet``), parsed from ``dictd_dir``."""
-    elements = sources.parse_elements(DictdDatabase.open("elements", dictd_dir, errors="replace"))
-    items = families.element_items(elements)
-    items += families.acronym_items(sources.parse_acronyms(DictdDatabase.open("vera", dictd_dir)))
+    names = DICTD_DATABASES
+    elements = DictdDatabase.open(names["elements"], dictd_dir, errors="replace")
+    items = families.element_items(sources.parse_elements(elements))
+    acronyms = sources.parse_acronyms(DictdDatabase.open(names["acronyms"], dictd_dir))
+    items += families.acronym_items(acronyms)
     words = {}
-    for task, code in (("en_fr", "fra"), ("en_es", "spa"), ("en_de", "deu")):
-        db = DictdDatabase.open(f"freedict-eng-{code}", dictd_dir)
+    for task in ("en_fr", "en_es", "en_de"):
+        db = DictdDatabase.open(names[task], dictd_dir)
         words[task] = sources.parse_translations(db)
     everyday = set(words["en_fr"]) | set(words["en_es"])  # German: 460k entries, keep common ones
     for task in families.LANGUAGES:
         german = task == "en_de"
         only = everyday if german else None
         items += families.translation_items(task, words[task], only, single_sense=german)
-    foldoc = sources.parse_foldoc(DictdDatabase.open("foldoc", dictd_dir))
+    foldoc = sources.parse_foldoc(DictdDatabase.open(names["computing"], dictd_dir))
     return items + families.computing_items(foldoc)
 
 

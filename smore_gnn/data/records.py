@@ -37,8 +37,10 @@ _FORMATS_HELP = (
 def _numbered_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` of every non-blank line of a JSON-lines file."""
     path = Path(path)
+    msg = f"expected a JSONL file (one JSON object per line), got {str(path)!r}"
+    if path.is_dir():
+        raise IsADirectoryError(f"{msg}, which is a folder; pass the .jsonl file inside it")
     if not path.is_file():
-        msg = f"expected a JSONL file (one JSON object per line), got {str(path)!r}"
         raise FileNotFoundError(f"{msg}, which does not exist; check the path")
     records: list[tuple[int, dict[str, Any]]] = []
     for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
@@ -64,10 +66,18 @@ def _numbered_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The records of a UTF-8 JSON-lines file, in order (blank lines are skipped).
 
-    Raises FileNotFoundError if ``path`` does not exist and ValueError naming ``path:line`` if
-    a line is not UTF-8, not JSON or not an object; records themselves are not validated.
+    Each record is checked on its own (:func:`check_record`); unlike :func:`read_dataset`,
+    records of both formats may share a file. Raises FileNotFoundError if ``path`` does not
+    exist and ValueError naming ``path:line`` if a line is not UTF-8, not JSON, not an object
+    or not a valid record.
     """
-    return [record for _, record in _numbered_records(path)]
+    numbered = _numbered_records(path)
+    for lineno, record in numbered:
+        try:
+            check_record(record)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}:{lineno}: {err}") from err
+    return [record for _, record in numbered]
 
 
 def read_dataset(path: str | Path) -> list[dict[str, Any]]:
@@ -84,14 +94,12 @@ def read_dataset(path: str | Path) -> list[dict[str, Any]]:
     formats: list[str] = []
     for lineno, record in numbered:
         try:
-            formats.append(fmt := record_format(record))
+            formats.append(fmt := check_record(record))
             if fmt != formats[0]:
                 raise ValueError(
                     f"record is {fmt!r}, line {numbered[0][0]} is {formats[0]!r}; "
                     "put one format per file"
                 )
-            if fmt == "mc":
-                answer_index(record)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}:{lineno}: {err}") from err
     return [record for _, record in numbered]
@@ -105,6 +113,27 @@ def record_format(record: dict[str, Any]) -> str:
     if keys >= SFT_KEYS:
         return "sft"
     raise ValueError(f"record has keys {sorted(keys)}, matching no format; {_FORMATS_HELP}")
+
+
+def check_record(record: dict[str, Any]) -> str:
+    """The format of one record after checking its fields (``"sft"`` or ``"mc"``).
+
+    Raises:
+        TypeError: If a text field is not a string (``"question": null``, a number, ...),
+            ``choices`` is not a list of strings or ``answer`` not an int/str.
+        ValueError: If the keys match no format or the answer matches no choice.
+    """
+    fmt = record_format(record)
+    texts = {"mc": ("question",), "sft": ("instruction", "output", "input")}[fmt]
+    for key in texts:
+        value = record.get(key)
+        if key == "input" and value is None:
+            continue  # optional
+        if not isinstance(value, str):
+            raise TypeError(f"expected {key!r} to be a string, got {value!r}; give its text")
+    if fmt == "mc":
+        answer_index(record)
+    return fmt
 
 
 def detect_format(records: Sequence[dict[str, Any]]) -> str:
@@ -165,7 +194,7 @@ def format_example(record: dict[str, Any], answer: str = "letter") -> tuple[str,
     """
     if answer not in ANSWERS:
         raise ValueError(f"answer must be 'letter' or 'text' (got {answer!r})")
-    if record_format(record) == "mc":
+    if check_record(record) == "mc":
         index = answer_index(record)
         choice = LETTERS[index] if answer == "letter" else record["choices"][index]
         return mc_prompt(record), " " + choice
@@ -229,10 +258,22 @@ class SFTDataset(Dataset):
         max_length: int = 512,
         answer: str = "letter",
     ):
-        """Validate and tokenize ``records``; ValueError on mixed formats or no-prompt examples."""
+        """Validate and tokenize ``records``; errors name the record (its index in ``records``).
+
+        Raises:
+            TypeError: If a record has a field of the wrong type.
+            ValueError: On mixed formats, a bad answer or an example with no prompt token.
+        """
+        if answer not in ANSWERS:
+            raise ValueError(f"answer must be 'letter' or 'text' (got {answer!r})")
         self.format = detect_format(records)
         self.records = list(records)
-        parts = [_token_parts(r, tokenizer, answer) for r in self.records]
+        parts = []
+        for i, record in enumerate(self.records):
+            try:
+                parts.append(_token_parts(record, tokenizer, answer))
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"record {i}: {err}") from err
         self.examples = [_fit(prompt, target, max_length) for prompt, target in parts]
         no_prompt = [i for i, ex in enumerate(self.examples) if ex["labels"][0] != IGNORE_INDEX]
         if no_prompt:
@@ -298,11 +339,18 @@ def split_train_test(
     With ``eval_records`` the test set is their first ``n_test``. Without, multiple-choice
     ``records`` hold out their last ``n_test`` records as the test set (SFT records have no
     multiple-choice test set). Training uses the first ``n_train`` of what remains. Raises
-    ValueError if ``n_train`` or ``n_test`` is negative.
+    ValueError if ``n_train`` or ``n_test`` is negative, or if training records are asked for
+    (``n_train > 0``) and the held-out tail takes every record.
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f"n_train and n_test must be >= 0 (got {n_train}, {n_test})")
     train, test = list(records), list(eval_records or [])
     if eval_records is None and n_test > 0 and train and detect_format(train) == "mc":
+        if n_train > 0 and n_test >= len(train):
+            raise ValueError(
+                f"n_test={n_test} holds out all {len(train)} records for testing and leaves "
+                f"none for training; use n_test < {len(train)} or give the test questions "
+                "separately (--eval-data)"
+            )
         train, test = train[:-n_test], train[-n_test:]  # hold the tail out
     return train[:n_train], test[:n_test]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import takewhile
@@ -40,7 +41,8 @@ _OFFENSIVE = re.compile(r"offensive|obscene|vulgar|slur|derogatory|disparaging|i
 
 @dataclass
 class Synset:
-    """One parsed synset: id (``offset-pos``), lexicographer file, lemmas, pointers, gloss."""
+    """One parsed synset: id (``offset-pos``), lexicographer file, lemmas, pointers, gloss,
+    and where it was read (``file:line``, for error messages)."""
 
     id: str
     lexfile: int
@@ -48,9 +50,15 @@ class Synset:
     gloss: str
     hypernyms: list[str]
     hyponyms: list[str]
+    source: str = ""
 
 
-def _check_dir(wordnet_dir: str | Path) -> Path:
+_REINSTALL = "the file is damaged; `apt-get install --reinstall wordnet-base`"
+_POS = frozenset("nvasr")
+
+
+def check_dir(wordnet_dir: str | Path) -> Path:
+    """``wordnet_dir`` as a Path; FileNotFoundError naming the package if it lacks the files."""
     path = Path(wordnet_dir)
     if not (path / "data.noun").is_file():
         msg = f"expected WordNet 3.0 files (data.noun, ...) in {str(path)!r}, found none"
@@ -58,38 +66,97 @@ def _check_dir(wordnet_dir: str | Path) -> Path:
     return path
 
 
+def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a WordNet file, licence header skipped; ValueError on bytes
+    that are not UTF-8 or a missing file, naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"WordNet file {str(path)!r} is missing; {_REINSTALL}")
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not UTF-8 ({err.reason}); {_REINSTALL}") from err
+        if line.strip() and not line.startswith("  "):  # "  1 This software ..." licence
+            yield lineno, line
+
+
+def _data_line(line: str, where: str) -> Synset:
+    """One ``data.<pos>`` line: ``offset lexfile pos n_words (word lex_id)* n_ptrs
+    (symbol offset pos source/target)* ... | gloss``."""
+    head, _, gloss = line.partition(" | ")
+    f = head.split()
+    pos = "a" if f[2] == "s" else f[2]
+    if f[2] not in _POS or not f[0].isdigit():
+        raise ValueError(f"bad offset {f[0]!r} or part of speech {f[2]!r}")
+    n_words = int(f[3], 16)
+    lemmas = [f[4 + 2 * i].replace("_", " ") for i in range(n_words)]
+    k = 4 + 2 * n_words
+    ptrs = [f[k + 1 + 4 * j : k + 4 + 4 * j] for j in range(int(f[k]))]
+    if any(len(p) != 3 for p in ptrs):
+        raise ValueError(f"{f[k]} pointers announced, fewer given")
+    up = [f"{o}-{p}" for sym, o, p in ptrs if sym == "@"]  # hypernyms
+    down = [f"{o}-{p}" for sym, o, p in ptrs if sym == "~"]  # hyponyms / troponyms
+    sid = f"{f[0]}-{pos}"
+    return Synset(sid, int(f[1]), lemmas, gloss.strip(), up, down, where)
+
+
 def parse_data_file(path: str | Path) -> dict[str, Synset]:
-    """Parse a WordNet ``data.<pos>`` file into synsets keyed by ``offset-pos``."""
+    """Parse a WordNet ``data.<pos>`` file into synsets keyed by ``offset-pos``.
+
+    Raises:
+        FileNotFoundError: If the file is missing.
+        ValueError: Naming ``path:line`` if a line is not a WordNet data line.
+    """
     synsets: dict[str, Synset] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("  "):  # licence header
-                continue
-            head, _, gloss = line.partition(" | ")
-            f = head.split()
-            pos = "a" if f[2] == "s" else f[2]
-            n_words = int(f[3], 16)
-            lemmas = [f[4 + 2 * i].replace("_", " ") for i in range(n_words)]
-            k = 4 + 2 * n_words
-            ptrs = [f[k + 1 + 4 * j : k + 4 + 4 * j] for j in range(int(f[k]))]
-            up = [f"{o}-{p}" for sym, o, p in ptrs if sym == "@"]  # hypernyms
-            down = [f"{o}-{p}" for sym, o, p in ptrs if sym == "~"]  # hyponyms / troponyms
-            sid = f"{f[0]}-{pos}"
-            synsets[sid] = Synset(sid, int(f[1]), lemmas, gloss.strip(), up, down)
+    for lineno, line in _lines(path):
+        try:
+            synset = _data_line(line, f"{path}:{lineno}")
+        except (IndexError, ValueError) as err:
+            raise ValueError(
+                f"{path}:{lineno}: expected a WordNet data line 'offset lexfile pos n_words "
+                f"word lex_id ... n_pointers ... | gloss' ({str(err) or type(err).__name__}); "
+                f"{_REINSTALL}"
+            ) from err
+        synsets[synset.id] = synset
     return synsets
 
 
-def parse_index_file(path: str | Path) -> dict[str, tuple[list[str], int]]:
-    """Parse ``index.<pos>`` into ``lemma -> (synset ids by frequency, tagged sense count)``."""
+def parse_index_file(
+    path: str | Path, synsets: Container[str] | None = None
+) -> dict[str, tuple[list[str], int]]:
+    """Parse ``index.<pos>`` into ``lemma -> (synset ids by frequency, tagged sense count)``.
+
+    Args:
+        path: The ``index.<pos>`` file.
+        synsets: If given, every synset id of the index must be in it (the parsed data files).
+
+    Raises:
+        FileNotFoundError: If the file is missing.
+        ValueError: Naming ``path:line`` if a line is malformed or names an unknown synset.
+    """
     index: dict[str, tuple[list[str], int]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("  "):
-                continue
+    for lineno, line in _lines(path):
+        try:
             f = line.split()
             n_synsets, n_ptr = int(f[2]), int(f[3])
             ids = [f"{o}-{f[1]}" for o in f[6 + n_ptr : 6 + n_ptr + n_synsets]]
-            index[f[0].replace("_", " ")] = (ids, int(f[5 + n_ptr]))
+            if len(ids) != n_synsets:
+                raise ValueError(f"{n_synsets} synsets announced, {len(ids)} given")
+            tagged = int(f[5 + n_ptr])
+        except (IndexError, ValueError) as err:
+            raise ValueError(
+                f"{path}:{lineno}: expected a WordNet index line 'lemma pos n_synsets "
+                f"n_pointers ... n_tagged offsets...' ({str(err) or type(err).__name__}); "
+                f"{_REINSTALL}"
+            ) from err
+        unknown = [i for i in ids if synsets is not None and i not in synsets]
+        if unknown:
+            raise ValueError(
+                f"{path}:{lineno}: synset {unknown[0]} of {f[0]!r} is in no data file; "
+                f"the index and data files do not belong together; {_REINSTALL}"
+            )
+        index[f[0].replace("_", " ")] = (ids, tagged)
     return index
 
 
@@ -99,9 +166,22 @@ class _Builder:
     def __init__(self, wordnet_dir: Path) -> None:
         names = {"n": "noun", "v": "verb"}
         self.syn: dict[str, Synset] = {}
-        for n in names.values():
-            self.syn.update(parse_data_file(wordnet_dir / f"data.{n}"))
-        self.index = {p: parse_index_file(wordnet_dir / f"index.{n}") for p, n in names.items()}
+        for pos, n in names.items():
+            synsets = parse_data_file(wordnet_dir / f"data.{n}")
+            wrong = next((s for s in synsets.values() if s.id[-1] != pos), None)
+            if wrong is not None:
+                raise ValueError(f"{wrong.source}: synset {wrong.id} in data.{n}; {_REINSTALL}")
+            self.syn.update(synsets)
+        for s in self.syn.values():
+            missing = next((i for i in (*s.hypernyms, *s.hyponyms) if i not in self.syn), None)
+            if missing is not None:
+                raise ValueError(
+                    f"{s.source}: synset {s.id} points to {missing}, which no data file holds; "
+                    f"{_REINSTALL}"
+                )
+        self.index = {
+            p: parse_index_file(wordnet_dir / f"index.{n}", self.syn) for p, n in names.items()
+        }
         bad = {w for s in self.syn.values() if _OFFENSIVE.search(s.gloss) for w in s.lemmas}
         # Words a learner could know: lower case, <= 3 words, tagged in SemCor at least once.
         self.known = {
@@ -231,7 +311,7 @@ def build_wordnet_mc(
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f"expected n_train, n_test >= 0, got {n_train}, {n_test}")
-    builder = _load_builder(str(_check_dir(wordnet_dir).resolve()))
+    builder = _load_builder(str(check_dir(wordnet_dir).resolve()))
     rng = random.Random(seed)
     ids = sorted(builder.syn)
     rng.shuffle(ids)
@@ -269,7 +349,7 @@ def write_bundled(
     seed: int = 0,
 ) -> None:
     """Write ``train.jsonl``, ``test.jsonl``, ``LICENSE`` and ``README.md`` into ``out_dir``."""
-    wordnet_dir = _check_dir(wordnet_dir)
+    wordnet_dir = check_dir(wordnet_dir)
     train, test = build_wordnet_mc(wordnet_dir, n_train, n_test, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

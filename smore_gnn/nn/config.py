@@ -294,6 +294,11 @@ class SMoREConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> SMoREConfig:
+        if not isinstance(data, dict):
+            raise TypeError(
+                f"SMoREConfig.from_dict expected a dict of fields, got {type(data).__name__} "
+                f"{data!r}; pass e.g. {{'rank': [4, 4]}}"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -302,7 +307,27 @@ class SMoREConfig:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> SMoREConfig:
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
+        """A config from JSON text (a ``str`` starting with ``{`` or ``[``) or a JSON file.
+
+        Raises:
+            TypeError: If the JSON is not an object (e.g. ``[1, 2]``).
+            ValueError: If the text or file is not valid JSON, or a field is unknown/invalid.
+            FileNotFoundError: If a path does not exist.
+        """
+        text, source = str(text_or_path), "JSON text"
+        if isinstance(text_or_path, Path) or not text.lstrip().startswith(("{", "[")):
+            source, text = f"file {text!r}", Path(text).read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"SMoREConfig.from_json: {source} is not valid JSON ({err}); expected a JSON "
+                'object of fields, e.g. {"rank": [4, 4]}'
+            ) from err
+        if not isinstance(data, dict):
+            raise TypeError(
+                f"SMoREConfig.from_json expected a JSON object of fields, got a "
+                f"{type(data).__name__} from {source} ({text.strip()[:60]!r}); "
+                'e.g. {"rank": [4, 4]}'
+            )
+        return cls.from_dict(data)

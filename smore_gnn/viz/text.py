@@ -68,7 +68,8 @@ def route_prompt(
         token: Token position (negative counts from the end).
 
     Raises:
-        ValueError: If ``module`` names no adapted module or ``prompt`` has no tokens.
+        ValueError: If ``module`` names no adapted module, ``prompt`` has no tokens or
+            ``token`` is outside them.
     """
     names = list(model.adapted_names)
     module = len(names) // 2 if module is None else module
@@ -88,6 +89,11 @@ def route_prompt(
     ids = batch["input_ids"][0]
     if len(ids) == 0:
         raise ValueError(f"prompt {prompt!r} has no tokens; give a non-empty prompt")
+    if not -len(ids) <= token < len(ids):
+        raise ValueError(
+            f"token {token} is outside the prompt, which has {len(ids)} tokens; use "
+            f"0..{len(ids) - 1}, or -1 for the last token"
+        )
     was_training = model.training
     model.eval()
     with torch.no_grad():
