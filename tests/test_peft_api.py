@@ -79,12 +79,16 @@ def test_two_named_adapters_switch_and_save_separately(tmp_path):
     sm = get_smore_model(model, CFG)
     sm.add_adapter("b", CFG_B, target_modules=["up_proj"])
     assert sm.active_adapter == "default" and list(sm.peft_config) == ["default", "b"]
-    assert all(not p.requires_grad for layer in sm._bank["b"].values() for p in layer.parameters())
+    b_params = [p for n, p in sm.named_parameters() if ".adapters.b." in n]
+    assert b_params and not any(p.requires_grad for p in b_params)
     _train_step(sm, batch)
     logits_a = _logits(sm, batch)
     sm.set_adapter("b")
     assert sm.adapted_names == ["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"]
-    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # a's slot is freed
+    down = model.model.layers[0].mlp.down_proj  # holds only "default": the base output now
+    assert down.active_adapter == "b" and list(down.adapters) == ["default"]
+    x = torch.randn(3, down.in_features)
+    assert torch.equal(down(x), down.base_layer(x))
     _train_step(sm, batch)
     logits_b = _logits(sm, batch)
     assert not torch.equal(logits_a, logits_b) and not torch.equal(logits_b, base)
