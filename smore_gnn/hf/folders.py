@@ -73,13 +73,13 @@ class AdapterFolders:
                     f"{len(spec.names)} modules; adapter {adapter_name!r} has {mine.config} "
                     f"on {len(mine.names)}; load it under a new adapter_name"
                 )
-            io.copy_in(self._layers_of(adapter_name), tensors, is_trainable)
+            trainable = is_trainable and adapter_name == self._active
+            io.copy_in(self._layers_of(adapter_name), tensors, trainable)
             return
         io.check_adapter_name(adapter_name, self.peft_config)
         self._inject(adapter_name, spec)
         try:
-            trainable = is_trainable and adapter_name == self._active
-            io.copy_in(self._layers_of(adapter_name), tensors, trainable)
+            io.copy_in(self._layers_of(adapter_name), tensors, False)  # inactive: frozen
         except BaseException:
             for name, slot in self._slots().items():
                 self._remove(name, slot, adapter_name)
