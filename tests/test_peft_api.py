@@ -425,6 +425,10 @@ def test_a_failed_from_pretrained_leaves_the_model_unchanged(tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="disk error"):
         SMoREModel.from_pretrained(model, tmp_path)
     assert _state(model) == before
+    wrapped = _state(sm.model)
+    with pytest.raises(RuntimeError, match="disk error"):
+        sm.load_adapter(tmp_path, "c")  # a new name: injected, then taken out again
+    assert _state(sm.model) == wrapped and list(sm.peft_config) == ["default"]
 
 
 def test_save_pretrained_checks_every_name_before_writing(tmp_path):
