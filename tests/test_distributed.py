@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from smore_gnn.hf.methods import smore_paper_config
-from smore_gnn.hf.model import get_smore_model, load_adapter
+from smore_gnn.hf.model import SMoREModel, get_smore_model
 from smore_gnn.hf.testing import tiny_llama
 from smore_gnn.train import distributed
 
@@ -112,7 +112,7 @@ def test_saved_adapter_loads_into_one_process_with_the_same_outputs(runs, mode):
     assert saved.keys() == reference.keys()
     assert all(torch.allclose(saved[k], reference[k], atol=TOL) for k in saved)
     base, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64, num_layers=2)
-    model = load_adapter(base, folder).eval()
+    model = SMoREModel.from_pretrained(base, folder).eval()
     sys.path.insert(0, str(WORKER.parent))
     from distributed_worker import probe_batch
 
@@ -196,7 +196,7 @@ def test_adapter_from_state_dict_round_trips_and_names_a_missing_tensor(tmp_path
     model, _ = _tiny_smore(shared_pool=shared_pool)
     state = model.state_dict()
     distributed.save_adapter_from_state_dict(model, tmp_path / "a", state)
-    fresh = load_adapter(
+    fresh = SMoREModel.from_pretrained(
         tiny_llama(hidden_size=32, intermediate_size=64, num_layers=1)[0], tmp_path / "a"
     )
     for (name, p), (_, q) in zip(model.named_parameters(), fresh.named_parameters()):

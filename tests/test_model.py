@@ -10,14 +10,12 @@ import torch
 from torch import nn
 
 from smore_gnn import SMoREConfig, SMoRELinear
+from smore_gnn.analysis.routing import adapters_routing_stats
+from smore_gnn.hf.layer import AdaptedLinear
 from smore_gnn.hf.methods import get_method, smore_paper_config
-from smore_gnn.hf.model import (
-    find_target_modules,
-    get_smore_model,
-    match_module_name,
-    routing_statistics,
-)
+from smore_gnn.hf.model import find_target_modules, get_smore_model, match_module_name
 from smore_gnn.hf.testing import tiny_llama
+from smore_gnn.nn.routing_result import RoutingResult
 
 CFG = SMoREConfig(num_experts=[4, 4], fanout=[2, 2], rank=[4, 4], gate_type="switch")
 
@@ -74,7 +72,8 @@ def test_injection_targets_mlp_and_freezes_the_rest():
     assert sm.adapted_names == [
         f"model.layers.{i}.mlp.{p}" for i in (0, 1) for p in ("gate_proj", "up_proj", "down_proj")
     ]
-    assert isinstance(model.model.layers[0].mlp.up_proj, SMoRELinear)
+    slot = model.model.layers[0].mlp.up_proj
+    assert isinstance(slot, AdaptedLinear) and isinstance(slot.adapters["default"], SMoRELinear)
     assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear
     trainable = {n for n, p in sm.named_parameters() if p.requires_grad}
     assert trainable and all(".mlp." in n and "base_layer" not in n for n in trainable)
@@ -118,20 +117,22 @@ def test_logits_equal_base_at_init_and_generate_runs():
         assert torch.equal(sm.generate(**batch, max_new_tokens=4, do_sample=False), greedy)
 
 
-def test_attention_mask_reaches_every_adapter_and_stays_for_recomputation():
+def test_attention_mask_reaches_every_adapter_for_its_forward_only():
     model, tokenizer = _tiny()
     sm = get_smore_model(model, CFG)
     batch = _batch(tokenizer)
     sm(**batch)
     valid = int(batch["attention_mask"].sum())  # 13 of 22 positions
-    for layer in sm.adapters().values():  # kept until the next forward (checkpointing)
-        assert torch.equal(layer.attention_mask, batch["attention_mask"].bool())
+    for layer in sm.adapters().values():  # an argument of that forward, not kept on the layer
+        assert layer.attention_mask is None
         assert float(layer.last_routing.load[-1].sum()) == valid * CFG.fanout[-1]
-    sm(input_ids=batch["input_ids"])  # a forward without a mask clears it
-    assert all(layer.attention_mask is None for layer in sm.adapters().values())
     stats = sm.routing_stats()
     assert set(stats["modules"]) == set(sm.adapted_names)
     assert 0 < stats["min_entropy"] <= stats["mean_entropy"] <= 1
+    only = sm.routing_stats(modules=["up_proj"])  # a keyword it takes (it raised TypeError)
+    assert set(only["modules"]) == {n for n in sm.adapted_names if n.endswith("up_proj")}
+    with pytest.raises(TypeError, match="modules must be a list of module names"):
+        sm.routing_stats(modules="up_proj")
 
 
 def test_disable_adapter_gives_base_outputs():
@@ -162,12 +163,16 @@ def test_balance_loss_sums_modules_and_has_grad():
     assert all(g is not None for g in adapter_grads)  # DDP-safe: every parameter is used
 
 
+def _routed(load: list[torch.Tensor], fanout: list[int]) -> SimpleNamespace:
+    """A layer after a forward whose routing picked each expert ``load`` times."""
+    empty = [torch.zeros(0, 1, dtype=torch.long)] * len(load)
+    routing = RoutingResult(empty, empty, fanout, balance_loss=torch.zeros(()), load=load)
+    return SimpleNamespace(last_routing=routing)
+
+
 def test_routing_statistics_flags_collapse():
-    fake = SimpleNamespace(
-        last_routing=SimpleNamespace(load=[torch.tensor([95.0, 5, 0, 0]), torch.ones(4)]),
-        config=SimpleNamespace(fanout=[1, 1]),
-    )
-    stats = routing_statistics({"m": fake})
+    fake = _routed([torch.tensor([95.0, 5, 0, 0]), torch.ones(4)], [1, 1])
+    stats = adapters_routing_stats({"m": fake})
     assert stats["collapsed"] == [("m", 0)]
     assert stats["max_load_share"] == pytest.approx(0.95)
     assert stats["modules"]["m"]["entropy"][1] == pytest.approx(1.0)
@@ -177,17 +182,11 @@ def test_collapse_is_fanout_aware():
     """With f = 2 of 4 a parent never picks an expert twice: share <= 1/2 per expert."""
     collapsed = torch.tensor([50.0, 50, 0, 0])  # every event picks experts 0 and 1
     balanced = torch.tensor([25.0, 25, 25, 25])
-    fake = SimpleNamespace(
-        last_routing=SimpleNamespace(load=[collapsed, balanced]),
-        config=SimpleNamespace(fanout=[2, 2]),
-    )
-    stats = routing_statistics({"m": fake})
+    stats = adapters_routing_stats({"m": _routed([collapsed, balanced], [2, 2])})
     assert stats["collapsed"] == [("m", 0)]
     assert stats["max_load_share"] == pytest.approx(1.0)
-    dense = SimpleNamespace(
-        last_routing=SimpleNamespace(load=[balanced]), config=SimpleNamespace(fanout=[4])
-    )
-    assert routing_statistics({"d": dense})["collapsed"] == []
+    dense = _routed([balanced], [4])
+    assert adapters_routing_stats({"d": dense})["collapsed"] == []
 
 
 @pytest.mark.slow

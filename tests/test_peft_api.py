@@ -79,12 +79,16 @@ def test_two_named_adapters_switch_and_save_separately(tmp_path):
     sm = get_smore_model(model, CFG)
     sm.add_adapter("b", CFG_B, target_modules=["up_proj"])
     assert sm.active_adapter == "default" and list(sm.peft_config) == ["default", "b"]
-    assert all(not p.requires_grad for layer in sm._bank["b"].values() for p in layer.parameters())
+    b_params = [p for n, p in sm.named_parameters() if ".adapters.b." in n]
+    assert b_params and not any(p.requires_grad for p in b_params)
     _train_step(sm, batch)
     logits_a = _logits(sm, batch)
     sm.set_adapter("b")
     assert sm.adapted_names == ["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"]
-    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # a's slot is freed
+    down = model.model.layers[0].mlp.down_proj  # holds only "default": the base output now
+    assert down.active_adapter == "b" and list(down.adapters) == ["default"]
+    x = torch.randn(3, down.in_features)
+    assert torch.equal(down(x), down.base_layer(x))
     _train_step(sm, batch)
     logits_b = _logits(sm, batch)
     assert not torch.equal(logits_a, logits_b) and not torch.equal(logits_b, base)
@@ -310,3 +314,218 @@ def test_noisy_topk_folders_of_0_1_keep_their_noise_bias(tmp_path):
     loaded = SMoREModel.from_pretrained(_tiny()[0], tmp_path / "old")
     assert loaded.smore_config.noise_bias
     assert torch.equal(_logits(loaded, batch), _logits(sm, batch))
+
+
+# ---- adapters inside the layer, per name (peft's way) -----------------------------------
+
+
+def test_every_adapter_lives_in_its_layer_and_follows_to_and_train():
+    model, tokenizer = _tiny()
+    sm = get_smore_model(model, CFG)
+    sm.add_adapter("b", CFG_B, target_modules=["up_proj"])
+    assert type(sm)._apply is torch.nn.Module._apply and type(sm).train is torch.nn.Module.train
+    slot = model.model.layers[0].mlp.up_proj
+    assert list(slot.adapters) == ["default", "b"] and slot.active_adapter == "default"
+    sm.eval()
+    assert not slot.adapters["b"].training  # inactive adapters follow train()/eval()
+    sm.to(torch.float64)
+    assert slot.adapters["b"].proj.weight.dtype == torch.float64  # ... and .to()
+    assert slot.base_layer.weight.dtype == torch.float64
+    keys = [k for k in sm.state_dict() if k.startswith("model.model.layers.0.mlp.up_proj.")]
+    assert [k for k in keys if k.endswith("base_layer.weight")] == [
+        "model.model.layers.0.mlp.up_proj.base_layer.weight"  # the base weight once
+    ]
+    sm.set_adapter("b")
+    assert model.model.layers[0].mlp.up_proj is slot and slot.active_adapter == "b"
+    sm.delete_adapter("default")  # the slots that held only "default" get their base back
+    assert list(slot.adapters) == ["b"] and sm.active_adapter == "b"
+    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear
+    assert sm.adapted_names == list(sm.adapters())
+
+
+def test_adapter_names_the_layer_dict_cannot_hold_are_refused_first():
+    model, _ = _tiny()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for bad in ("to", "keys", "training"):
+        with pytest.raises(ValueError, match="nn.ModuleDict attribute"):
+            get_smore_model(model, CFG, adapter_name=bad)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+
+
+# ---- a failed wrap or load leaves the base model as it was ------------------------------
+
+
+def _state(model):
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    return grads, {n: type(m) for n, m in model.named_modules()}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(config=CFG, target_modules=["mlp_in"]),  # matches nothing
+        dict(config={"rank": 8}),  # a dict, not an SMoREConfig
+        dict(config=CFG, adapter_name="a.b"),
+        dict(config=CFG, method="lora"),
+    ],
+    ids=["no_match", "dict_config", "dotted_name", "lora_method"],
+)
+def test_a_failed_get_smore_model_leaves_the_model_unchanged(kwargs):
+    model, tokenizer = _tiny()
+    before = _state(model)
+    assert all(before[0].values())
+    with pytest.raises((ValueError, TypeError)):
+        get_smore_model(model, **kwargs)
+    assert _state(model) == before
+    get_smore_model(model, CFG)  # and it can be wrapped afterwards
+
+
+def test_an_error_while_injecting_restores_modules_and_flags(monkeypatch):
+    from smore_gnn.hf.layer import AdaptedLinear
+
+    model, _ = _tiny()
+    before = _state(model)
+    calls, add = [], AdaptedLinear.add_adapter
+
+    def fail_third(self, name, adapter):
+        calls.append(name)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        add(self, name, adapter)
+
+    monkeypatch.setattr(AdaptedLinear, "add_adapter", fail_third)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        get_smore_model(model, CFG)
+    assert _state(model) == before
+    monkeypatch.setattr(AdaptedLinear, "add_adapter", add)
+    sm = get_smore_model(model, CFG)
+    calls.clear()
+    monkeypatch.setattr(AdaptedLinear, "add_adapter", fail_third)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        sm.add_adapter("b", CFG_B)  # a failed add_adapter leaves the other adapters alone
+    assert list(sm.peft_config) == ["default"]
+    assert all(list(s.adapters) == ["default"] for s in sm._slots().values())
+
+
+def test_a_failed_from_pretrained_leaves_the_model_unchanged(tmp_path, monkeypatch):
+    from smore_gnn.hf import adapters
+
+    sm = get_smore_model(_tiny()[0], CFG)
+    sm.save_pretrained(tmp_path)
+    model, _ = _tiny()
+    before = _state(model)
+    with pytest.raises(ValueError, match="adapter_name must be"):
+        SMoREModel.from_pretrained(model, tmp_path, adapter_name="a.b")
+    assert _state(model) == before
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk error")
+
+    monkeypatch.setattr(adapters, "copy_in", broken)
+    with pytest.raises(RuntimeError, match="disk error"):
+        SMoREModel.from_pretrained(model, tmp_path)
+    assert _state(model) == before
+    wrapped = _state(sm.model)
+    with pytest.raises(RuntimeError, match="disk error"):
+        sm.load_adapter(tmp_path, "c")  # a new name: injected, then taken out again
+    assert _state(sm.model) == wrapped and list(sm.peft_config) == ["default"]
+
+
+def test_save_pretrained_checks_every_name_before_writing(tmp_path):
+    model, tokenizer = _tiny()
+    sm = get_smore_model(model, CFG)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"No adapters named \['nope'\].*nothing was saved"):
+        sm.save_pretrained(out, selected_adapters=["default", "nope"])
+    assert not out.exists()
+    sm.save_pretrained(out)
+    saved = (out / "adapter_model.safetensors").read_bytes()
+    _train_step(sm, _batch(tokenizer))
+    with pytest.raises(ValueError, match=r"No adapters named \['nope'\]"):
+        sm.save_pretrained(out, selected_adapters=["default", "nope"])
+    assert (out / "adapter_model.safetensors").read_bytes() == saved  # not overwritten
+    with pytest.raises(TypeError, match="selected_adapters must be a list of adapter names"):
+        sm.save_pretrained(out, selected_adapters="default")
+
+
+# ---- the attention mask applies to exactly the forward it came with ---------------------
+
+
+def _two_batches(tokenizer):
+    a = tokenizer(["hello world", "hi"], return_tensors="pt", padding=True)
+    b = tokenizer(["hi", "hello world"], return_tensors="pt", padding=True)
+    assert a["input_ids"].shape == b["input_ids"].shape  # same shape, other padding
+    return a, b
+
+
+def _randomized(model):
+    sm = get_smore_model(model, CFG)
+    with torch.no_grad():
+        for p in sm.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    return sm
+
+
+def test_a_direct_call_of_the_inner_decoder_uses_no_earlier_mask():
+    model, tokenizer = _tiny()
+    sm = _randomized(model).eval()
+    decoder = model.model  # the inner LlamaModel: its calls do not go through the wrapper
+    a, b = _two_batches(tokenizer)
+    longer = tokenizer(["a longer text", "x", "y"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = decoder(input_ids=b["input_ids"]).last_hidden_state
+        sm(**a)
+        got = decoder(input_ids=b["input_ids"]).last_hidden_state
+        assert torch.equal(got, expected)  # a's mask would mark b's real tokens as padding
+        decoder(**longer)  # a correct mask of another shape is no error
+        sm(**a)
+        base = sm.unload()
+        with pytest.raises(ValueError, match="was unloaded.*get_smore_model"):
+            sm.set_adapter("default")
+        base.model(**longer)  # the base model keeps no mask either
+
+
+def test_a_failed_forward_leaves_no_mask_behind():
+    model, tokenizer = _tiny()
+    sm = _randomized(model).eval()
+    decoder = model.model
+    a, b = _two_batches(tokenizer)
+    with torch.no_grad():
+        expected = decoder(input_ids=b["input_ids"]).last_hidden_state
+
+        def stop(*args):
+            raise RuntimeError("stopped mid-forward")
+
+        handle = model.model.layers[1].register_forward_hook(stop)
+        with pytest.raises(RuntimeError, match="stopped mid-forward"):
+            sm(**a)  # the mask was published, then the forward raised
+        handle.remove()
+        assert torch.equal(decoder(input_ids=b["input_ids"]).last_hidden_state, expected)
+
+
+def _decoder_grads(after_top_level_forward: bool) -> dict[str, torch.Tensor]:
+    model, tokenizer = _tiny()
+    sm = _randomized(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the transformers 5 alias
+        sm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    sm.train()
+    a, b = _two_batches(tokenizer)
+    if after_top_level_forward:
+        with torch.no_grad():
+            sm(**a)
+    calls = []
+    model.model.layers[0].mlp.up_proj.register_forward_hook(lambda *_: calls.append(1))
+    torch.manual_seed(1)
+    hidden = model.model(input_ids=b["input_ids"]).last_hidden_state
+    hidden.square().sum().backward()
+    assert len(calls) == 2  # the forward and its recomputation in the backward
+    return {n: p.grad for n, p in sm.named_parameters() if p.requires_grad}
+
+
+def test_under_checkpointing_a_direct_decoder_call_uses_no_earlier_mask():
+    clean, after = _decoder_grads(False), _decoder_grads(True)
+    assert clean.keys() == after.keys()
+    for name, grad in clean.items():
+        torch.testing.assert_close(after[name], grad, rtol=1e-5, atol=1e-7, msg=name)

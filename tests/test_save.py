@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from smore_gnn import SMoREConfig, SMoRELinear
 from smore_gnn.hf import save as folder
-from smore_gnn.hf.model import SMoREModel, get_smore_model, load_adapter, save_adapter
+from smore_gnn.hf.model import SMoREModel, get_smore_model
 from smore_gnn.hf.save import CONFIG_NAME, WEIGHTS_NAME
 from smore_gnn.hf.testing import tiny_llama
 
@@ -34,7 +34,7 @@ def _adapted(tmp_path, shared_pool=False, gate="noisy_topk", **tiny):
         for p in sm.parameters():
             if p.requires_grad:
                 p.normal_(0, 0.3)
-    sm.save_adapter(tmp_path)
+    sm.save_pretrained(tmp_path)
     return sm.eval(), tokenizer
 
 
@@ -49,7 +49,7 @@ def test_round_trip_is_bit_exact(tmp_path, shared_pool, gate):
     batch = tokenizer(["hello world", "hi"], return_tensors="pt", padding=True)
     with torch.no_grad():
         expected = sm(**batch).logits
-    loaded = load_adapter(_tiny()[0], tmp_path)
+    loaded = SMoREModel.from_pretrained(_tiny()[0], tmp_path)
     assert isinstance(loaded, SMoREModel) and loaded.trainable_parameters() == 0
     with torch.no_grad():
         assert torch.equal(loaded.eval()(**batch).logits, expected)
@@ -78,12 +78,12 @@ def test_files_hold_only_the_adapter_sorted_and_deduplicated(tmp_path):
 
 def test_trainable_load_and_in_place_reload(tmp_path):
     sm, _ = _adapted(tmp_path)
-    loaded = load_adapter(_tiny()[0], tmp_path, trainable=True)
+    loaded = SMoREModel.from_pretrained(_tiny()[0], tmp_path, is_trainable=True)
     assert loaded.trainable_parameters() == sum(
         p.numel() for p in sm.parameters() if p.requires_grad
     )
     fresh = get_smore_model(_tiny()[0], sm.smore_config)
-    assert load_adapter(fresh, tmp_path) is fresh  # an SMoREModel is overwritten in place
+    fresh.load_adapter(tmp_path, "default")  # an SMoREModel is overwritten in place
     for (name, a), b in zip(fresh.named_parameters(), sm.parameters()):
         assert torch.equal(a, b), name
 
@@ -91,18 +91,18 @@ def test_trainable_load_and_in_place_reload(tmp_path):
 def test_missing_and_corrupt_files(tmp_path):
     model, _ = _tiny()
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        load_adapter(model, tmp_path / "nowhere")
+        SMoREModel.from_pretrained(model, tmp_path / "nowhere")
     _adapted(tmp_path)
     before = _state(model)
     (tmp_path / WEIGHTS_NAME).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(ValueError, match="corrupt"):
-        load_adapter(model, tmp_path)
+        SMoREModel.from_pretrained(model, tmp_path)
     (tmp_path / WEIGHTS_NAME).unlink()
     with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
-        load_adapter(model, tmp_path)
+        SMoREModel.from_pretrained(model, tmp_path)
     (tmp_path / CONFIG_NAME).write_text('{"method": "smore", "smore_config": {"rank": 0}}')
     with pytest.raises(ValueError, match="unreadable"):
-        load_adapter(model, tmp_path)
+        SMoREModel.from_pretrained(model, tmp_path)
     assert not any(isinstance(m, SMoRELinear) for m in model.modules())
     after = _state(model)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -114,7 +114,7 @@ def test_adapter_that_does_not_fit_changes_nothing(tmp_path):
         before = _state(model)
         match = "does not fit" if model.config.num_hidden_layers == 2 else "expects an nn.Linear"
         with pytest.raises(ValueError, match=match):
-            load_adapter(model, tmp_path)
+            SMoREModel.from_pretrained(model, tmp_path)
         assert not any(isinstance(m, SMoRELinear) for m in model.modules())
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -123,11 +123,9 @@ def test_wrong_targets_for_an_adapted_model(tmp_path):
     _adapted(tmp_path)
     other = get_smore_model(_tiny()[0], SMoREConfig(rank=[2, 2]))
     with pytest.raises(ValueError, match="has config"):
-        load_adapter(other, tmp_path)
+        other.load_adapter(tmp_path, "default")
     with pytest.raises(ValueError, match="expects a base model"):
-        load_adapter(other.model, tmp_path)
-    with pytest.raises(TypeError, match="SMoREModel"):
-        save_adapter(other.model, tmp_path)
+        SMoREModel.from_pretrained(other.model, tmp_path)
 
 
 # ---- atomic folder save (issue 12 #1) ---------------------------------------------------

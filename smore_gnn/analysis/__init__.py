@@ -44,6 +44,7 @@ from smore_gnn.analysis.metrics import (
 from smore_gnn.analysis.routing import (
     RoutingRecorder,
     TreeLike,
+    adapters_routing_stats,
     as_tree,
     coroute_counts,
     expert_counts,
@@ -68,6 +69,7 @@ __all__ = [
     "load_entropy",
     "num_experts_of",
     "routing_stats",
+    "adapters_routing_stats",
     "RoutingRecorder",
     "Signature",
     "tree_signature",

@@ -3,8 +3,8 @@
 :func:`collect_routings` runs the model on a few batches without gradients and keeps, for
 every adapted module, the routing of the valid tokens (``attention_mask == 1``) in batch
 order, together with each token's sequence and task. The model's train/eval modes and the
-adapters' ``last_routing`` are restored afterwards (their ``balance_loss`` and stored
-``attention_mask`` are those of the last measured batch until the next forward).
+adapters' ``last_routing`` are restored afterwards (their ``balance_loss`` is that of the last
+measured batch until the next forward).
 """
 
 from __future__ import annotations
@@ -48,13 +48,33 @@ class CollectedRouting:
         return [self.sequence_tasks[i] for i in self.sequence.tolist()]
 
 
-def adapters_of(model: nn.Module) -> dict[str, SMoRELinear]:
-    """``model.adapters()`` when the model offers it, else every ``SMoRELinear`` inside."""
+def adapters_of(model: nn.Module, required: bool = True) -> dict[str, SMoRELinear]:
+    """The active adapters of ``model``: ``{module name: SMoRELinear}``.
+
+    ``model.adapters()`` when the model offers it (an ``SMoREModel``). Otherwise every
+    ``SMoRELinear`` inside, except that a slot holding named adapters (a module with an
+    ``adapters`` ModuleDict and an ``active_adapter``, as ``smore_gnn.hf.layer.AdaptedLinear``)
+    gives its active one under the slot's name, its inactive ones not at all.
+
+    Raises:
+        ValueError: no adapter, unless ``required`` is ``False`` (then ``{}``).
+    """
     if callable(getattr(model, "adapters", None)):
         layers = dict(model.adapters())
     else:
-        layers = {n: m for n, m in model.named_modules() if isinstance(m, SMoRELinear)}
-    if not layers:
+        layers, slots = {}, []
+        for name, module in model.named_modules():
+            if any(name.startswith(s) for s in slots):
+                continue
+            held = getattr(module, "adapters", None)
+            if isinstance(held, nn.ModuleDict) and hasattr(module, "active_adapter"):
+                slots.append(name + ".")
+                active = module.active_adapter
+                if active in held and isinstance(held[active], SMoRELinear):
+                    layers[name] = held[active]
+            elif isinstance(module, SMoRELinear):
+                layers[name] = module
+    if not layers and required:
         raise ValueError(
             f"{type(model).__name__} has no S'MoRE adapters; wrap it with "
             "smore_gnn.hf.model.get_smore_model(model, config) first"

@@ -5,18 +5,14 @@ the exact definitions). This module applies them to a model:
 
 * :func:`routing_health` runs the model on held-out batches (padding left out) and returns
   per module and layer metrics plus a JSON-ready ``summary``;
-* :func:`last_forward_health` measures the adapters' last forward (what a model wrapper's
-  ``routing_stats()`` reports during training);
+* :func:`last_forward_health` measures the adapters' last forward the same way (spreads and
+  structures included);
 * :class:`RoutingHealthCallback` logs the summary, prefixed ``routing/``, during training.
 
-Model wrappers: ``routing_stats()`` should return
-``last_forward_health(self.adapters(), attention_mask)`` (the last batch's mask). The former
-keys map as: ``mean_entropy`` -> ``summary["mean_load_entropy"]``, ``max_load_share`` ->
-``summary["max_top_share_any_layer"]`` (the same quantity: the busiest expert's picks over
-the routing events), per-layer ``share`` / ``entropy`` -> ``load_share`` / ``load_entropy``,
-``collapsed`` -> the per-layer ``collapsed`` flags and ``summary["num_collapsed"]`` (the same
-fanout-aware rule). It costs more than load counting (spreads, structures: about 0.4 s for 90
-modules x 800 tokens on a busy 2-core CPU), so call it at logging time, not every step.
+The load statistics the training logs report every step (``SMoREModel.routing_stats()``) are
+:func:`smore_gnn.analysis.routing.routing_stats`, built on the same per-layer definitions
+(:func:`smore_gnn.analysis.metrics.load_health`); the health here costs more (it also
+measures spreads and structures), so call it at logging time, not every step.
 
 Task specialisation is the normalised mutual information (arithmetic mean of entropies)
 between a token's task, i.e. its sequence's task, and its routing. The *shuffled control*
@@ -159,8 +155,8 @@ def last_forward_health(
 ) -> dict[str, Any]:
     """Routing health of the adapters' last forward (no tasks): ``{"modules", "summary"}``.
 
-    This is what a model wrapper's ``routing_stats()`` should return, so that training logs
-    and held-out evaluation use the same definitions and key names.
+    The held-out :func:`routing_health` of one batch already run: the same definitions and
+    key names, without tasks.
 
     Args:
         adapters: ``{name: SMoRELinear}`` after a forward (modules without one are skipped).

@@ -1,18 +1,22 @@
 """Routing statistics of routed sub-trees: expert counts, co-routing, load entropy.
 
+:func:`routing_stats` is the one definition of the per-layer load statistics of a routing;
+:func:`adapters_routing_stats` applies it to every adapter of a model (what
+``SMoREModel.routing_stats()`` and the training logs report).
+
 ``as_tree`` accepts a :class:`RoutingTree`, the :class:`RoutingResult` it was built from, or an
 ``SMoRELinear`` after a forward (its ``last_tree``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from smore_gnn.analysis.information import load_entropy
+from smore_gnn.analysis.collect import adapters_of
 from smore_gnn.analysis.metrics import load_health
 from smore_gnn.nn.layer import SMoRELinear
 from smore_gnn.nn.router import RoutingResult
@@ -110,10 +114,12 @@ def coroute_counts(
 
 
 def routing_stats(routing_or_tree: TreeLike, num_experts: Sequence[int] | None = None) -> dict:
-    """Per-layer load share, normalised load entropy and busiest-expert share of one routing.
+    """Per-layer load, load share, normalised load entropy, top share and collapse of a routing.
 
-    The load is ``RoutingResult.load`` (picks per expert, padding excluded) when a routing or
-    a layer is given, else the picks counted in the tree. The definitions are
+    The routing statistics of the package, defined once: ``SMoREModel.routing_stats()`` (the
+    training logs, through :func:`adapters_routing_stats`) and :class:`RoutingRecorder` call
+    it. The load is ``RoutingResult.load`` (picks per expert, padding excluded) when a routing
+    or a layer is given, else the picks counted in the tree; each layer's figures are
     :func:`smore_gnn.analysis.metrics.load_health`'s (the ones :func:`routing_health` uses).
 
     Args:
@@ -121,9 +127,10 @@ def routing_stats(routing_or_tree: TreeLike, num_experts: Sequence[int] | None =
         num_experts: ``[s_0, ..., s_{L-1}]`` for a bare tree; inferred when ``None``.
 
     Returns:
-        ``{"entropy": [float per layer], "load_share": [[float per expert] per layer],
-        "top_share": [float per layer]}``, the format :func:`smore_gnn.viz.plot_entropy_curve`
-        reads from a list of such dicts.
+        ``{"load": [[picks per expert] per layer], "load_share": [[float per expert] per
+        layer], "entropy": [float per layer], "top_share": [float per layer], "collapsed":
+        [bool per layer]}``; a list of such dicts is what
+        :func:`smore_gnn.viz.plot_entropy_curve` reads.
     """
     routing = routing_or_tree
     if isinstance(routing, SMoRELinear):
@@ -136,11 +143,74 @@ def routing_stats(routing_or_tree: TreeLike, num_experts: Sequence[int] | None =
         sizes = [None] * tree.num_layers if num_experts is None else list(num_experts)
         loads = [expert_counts(tree, l, sizes[l]).sum(0).double() for l in range(len(sizes))]
         fanout = list(tree.fanout)
+    return load_stats(loads, fanout)
+
+
+def load_stats(loads: Sequence[Tensor], fanout: Sequence[int]) -> dict:
+    """:func:`routing_stats` from per-layer expert loads (``[s_l]`` picks each) and fanouts,
+    e.g. loads summed over data-parallel ranks."""
+    loads = [torch.as_tensor(load).detach().double().cpu() for load in loads]
     health = [load_health(load, f) for load, f in zip(loads, fanout)]
     return {
-        "entropy": [load_entropy(load) for load in loads],
+        "load": [load.tolist() for load in loads],
         "load_share": [h["load_share"] for h in health],
+        "entropy": [h["load_entropy"] for h in health],
         "top_share": [h["top_share"] for h in health],
+        "collapsed": [h["collapsed"] for h in health],
+    }
+
+
+def _selected(name: str, modules: Sequence[str] | None) -> bool:
+    return modules is None or any(name == p or name.endswith("." + p) for p in modules)
+
+
+def adapters_routing_stats(
+    adapters: Mapping[str, SMoRELinear],
+    modules: Sequence[str] | None = None,
+    loads: Mapping[str, Sequence[Tensor]] | None = None,
+) -> dict[str, Any]:
+    """:func:`routing_stats` of every adapter's last forward, and their summary.
+
+    Args:
+        adapters: ``{name: SMoRELinear}``, e.g. ``SMoREModel.adapters()``; adapters without a
+            forward yet are skipped.
+        modules: names to include, each matching exactly or as a dotted suffix (default: all).
+        loads: ``{name: [[s_l] picks per layer]}`` to use instead of each adapter's own
+            ``last_routing.load``, e.g. the loads summed over ranks; an adapter absent from it
+            is skipped.
+
+    Returns:
+        ``{"modules": {name: routing_stats(...)}, "mean_entropy", "min_entropy" (over modules
+        and layers; NaN without any forward), "max_load_share" (the largest ``top_share``:
+        the share of routing events that picked the busiest expert), "collapsed":
+        [(name, layer), ...]}``.
+    """
+    if modules is not None and (
+        isinstance(modules, str) or not all(isinstance(m, str) for m in modules)
+    ):
+        raise TypeError(
+            f"modules must be a list of module names (got {modules!r}); e.g. ['up_proj']"
+        )
+    if loads is not None:
+        stats = {
+            name: load_stats(loads[name], layer.config.fanout)
+            for name, layer in adapters.items()
+            if name in loads and _selected(name, modules)
+        }
+    else:
+        stats = {
+            name: routing_stats(layer.last_routing)
+            for name, layer in adapters.items()
+            if layer.last_routing is not None and _selected(name, modules)
+        }
+    entropies = [e for s in stats.values() for e in s["entropy"]]
+    shares = [t for s in stats.values() for t in s["top_share"]]
+    return {
+        "modules": stats,
+        "mean_entropy": sum(entropies) / len(entropies) if entropies else float("nan"),
+        "min_entropy": min(entropies, default=float("nan")),
+        "max_load_share": max(shares, default=float("nan")),
+        "collapsed": [(n, l) for n, s in stats.items() for l, c in enumerate(s["collapsed"]) if c],
     }
 
 
@@ -180,14 +250,8 @@ class RoutingRecorder:
 
     def record(self, model: torch.nn.Module, step: int) -> dict[str, Any] | None:
         """Append the current routing statistics of ``model``'s adapters as step ``step``."""
-        wanted = self.modules
-        stats = [
-            routing_stats(m)
-            for n, m in model.named_modules()
-            if isinstance(m, SMoRELinear)
-            and m.last_routing is not None
-            and (wanted is None or any(n == p or n.endswith("." + p) for p in wanted))
-        ]
+        layers = adapters_of(model, required=False)
+        stats = list(adapters_routing_stats(layers, self.modules)["modules"].values())
         if not stats:
             return None
         layers = range(len(stats[0]["entropy"]))

@@ -1,8 +1,9 @@
 """Named S'MoRE adapters on a base model: their specs, layers, and folders (validated first).
 
 An adapter is an :class:`AdapterSpec` (config, method label, target patterns, the matched
-module names) plus one ``SMoRELinear`` per matched module. All adapters of a model share the
-frozen base linears; the active adapter's layers sit in the model's module tree.
+module names) plus one ``SMoRELinear`` per matched module, held by name in the
+:class:`~smore_gnn.hf.layer.AdaptedLinear` at that module's slot. All adapters of a slot share
+its frozen base linear.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from smore_gnn.hf import save as folder
+from smore_gnn.hf.layer import AdaptedLinear
 from smore_gnn.hf.targets import Patterns, base_linears, check_patterns
 from smore_gnn.nn.config import SMoREConfig
 from smore_gnn.nn.layer import SMoRELinear
@@ -24,8 +26,13 @@ ADAPTER_METHODS = ("smore", "molre")
 
 
 def adapted_modules(model: nn.Module) -> dict[str, SMoRELinear]:
-    """``{name: SMoRELinear}`` of every adapter inside ``model``."""
+    """``{name: SMoRELinear}`` of every adapter inside ``model`` (active or not)."""
     return {n: m for n, m in model.named_modules() if isinstance(m, SMoRELinear)}
+
+
+def adapted_slots(model: nn.Module) -> dict[str, AdaptedLinear]:
+    """``{module name: AdaptedLinear}`` of the adapted slots of ``model``, in model order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLinear)}
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,11 @@ def check_adapter_name(name: object, existing: dict) -> None:
             f"adapter_name must be a non-empty string without '.' or '/' (got {name!r}); "
             "e.g. 'default' or 'task_a'"
         )
+    if hasattr(nn.ModuleDict(), name):  # a key of the layers' ModuleDict cannot shadow these
+        raise ValueError(
+            f"adapter_name {name!r} is the name of an nn.ModuleDict attribute, which the "
+            "layers' adapter dict cannot hold; pick another name, e.g. 'task_a'"
+        )
     if name in existing:
         raise ValueError(
             f"An adapter named {name!r} already exists (adapters: {list(existing)}); "
@@ -85,7 +97,10 @@ def check_spec(config: object, method: object, methods: tuple[str, ...]) -> None
 
 
 def make_layers(model: nn.Module, spec: AdapterSpec) -> dict[str, SMoRELinear]:
-    """New ``SMoRELinear`` layers (one per name, on the model's base linears), not installed."""
+    """New ``SMoRELinear`` layers (one per name, on the model's base linears), not installed.
+
+    Building one freezes its base linear (``requires_grad=False``); nothing else is touched.
+    """
     linears = base_linears(model)
     return {name: SMoRELinear(linears[name], spec.config) for name in spec.names}
 

@@ -18,7 +18,7 @@ from smore_gnn.hf.save import write_adapter
 
 
 class AdapterFolders:
-    """Mixin of :class:`~smore_gnn.hf.model.SMoREModel` (uses ``peft_config`` and ``_bank``)."""
+    """Mixin of :class:`~smore_gnn.hf.model.SMoREModel` (uses its ``peft_config`` and slots)."""
 
     def save_pretrained(
         self,
@@ -26,23 +26,35 @@ class AdapterFolders:
         selected_adapters: list[str] | None = None,
         base_model_name: str | None = None,
     ) -> None:
-        """Write each adapter atomically: ``"default"`` to the folder, others to subfolders."""
-        for name in list(self.peft_config) if selected_adapters is None else selected_adapters:
+        """Write each adapter atomically: ``"default"`` to the folder, others to subfolders.
+
+        Every name in ``selected_adapters`` is checked before anything is written.
+        """
+        names = list(self.peft_config) if selected_adapters is None else selected_adapters
+        if isinstance(names, str) or not isinstance(names, list | tuple):
+            raise TypeError(
+                f"selected_adapters must be a list of adapter names (got {names!r}); "
+                f"e.g. {list(self.peft_config)[:1]}"
+            )
+        unknown = [n for n in names if not isinstance(n, str) or n not in self.peft_config]
+        if unknown:
+            raise ValueError(
+                f"No adapters named {unknown} (adapters: {list(self.peft_config)}); nothing "
+                "was saved: pass names from that list"
+            )
+        for name in names:
+            spec = self.peft_config[name]
+            io.check_spec(spec.config, spec.method, io.ADAPTER_METHODS)  # never unloadable
+        for name in names:
             out = Path(save_directory) if name == "default" else Path(save_directory) / name
             self._write(name, out, base_model_name)
 
     def _write(self, name: str, directory: str | Path, base_model_name: str | None = None) -> None:
-        self._check_known(name)
         spec = self.peft_config[name]
-        io.check_spec(spec.config, spec.method, io.ADAPTER_METHODS)  # never unloadable
         config = getattr(self.model, "config", None)
         base = base_model_name or getattr(config, "name_or_path", None) or None
-        tensors = io.adapter_tensors(self._bank[name])
+        tensors = io.adapter_tensors(self._layers_of(name))
         write_adapter(directory, spec.to_meta(base, __version__), tensors)
-
-    def save_adapter(self, directory: str | Path, base_model_name: str | None = None) -> None:
-        """The active adapter to ``directory`` (the 0.1 name; see :meth:`save_pretrained`)."""
-        self._write(self._active, directory, base_model_name)
 
     def load_adapter(
         self, directory: str | Path, adapter_name: str, is_trainable: bool = False
@@ -51,6 +63,7 @@ class AdapterFolders:
 
         Everything is validated first: on any error the model is left unchanged.
         """
+        self._check_loaded()
         spec, tensors = io.read_folder(self.model, directory, io.ADAPTER_METHODS)
         if adapter_name in self.peft_config:
             mine = self.peft_config[adapter_name]
@@ -60,14 +73,18 @@ class AdapterFolders:
                     f"{len(spec.names)} modules; adapter {adapter_name!r} has {mine.config} "
                     f"on {len(mine.names)}; load it under a new adapter_name"
                 )
-        else:
-            io.check_adapter_name(adapter_name, self.peft_config)
-            self.peft_config[adapter_name] = spec
-            self._bank[adapter_name] = io.make_layers(self.model, spec)
-            for layer in self._bank[adapter_name].values():
-                layer.train(self.training)
-        trainable = is_trainable and adapter_name == self._active
-        io.copy_in(self._bank[adapter_name], tensors, trainable)
+            trainable = is_trainable and adapter_name == self._active
+            io.copy_in(self._layers_of(adapter_name), tensors, trainable)
+            return
+        io.check_adapter_name(adapter_name, self.peft_config)
+        self._inject(adapter_name, spec)
+        try:
+            io.copy_in(self._layers_of(adapter_name), tensors, False)  # inactive: frozen
+        except BaseException:
+            for name, slot in self._slots().items():
+                self._remove(name, slot, adapter_name)
+            del self.peft_config[adapter_name]
+            raise
 
     @classmethod
     def from_pretrained(
@@ -81,15 +98,25 @@ class AdapterFolders:
 
         Everything is validated before the model is touched: on any error it is unchanged.
         """
-        if isinstance(model, AdapterFolders) or io.adapted_modules(model):
+        if (
+            isinstance(model, AdapterFolders)
+            or io.adapted_modules(model)
+            or io.adapted_slots(model)
+        ):
             raise ValueError(
                 "from_pretrained expects a base model (this one holds S'MoRE adapters); use "
                 "sm.load_adapter(directory, adapter_name) to add one to an SMoREModel"
             )
+        io.check_adapter_name(adapter_name, {})
         spec, tensors = io.read_folder(model, directory, io.ADAPTER_METHODS)
+        flags = {p: p.requires_grad for p in model.parameters()}
         sm = cls(
             model, spec.config, list(spec.names), method=spec.method, adapter_name=adapter_name
         )
-        sm.peft_config[adapter_name] = spec  # the user's patterns, as saved
-        io.copy_in(sm.adapters(), tensors, is_trainable)
+        try:
+            sm.peft_config[adapter_name] = spec  # the user's patterns, as saved
+            io.copy_in(sm.adapters(), tensors, is_trainable)
+        except BaseException:
+            sm._restore(flags)
+            raise
         return sm

@@ -6,11 +6,22 @@ a KV cache passes the mask of all tokens so far; the newest ``seq`` columns are 
 Rejected with a ``ValueError`` naming the fix: other values (e.g. an additive 0 / -inf mask),
 other ranks (e.g. a 4-D mask built inside the model) and shapes that do not fit the input
 (e.g. a transposed mask).
+
+The mask of a forward applies to exactly that forward: :func:`push_mask` publishes it when the
+model's forward starts and :func:`pop_mask` withdraws it when the forward returns or raises
+(``SMoREModel`` does both with forward hooks), and the adapted layers read it with
+:func:`current_mask`. The masks live in a :class:`~contextvars.ContextVar`, so a thread (e.g.
+a ``DataParallel`` replica) sees only its own. A call that did not come through the model's
+forward (e.g. of the inner decoder, ``model.model.model(...)``) finds no mask and treats every
+token as real: real tokens get the same outputs, padding is routed as a token. A gradient
+checkpoint's recomputation finds no mask either, and the layer routes as its forward did
+(:meth:`smore_gnn.nn.layer.SMoRELinear.forward`).
 """
 
 from __future__ import annotations
 
 import inspect
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -73,3 +84,31 @@ def token_mask(inputs: dict[str, Any]) -> Tensor | None:
             )
         mask = mask[:, -seq:]  # generation with a KV cache: the newest tokens
     return mask
+
+
+# (owner, [batch, seq] bool mask or None) of every model forward in progress, innermost last
+_MASKS: ContextVar[tuple[tuple[object, Tensor | None], ...]] = ContextVar(
+    "smore_gnn_token_masks", default=()
+)
+
+
+def push_mask(owner: object, mask: Tensor | None) -> None:
+    """Publish ``mask`` for the forward of the model keyed ``owner`` that starts now."""
+    if mask is not None and mask.device.type == "cpu" and bool(mask.all()):
+        mask = None  # no padding: the layers skip the masking work (one check, not per layer)
+    _MASKS.set((*_MASKS.get(), (owner, mask)))
+
+
+def pop_mask(owner: object) -> None:
+    """Withdraw the mask :func:`push_mask` published for ``owner`` (if it is the innermost)."""
+    masks = _MASKS.get()
+    if masks and masks[-1][0] is owner:
+        _MASKS.set(masks[:-1])
+
+
+def current_mask(owner: object) -> Tensor | None:
+    """The mask of the forward of the model keyed ``owner`` in progress, else ``None``."""
+    masks = _MASKS.get()
+    if owner is None or not masks or masks[-1][0] is not owner:
+        return None
+    return masks[-1][1]

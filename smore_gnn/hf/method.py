@@ -31,6 +31,11 @@ class Budgeted:
         return (self.num_parameters - self.budget) / self.budget
 
 
+def trainable_parameters(model: nn.Module) -> int:
+    """Trainable parameters of any model (shared tensors once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def linear_shapes(model: nn.Module, target_modules: Patterns | None) -> list[tuple[int, int]]:
     """``(in_features, out_features)`` of every linear the patterns select."""
     targets = default_target_modules(model) if target_modules is None else target_modules

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from smore_gnn.hf.lora import LoRAMethod
 from smore_gnn.hf.lora import lora_rank as check_lora_rank
-from smore_gnn.hf.method import Budgeted, Method, Spec, linear_shapes
+from smore_gnn.hf.method import Budgeted, Method, Spec, linear_shapes, trainable_parameters
 from smore_gnn.hf.model import ADAPTER_METHODS, Patterns, SMoREModel
 from smore_gnn.hf.save import CONFIG_NAME
 from smore_gnn.nn.accounting import count_parameters
@@ -210,11 +210,6 @@ def load_any(model: nn.Module, directory: str | Path, is_trainable: bool = False
 def save_any(model: nn.Module, directory: str | Path) -> None:
     """Save the adapter of a model built by any registered method (atomic folder save)."""
     method_of(model).save(model, directory)
-
-
-def trainable_parameters(model: nn.Module) -> int:
-    """Trainable parameters of any model (shared tensors once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def auxiliary_loss(model: nn.Module) -> Tensor | None:

@@ -3,8 +3,9 @@
 Matching is peft's public helper :func:`peft.tuners.tuners_utils.check_target_module_exists`:
 a string is a regex full-match on the module name; a list matches a name exactly or as a
 dotted suffix; ``exclude_modules`` follows the same rule. Only ``nn.Linear`` modules are
-adapted. A slot that already holds an ``SMoRELinear`` is seen as its base linear, so a second
-named adapter can target the same modules.
+adapted. A slot that already holds adapters (an ``AdaptedLinear``, or an ``SMoRELinear``
+placed by hand) is seen as its base linear, so a second named adapter can target the same
+modules.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 
 from torch import nn
 
+from smore_gnn.hf.layer import AdaptedLinear
 from smore_gnn.nn.layer import SMoRELinear
 
 Patterns = str | Sequence[str]
@@ -55,13 +57,13 @@ def default_target_modules(model: nn.Module) -> list[str]:
 
 
 def base_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """``{name: nn.Linear}`` of the model's own linears; an ``SMoRELinear`` slot gives its base."""
+    """``{name: nn.Linear}`` of the model's own linears; an adapted slot gives its base."""
     inside: list[str] = []
     out = {}
     for name, module in model.named_modules():
         if any(name.startswith(p) for p in inside):
             continue  # the router and experts of an adapter are not targets
-        if isinstance(module, SMoRELinear):
+        if isinstance(module, AdaptedLinear | SMoRELinear):
             inside.append(name + ".")
             out[name] = module.base_layer
         elif isinstance(module, nn.Linear):

@@ -34,7 +34,6 @@ from smore_gnn.hf.save import adapter_parameters
 from smore_gnn.nn.layer import SMoRELinear
 
 # SMoREModel keeps the base model as ``self.model``: its state-dict keys carry this prefix.
-_BASE_PREFIX = "model."
 
 
 def is_distributed() -> bool:
@@ -159,15 +158,25 @@ def adapter_tensors_from_state_dict(
         ValueError: an adapter tensor is missing (e.g. a sharded state dict was passed).
     """
     out = {}
-    for key in adapter_parameters(model.adapters()):
-        tensor = state_dict.get(_BASE_PREFIX + key)
+    for key, name in model_keys(model).items():
+        tensor = state_dict.get(name)
         if tensor is None:
             raise ValueError(
-                f"state_dict has no tensor {_BASE_PREFIX + key!r} of the adapter; pass the full "
+                f"state_dict has no tensor {name!r} of the adapter; pass the full "
                 "state dict (FSDP: fsdp_state_dict_type FULL_STATE_DICT)"
             )
         out[key] = tensor.detach().cpu().contiguous()
     return out
+
+
+def model_keys(model: SMoREModel) -> dict[str, str]:
+    """``{key in the adapter folder: parameter name in model}`` of the active adapter.
+
+    Matched by identity, so the folder's ``<module>.<param>`` keys map to wherever the layer
+    holds the parameter (``...up_proj.adapters.<name>.<param>``), under any wrapper.
+    """
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    return {k: names[id(p)] for k, p in adapter_parameters(model.adapters()).items()}
 
 
 def save_adapter_from_state_dict(
@@ -205,7 +214,8 @@ def load_adapter_sharded(model: SMoREModel, directory: str | Path) -> None:
             f"The adapter in {directory} has config {spec.config} on {len(spec.names)} "
             f"modules; the active adapter has {mine.config} on {len(mine.names)}"
         )
-    full = {_BASE_PREFIX + k: t for k, t in tensors.items()}
+    names = model_keys(model)
+    full = {names[k]: t for k, t in tensors.items()}
     options = StateDictOptions(full_state_dict=True, strict=False)
     result = set_model_state_dict(model, full, options=options)
     missing = set(full) & set(result.missing_keys)

@@ -19,7 +19,7 @@ from transformers import Trainer, TrainingArguments
 
 from smore_gnn.data import records as mc
 from smore_gnn.hf.methods import auxiliary_loss
-from smore_gnn.hf.model import SMoREModel, load_adapter, save_adapter
+from smore_gnn.hf.model import SMoREModel
 from smore_gnn.hf.save import CONFIG_NAME
 from smore_gnn.train import distributed
 from smore_gnn.train.optim import param_groups
@@ -165,7 +165,7 @@ class SMoRETrainer(Trainer):
         if state_dict:  # FSDP / DeepSpeed: the full state dict, gathered for this rank
             distributed.save_adapter_from_state_dict(model, output_dir, state_dict)
         else:
-            save_adapter(model, output_dir)
+            model.save_pretrained(output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -175,15 +175,21 @@ class SMoRETrainer(Trainer):
         target = self.accelerator.unwrap_model(self.model if model is None else model)
         if not isinstance(target, SMoREModel):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if not os.path.isfile(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
+        name = target.active_adapter  # save_pretrained's layout: "default" at the top
+        folder = (
+            resume_from_checkpoint
+            if name == "default"
+            else os.path.join(resume_from_checkpoint, name)
+        )
+        if not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
             raise FileNotFoundError(
-                f"Expected an S'MoRE checkpoint with {CONFIG_NAME} in {resume_from_checkpoint} "
+                f"Expected an S'MoRE checkpoint with {CONFIG_NAME} in {folder} "
                 "(missing); pass a checkpoint-<step> folder written by SMoRETrainer"
             )
         if distributed.is_sharded(target):
             distributed.load_adapter_sharded(target, resume_from_checkpoint)
         else:
-            load_adapter(target, resume_from_checkpoint, trainable=True)
+            target.load_adapter(folder, name, is_trainable=True)
         return None
 
 
