@@ -215,3 +215,16 @@ def test_lora_alpha_scales_residuals():
     )
     x = torch.randn(3, 8, dtype=torch.float64)
     torch.testing.assert_close(two(x) - two.base_layer(x), 2 * (one(x) - one.base_layer(x)))
+
+
+def test_adapter_delta_after_a_no_grad_forward_uses_its_own_stacked_weights():
+    # bug found by issue 21's rank measure: the no-grad stacked-weight cache of the forward
+    # ([D, A_0, A_1]) was handed to propagate_tree, which stacks [A_0, A_1] -> wrong width
+    torch.manual_seed(0)
+    layer = SMoRELinear(nn.Linear(12, 10), SMoREConfig(gate_type="switch")).eval()
+    x = torch.randn(300, 12)  # past the decode path's token limit: the stacked GEMM
+    with torch.no_grad():
+        layer.proj.weight.normal_()
+        full = layer(x) - layer.base_layer(x)
+        torch.testing.assert_close(layer.adapter_delta(x, layer.router(x)), full)
+        torch.testing.assert_close(layer(x) - layer.base_layer(x), full)
