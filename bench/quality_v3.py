@@ -381,11 +381,14 @@ def work(
             str(settings["epochs"]),
         ]
         t0 = time.time()
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        log = work_dir / f"{run_id}.log"  # the run's own output, to follow its progress
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as stream:
+            done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=stream, stderr=subprocess.STDOUT)
         ok = done.returncode == 0 and (out_dir / f"{run_id}.json").exists()
         if not ok:
             failed.add(run_id)
-        status = "ok" if ok else f"FAILED: {done.stderr[-2000:]}"
+        status = "ok" if ok else f"FAILED (rc {done.returncode}): {log.read_text()[-2000:]}"
         stamp = time.strftime("%H:%M:%S", time.gmtime())
         print(f"{stamp} {run_id} lr {lr}: {status} ({time.time() - t0:.0f} s)", flush=True)
         if ok and commit:

@@ -161,7 +161,7 @@ def test_worker_runs_in_order_writes_the_lr_choice_and_commits(tmp_path, monkeyp
         ran.append(run_id)
         lrs = {} if run_id.startswith("val") else {"lora8": {"lr": lr}}
         _write(tmp_path, settings, run_id, 0.5 if lr == 3e-3 else 0.4, lrs)
-        return type("Done", (), {"returncode": 0, "stderr": ""})()
+        return type("Done", (), {"returncode": 0})()
 
     monkeypatch.setattr(q.subprocess, "run", fake_run)
     monkeypatch.setattr(q, "git_commit", lambda paths, message: commits.append(message))
