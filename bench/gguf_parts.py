@@ -31,7 +31,7 @@ def _sha256(path: Path) -> str:
 
 def smollm2_gguf() -> Path:
     """The GGUF file behind the ``smollm2`` alias."""
-    from smore_gnn.loading import resolve_model_path
+    from smore_gnn.hf.loading import resolve_model_path
 
     directory, name = resolve_model_path("smollm2")
     return Path(directory) / str(name)

@@ -163,7 +163,7 @@ def multitask_split() -> tuple[list[dict], list[dict]]:
     """``(val, rest)``: ``N_VAL`` validation questions carved from the multi-task train split
     by key (whole keys, hashed order with ``SPLIT_SEED``), and every question of the other keys.
     Deterministic; no key is in both."""
-    from smore_gnn.datasets import load_bundled
+    from smore_gnn.data import load_bundled
 
     groups: dict[str, list[dict]] = {}
     for r in load_bundled("multitask", "train"):
@@ -195,7 +195,7 @@ def build_arm(arm: str, model: Any, seed: int) -> Any:
     """The base ``model`` adapted as ``arm`` (seeded as :func:`build_for_budget` seeds)."""
     import torch
 
-    from smore_gnn.methods import get_method, smore_paper_config
+    from smore_gnn.hf.methods import get_method, smore_paper_config
 
     spec = ARMS[arm]
     torch.manual_seed(seed)
@@ -210,7 +210,7 @@ def adapter_inputs(model: Any, tok: Any, records: list[dict], block: int, n_toke
     prompts of ``records`` (one prompt per forward: no padding)."""
     import torch
 
-    from smore_gnn.data import mc_prompt
+    from smore_gnn.data.records import mc_prompt
 
     found = {}
     for name, module in model.named_modules():
@@ -244,10 +244,10 @@ def run_one(run_id: str, settings: dict[str, Any], lr: float, work_dir: Path) ->
     import torch
 
     from smore_gnn.analysis.rank import rank_report
-    from smore_gnn.eval import evaluate_mc
-    from smore_gnn.loading import load_model_and_tokenizer
-    from smore_gnn.methods import trainable_parameters
-    from smore_gnn.training import build_trainer, training_arguments
+    from smore_gnn.train.evaluation import evaluate_mc
+    from smore_gnn.hf.loading import load_model_and_tokenizer
+    from smore_gnn.hf.methods import trainable_parameters
+    from smore_gnn.train.trainer import build_trainer, training_arguments
 
     torch.set_num_threads(1)
     start, p, device = time.time(), parse_id(run_id), settings["device"]

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from smore_gnn import counting
+from smore_gnn.nn import counting
 
 EXPERT_ACTS = ("identity", "tanh", "relu", "prelu")
 ROUTER_ACTS = ("relu", "gelu", "tanh", "silu", "identity")
@@ -244,7 +244,7 @@ class SMoREConfig:
             _ignored("zero_transition_bias", True, "there is no W_l bias (bias=False, one "
                      "layer, or propagation='momor')")  # fmt: skip
 
-    # ---- derived quantities (the formulas live in smore_gnn.counting) --------------------
+    # ---- derived quantities (the formulas live in smore_gnn.nn.counting) --------------------
     @property
     def num_layers(self) -> int:
         """L, the number of expert layers."""
@@ -279,7 +279,7 @@ class SMoREConfig:
 
     def num_parameters(self, in_features: int, out_features: int) -> int:
         """Trainable parameters of one adapted ``in_features -> out_features`` linear."""
-        from smore_gnn.accounting import count_parameters
+        from smore_gnn.nn.accounting import count_parameters
 
         return count_parameters(self, in_features, out_features)["total"]
 

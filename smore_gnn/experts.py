@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smore_gnn.staleness import cached
+from smore_gnn.nn.staleness import cached
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def stacked_linear(x: Tensor, parts: list[nn.Linear], cache: dict | None = None)
 
     Without autograd (evaluation, generation) and given a ``cache`` dict, the stacked weight
     is kept there and rebuilt only when a part changes or an optimizer steps
-    (:func:`smore_gnn.staleness.cached`), so a decode step does not copy the weights again;
+    (:func:`smore_gnn.nn.staleness.cached`), so a decode step does not copy the weights again;
     with autograd it is stacked per call (the gradient flows to every part).
     """
     if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():

@@ -1,11 +1,11 @@
 """``SMoRELinear``: a frozen ``nn.Linear`` plus the S'MoRE adapter delta (docs/spec.md §1, §5).
 
 Forward: route every token top-down, materialise the routed sub-trees as one batched graph,
-then propagate bottom-up with :class:`~smore_gnn.conv.SMoREConv` (``backend="gnn"``) or with
+then propagate bottom-up with :class:`~smore_gnn.nn.conv.SMoREConv` (``backend="gnn"``) or with
 the dense oracle (``backend="dense"``). On the GNN path one GEMM projects the tokens for the
 router (``D``) and for every expert layer (``A_l``) at once, and each layer's picked residuals
-come from :meth:`~smore_gnn.experts.ResidualExperts.residuals` (docs/spec.md §10). An eval
-forward of a few tokens without autograd (a decode step) takes :mod:`smore_gnn.decode_layer`.
+come from :meth:`~smore_gnn.nn.experts.ResidualExperts.residuals` (docs/spec.md §10). An eval
+forward of a few tokens without autograd (a decode step) takes :mod:`smore_gnn.nn.decode`.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-from smore_gnn.balance_grad import AttachBalanceLoss, in_backward, probe
-from smore_gnn.config import SMoREConfig
-from smore_gnn.conv import SMoREConv
-from smore_gnn.decode_layer import forward_mask, small_forward, small_forward_applies
-from smore_gnn.dense import dense_delta
-from smore_gnn.experts import ResidualExperts, stacked_linear
-from smore_gnn.masks import check_mask_values
-from smore_gnn.router import RoutingResult, SMoRERouter
-from smore_gnn.staleness import watch
-from smore_gnn.tree import RoutingTree
+from smore_gnn.nn.balance_grad import AttachBalanceLoss, in_backward, probe
+from smore_gnn.nn.config import SMoREConfig
+from smore_gnn.nn.conv import SMoREConv
+from smore_gnn.nn.decode import forward_mask, small_forward, small_forward_applies
+from smore_gnn.nn.reference import dense_delta
+from smore_gnn.nn.experts import ResidualExperts, stacked_linear
+from smore_gnn.nn.masks import check_mask_values
+from smore_gnn.nn.router import RoutingResult, SMoRERouter
+from smore_gnn.nn.staleness import watch
+from smore_gnn.nn.tree import RoutingTree
 
 #: A routed tree is regular (parent ``p`` has children ``p f .. p f + f - 1``): with
 #: ``scatter="native"`` the convs sum it by a reshape (:meth:`SMoREConv.regular_sum`, the same
@@ -51,7 +51,7 @@ class SMoRELinear(nn.Module):
     **Balance loss and gradient checkpointing.** Train with ``loss = task_loss +
     sum(layer.balance_loss)`` (``SMoREModel.balance_loss()``), in ONE backward call: the
     gradients are then the same without and with reentrant or non-reentrant checkpointing
-    (:mod:`smore_gnn.balance_grad`), loss scaling included. Log ``balance_loss.detach()``.
+    (:mod:`smore_gnn.nn.balance_grad`), loss scaling included. Log ``balance_loss.detach()``.
     """
 
     def __init__(self, base_layer: nn.Linear, config: SMoREConfig):

@@ -3,7 +3,7 @@
 ``SMoRETrainer`` adds the adapters' summed balance loss (docs/spec.md §3) to the language-model
 loss and logs the LM loss as ``loss`` (also ``lm_loss``), with ``aux_loss``, ``total_loss`` (the
 optimised sum), ``routing_entropy`` and ``max_load_share`` beside it,
-and saves/resumes checkpoints as adapter files (see :mod:`smore_gnn.save`). It works for any
+and saves/resumes checkpoints as adapter files (see :mod:`smore_gnn.hf.save`). It works for any
 model; only an ``SMoREModel`` has an auxiliary loss and routing statistics.
 """
 
@@ -17,11 +17,11 @@ import torch
 from torch import Tensor, nn
 from transformers import Trainer, TrainingArguments
 
-from smore_gnn import data as mc
-from smore_gnn.methods import auxiliary_loss
-from smore_gnn.model import SMoREModel, load_adapter, save_adapter
-from smore_gnn.optim import param_groups
-from smore_gnn.save import CONFIG_NAME
+from smore_gnn.data import records as mc
+from smore_gnn.hf.methods import auxiliary_loss
+from smore_gnn.hf.model import SMoREModel, load_adapter, save_adapter
+from smore_gnn.train.optim import param_groups
+from smore_gnn.hf.save import CONFIG_NAME
 
 _STATS = ("lm_loss", "aux_loss", "routing_entropy", "max_load_share")
 
@@ -59,7 +59,7 @@ class SMoRETrainer(Trainer):
     """A ``Trainer`` whose loss is ``lm_loss + aux_loss`` (the adapters' balance loss).
 
     Unless an optimizer is passed, its parameter groups come from
-    ``smore_gnn.optim.param_groups(model, lr, router_lr_scale, weight_decay)``: router
+    ``smore_gnn.train.optim.param_groups(model, lr, router_lr_scale, weight_decay)``: router
     parameters train at ``lr * router_lr_scale``.
     """
 
@@ -77,7 +77,7 @@ class SMoRETrainer(Trainer):
         self._count = 0
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """The ``Trainer``'s optimizer over ``smore_gnn.optim.param_groups``."""
+        """The ``Trainer``'s optimizer over ``smore_gnn.train.optim.param_groups``."""
         opt_model = self.model if model is None else model
         if self.optimizer is None and not self.optimizer_cls_and_kwargs:
             cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
@@ -165,11 +165,11 @@ def build_trainer(
 ) -> SMoRETrainer:
     """An :class:`SMoRETrainer` on the tokenized records (SFT or multiple choice).
 
-    ``train_records`` may also be an already tokenized :class:`smore_gnn.data.SFTDataset`
+    ``train_records`` may also be an already tokenized :class:`smore_gnn.data.records.SFTDataset`
     (then ``max_length`` and ``answer`` are its own).
 
     ``answer="text"`` trains multiple-choice records to answer with the choice text instead
-    of its letter (see :func:`smore_gnn.data.format_example`).
+    of its letter (see :func:`smore_gnn.data.records.format_example`).
     """
     dataset = train_records
     if not isinstance(dataset, mc.SFTDataset):

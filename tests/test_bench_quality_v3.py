@@ -107,8 +107,8 @@ def test_paired_gaps_report_and_verdict_by_hand(tmp_path):
 
 
 def test_one_run_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
-    from smore_gnn import loading
-    from smore_gnn.testing import tiny_llama
+    from smore_gnn.hf import loading
+    from smore_gnn.hf.testing import tiny_llama
 
     records = [
         {"question": f"Pick {w}", "choices": [w, "zz"], "answer": 0, "task": "t", "key": w}

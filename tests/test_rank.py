@@ -13,10 +13,10 @@ from smore_gnn.analysis.rank import (
     rank_report,
     update_rank,
 )
-from smore_gnn.config import SMoREConfig
-from smore_gnn.layer import SMoRELinear
-from smore_gnn.methods import get_method
-from smore_gnn.testing import tiny_llama
+from smore_gnn.nn.config import SMoREConfig
+from smore_gnn.nn.layer import SMoRELinear
+from smore_gnn.hf.methods import get_method
+from smore_gnn.hf.testing import tiny_llama
 
 
 def _randomised(layer: SMoRELinear) -> SMoRELinear:

@@ -14,10 +14,10 @@ import copy
 import pytest
 import torch
 
-import smore_gnn.layer as layer_module
+import smore_gnn.nn.layer as layer_module
 from smore_gnn import SMoREConv
-from smore_gnn.experts import GATHER_MAX_NODES, ResidualExperts
-from smore_gnn.tree import RoutingTree
+from smore_gnn.nn.experts import GATHER_MAX_NODES, ResidualExperts
+from smore_gnn.nn.tree import RoutingTree
 from tests.conftest import make_layer
 
 CONFIGS = [

@@ -13,11 +13,11 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from smore_gnn.methods import get_method, smore_paper_config
-from smore_gnn.model import get_smore_model
-from smore_gnn.save import CONFIG_NAME, adapter_parameters
-from smore_gnn.testing import tiny_llama
-from smore_gnn.training import build_trainer, training_arguments
+from smore_gnn.hf.methods import get_method, smore_paper_config
+from smore_gnn.hf.model import get_smore_model
+from smore_gnn.hf.save import CONFIG_NAME, adapter_parameters
+from smore_gnn.hf.testing import tiny_llama
+from smore_gnn.train.trainer import build_trainer, training_arguments
 
 RECORDS = [
     {"question": f"Pick the letter {c}", "choices": ["a", "b", "c", "d"], "answer": i % 4}
@@ -140,7 +140,7 @@ def test_ddp_two_processes_with_idle_experts(tmp_path):
 
 
 def test_optimizer_uses_optim_param_groups_with_router_lr_scale(tmp_path, monkeypatch):
-    import smore_gnn.training
+    import smore_gnn.train.trainer
 
     calls = []
 
@@ -151,7 +151,7 @@ def test_optimizer_uses_optim_param_groups_with_router_lr_scale(tmp_path, monkey
         rest = [p for n, p in named if "router." not in n]
         return [{"params": rest, "lr": lr}, {"params": router, "lr": lr * router_lr_scale}]
 
-    monkeypatch.setattr(smore_gnn.training, "param_groups", param_groups)
+    monkeypatch.setattr(smore_gnn.train.trainer, "param_groups", param_groups)
     model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
     model = get_smore_model(model, smore_paper_config(rank=[2, 2]))
     args = training_arguments(str(tmp_path), max_steps=1, learning_rate=0.01, weight_decay=0.1)
@@ -168,7 +168,7 @@ def test_optimizer_uses_optim_param_groups_with_router_lr_scale(tmp_path, monkey
 
 
 def test_trainer_optimizer_follows_smore_gnn_optim(tmp_path):
-    pytest.importorskip("smore_gnn.optim")
+    pytest.importorskip("smore_gnn.train.optim")
     model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
     model = get_smore_model(model, smore_paper_config(rank=[2, 2]))
     args = training_arguments(str(tmp_path), max_steps=1, learning_rate=0.01)

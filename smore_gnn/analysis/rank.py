@@ -29,7 +29,7 @@ DeltaFn = Callable[[Tensor], Tensor]
 def delta_function(module: nn.Module) -> DeltaFn:
     """``x [N, d] -> delta [N, d_out]`` of one adapted linear, without its base output.
 
-    Supports an :class:`~smore_gnn.layer.SMoRELinear` (routed as in its forward) and a peft
+    Supports an :class:`~smore_gnn.nn.layer.SMoRELinear` (routed as in its forward) and a peft
     LoRA layer (the active adapters' ``B A x`` times their scaling).
 
     Raises:
