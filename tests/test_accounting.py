@@ -26,6 +26,7 @@ from smore_gnn import (
             down_proj_dim=None,
         ),
         dict(num_experts=[6], fanout=[2], rank=[8], router_dim=16),
+        dict(rank=[1, 1], shared_rank=5),  # the extension's shared LoRA term
     ],
 )
 def test_parameter_count_equals_numel(kwargs):
@@ -78,3 +79,12 @@ def test_paper_scale_overhead_is_small():
     f = flops_per_token(cfg, 4096, 4096)
     assert 0.0 < f["delta"] < 0.06  # the paper's Table 1: 1.0 % - 5.9 %
     assert torch.tensor(f["total"]) > 0
+
+
+def test_shared_rank_adds_a_bias_free_lora_of_its_rank():
+    plain, shared = SMoREConfig(), SMoREConfig(shared_rank=3)
+    extra = count_parameters(shared, 24, 20)["total"] - count_parameters(plain, 24, 20)["total"]
+    assert extra == count_parameters(shared, 24, 20)["shared"] == 3 * (24 + 20)
+    assert count_parameters(plain, 24, 20)["shared"] == 0
+    gap = flops_per_token(shared, 24, 20)["experts"] - flops_per_token(plain, 24, 20)["experts"]
+    assert gap == 2 * 3 * (24 + 20)

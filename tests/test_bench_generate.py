@@ -41,4 +41,4 @@ def test_generate_bench_runs_every_method_and_renders():
     results = {"machine": machine, "generate": {"model": "tiny", "rounds": 1, "batches": [res]}}
     text = render(results)
     assert "## Greedy decoding" in text and "| 2 |" in text
-    assert any(g[0].startswith("decode (greedy, KV cache)") for g in goals(results))
+    assert any(g[0].startswith("greedy decode (KV cache)") for g in goals(results))

@@ -202,3 +202,13 @@ def test_derived_counts_come_from_counting():
     assert cfg.nodes_per_layer == counting.nodes_per_layer(cfg.fanout)
     assert cfg.num_structures == counting.num_structures(cfg.num_experts, cfg.fanout)
     assert cfg.message_dims == counting.message_dims(cfg.num_experts, cfg.rank)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "2", True])
+def test_shared_rank_must_be_a_non_negative_int(bad):
+    with pytest.raises((TypeError, ValueError), match="shared_rank must be an int >= 0"):
+        SMoREConfig(shared_rank=bad)
+
+
+def test_shared_rank_is_off_by_default():
+    assert SMoREConfig().shared_rank == 0

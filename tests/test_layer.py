@@ -215,3 +215,36 @@ def test_lora_alpha_scales_residuals():
     )
     x = torch.randn(3, 8, dtype=torch.float64)
     torch.testing.assert_close(two(x) - two.base_layer(x), 2 * (one(x) - one.base_layer(x)))
+
+
+def test_shared_rank_off_by_default_and_adds_b_a_x_when_on():
+    # the extension (docs/spec.md §12): off, the layer has no shared term at all
+    torch.manual_seed(0)
+    plain = SMoRELinear(nn.Linear(12, 10), SMoREConfig(gate_type="switch")).eval()
+    assert plain.shared is None and not any("shared" in k for k in plain.state_dict())
+    on = SMoRELinear(nn.Linear(12, 10), SMoREConfig(gate_type="switch", shared_rank=3)).eval()
+    assert on.load_state_dict(plain.state_dict(), strict=False).missing_keys == [
+        "shared.0.weight", "shared.1.weight"
+    ]  # fmt: skip
+    x = torch.randn(7, 12)
+    with torch.no_grad():
+        plain.proj.weight.normal_()
+        on.proj.weight.copy_(plain.proj.weight)
+        torch.testing.assert_close(on(x), plain(x))  # B_s = 0 at init: the same output
+        on.shared[1].weight.normal_()
+        b_a_x = x @ on.shared[0].weight.T @ on.shared[1].weight.T
+        torch.testing.assert_close(on(x), plain(x) + b_a_x)
+        torch.testing.assert_close(on.adapter_delta(x, on.router(x)), on(x) - on.base_layer(x))
+
+
+def test_adapter_delta_after_a_no_grad_forward_uses_its_own_stacked_weights():
+    # bug found by issue 21's rank measure: the no-grad stacked-weight cache of the forward
+    # ([D, A_0, A_1]) was handed to propagate_tree, which stacks [A_0, A_1] -> wrong width
+    torch.manual_seed(0)
+    layer = SMoRELinear(nn.Linear(12, 10), SMoREConfig(gate_type="switch")).eval()
+    x = torch.randn(300, 12)  # past the decode path's token limit: the stacked GEMM
+    with torch.no_grad():
+        layer.proj.weight.normal_()
+        full = layer(x) - layer.base_layer(x)
+        torch.testing.assert_close(layer.adapter_delta(x, layer.router(x)), full)
+        torch.testing.assert_close(layer(x) - layer.base_layer(x), full)

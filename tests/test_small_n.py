@@ -128,7 +128,7 @@ def test_stacked_weight_cache_follows_updates(tokens, entry):
     x = torch.randn(tokens, 8)
     with torch.no_grad():
         layer(x)
-        assert entry in layer._cache  # no grad: the stacked weight is kept
+        assert any(k.startswith(entry) for k in layer._cache)  # no grad: the weight is kept
         for bank in layer.experts:
             bank.lora_A.weight.add_(0.5)  # an optimizer step (in place)
         layer.router.down_proj.bias.mul_(2.0)

@@ -67,7 +67,9 @@ def test_training_logs_loss_parts_and_reduces_loss(tmp_path):
         assert key in logs[0], key
     first, last = logs[0], logs[-1]
     assert last["lm_loss"] < first["lm_loss"] / 2
-    assert first["loss"] == pytest.approx(first["lm_loss"] + first["aux_loss"], abs=1e-4)
+    # ``loss`` is the LM loss; the optimised sum is ``total_loss`` (issue 21)
+    assert first["loss"] == first["lm_loss"]
+    assert first["total_loss"] == pytest.approx(first["lm_loss"] + first["aux_loss"], abs=1e-4)
     assert 0 < first["aux_loss"] < 1 and 0 < first["routing_entropy"] <= 1
     frozen = [p for n, p in model.named_parameters() if "base_layer" in n or "embed" in n]
     assert frozen and not any(p.requires_grad for p in frozen)
@@ -199,3 +201,31 @@ def test_trainer_optimizer_follows_smore_gnn_optim(tmp_path):
     for group in groups:
         is_router = group["name"].startswith("router")
         assert all((id(p) in routers) == is_router for p in group["params"])
+
+
+def test_logged_loss_is_the_lm_loss_and_the_gradient_is_unchanged(tmp_path):
+    # a heavy balance weight: the summed aux loss would dominate a logged total (issue 21)
+    torch.manual_seed(0)
+    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
+    cfg = smore_paper_config(gate_type="switch", rank=[4, 4], balance_loss_weight=5.0)
+    model = get_smore_model(model, cfg)
+    args = training_arguments(str(tmp_path), max_steps=1, per_device_train_batch_size=4,
+                              learning_rate=1e-3, logging_steps=1, disable_tqdm=True)  # fmt: skip
+    trainer = build_trainer(model, tokenizer, RECORDS, args, max_length=48)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.train()
+    loss = trainer.compute_loss(model, batch)  # what the Trainer differentiates
+    grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    model.zero_grad()
+    lm = model(**batch).loss
+    manual = lm + model.balance_loss()
+    expected = torch.autograd.grad(manual, [p for p in model.parameters() if p.requires_grad])
+    assert float(model.balance_loss()) > float(lm)  # the case the log used to hide
+    assert float(loss) == pytest.approx(float(manual), rel=1e-6)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+    trainer._sums, trainer._count = dict.fromkeys(trainer._sums, 0.0), 0
+    trainer.train()
+    log = next(h for h in trainer.state.log_history if "loss" in h)
+    assert log["loss"] == log["lm_loss"] and log["loss"] < log["total_loss"]
+    assert log["total_loss"] == pytest.approx(log["lm_loss"] + log["aux_loss"], rel=1e-4)

@@ -5,7 +5,8 @@ Plain tensor/Python helpers behind :mod:`smore_gnn.viz` and the notebooks (docs/
 :mod:`~smore_gnn.analysis.structures` (which tokens share a routing structure),
 :mod:`~smore_gnn.analysis.metrics` (the routing-health metrics, defined once),
 :mod:`~smore_gnn.analysis.information` (entropy, normalised mutual information),
-:mod:`~smore_gnn.analysis.collect` (routings of held-out tokens, padding left out) and
+:mod:`~smore_gnn.analysis.collect` (routings of held-out tokens, padding left out),
+:mod:`~smore_gnn.analysis.rank` (the rank of an adapter's updates, issue 21) and
 :mod:`~smore_gnn.analysis.health` (``routing_health`` and its training callback).
 """
 
@@ -41,6 +42,13 @@ from smore_gnn.analysis.metrics import (
     task_expert_counts,
     typical_tokens,
 )
+from smore_gnn.analysis.rank import (
+    delta_function,
+    jacobian_rank,
+    numerical_rank,
+    rank_report,
+    update_rank,
+)
 from smore_gnn.analysis.routing import (
     RoutingRecorder,
     TreeLike,
@@ -62,6 +70,11 @@ from smore_gnn.analysis.structures import (
 )
 
 __all__ = [
+    "delta_function",
+    "jacobian_rank",
+    "numerical_rank",
+    "rank_report",
+    "update_rank",
     "TreeLike",
     "as_tree",
     "expert_counts",

@@ -46,6 +46,7 @@ def count_parameters(cfg: SMoREConfig, in_features: int, out_features: int) -> d
     )
     parts["proj"] = out_features * dims[-1] + b * out_features
     parts["activations"] = cfg.num_layers if cfg.expert_act == "prelu" and not momor else 0
+    parts["shared"] = cfg.shared_rank * (in_features + out_features)  # no biases
     parts["total"] = sum(parts.values())
     return parts
 
@@ -87,7 +88,8 @@ def flops_per_token(
     transitions *= cfg.propagation != "momor"  # the flat mixture has no W_l
     aggregation = sum(2 * nodes[l] * dims[l + 1] for l in range(cfg.num_layers))
     proj = 2 * dims[-1] * out_features
-    experts = down + up + transitions + aggregation + proj
+    shared = 2 * cfg.shared_rank * (d + out_features)  # the extension's shared LoRA term
+    experts = down + up + transitions + aggregation + proj + shared
     lora = 2 * dims[-1] * (d + out_features)
     return {
         "router": router,

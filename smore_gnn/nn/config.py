@@ -130,6 +130,11 @@ class SMoREConfig:
     learn_logit_scale: bool = _opt(False, "learn that scale per layer router, from logit_scale")
     z_loss_weight: float = _opt(0.0, "w_z of the z-loss mean(logsumexp(logits)^2), in balance")
     router_input_norm: bool = _opt(False, "RMS-normalise the router input u (no affine)")
+    # an extension, not in the paper (docs/spec.md §12)
+    shared_rank: int = _opt(
+        0, "rank r_s of a shared LoRA term B_s A_s x added beside W_proj m_root (every token, "
+        "no routing): updates then span d_L + r_s output directions, not d_L; 0: off (the paper)"
+    )  # fmt: skip
 
     def _set(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # normalisation inside the frozen dataclass
@@ -190,6 +195,11 @@ class SMoREConfig:
         if dim <= 0:
             raise ValueError(f"SMoREConfig.router_dim must be a positive int (got {dim})")
         self._set("router_dim", int(dim))
+        rank = self.shared_rank
+        if not _is_int(rank) or rank < 0:
+            error = ValueError if _is_int(rank) else TypeError
+            raise error(f"SMoREConfig.shared_rank must be an int >= 0, 0 for off (got {rank!r})")
+        self._set("shared_rank", int(rank))
         self._check_down_proj_dim()
         self._check_floats(n)
         self._warn_ignored()

@@ -83,7 +83,10 @@ def stacked_linear(x: Tensor, parts: list[nn.Linear], cache: dict | None = None)
     """
     if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return F.linear(x, *_stack(parts))
-    return F.linear(x, *cached(cache, "stacked", parts, _part_tensors, _stack))
+    # one entry per set of parts: the layer stacks [D, A_0, ...] in its forward but [A_0, ...]
+    # in propagate_tree, and one shared entry handed the other set's stack to the second
+    name = "stacked:" + ",".join(str(id(p)) for p in parts)
+    return F.linear(x, *cached(cache, name, parts, _part_tensors, _stack))
 
 
 class ResidualExperts(nn.Module):

@@ -34,7 +34,8 @@ REGULAR_SUM_MAX_TOKENS: int | None = None
 
 
 class SMoRELinear(nn.Module):
-    """Wraps a frozen ``base_layer``; returns ``base_layer(x) + W_proj m_root(x)``.
+    """Wraps a frozen ``base_layer``; returns ``base_layer(x) + W_proj m_root(x)`` (plus the
+    extension's shared term ``B_s A_s x`` when ``config.shared_rank > 0``, docs/spec.md §12).
 
     Args:
         base_layer (nn.Linear): the frozen map ``W0``.
@@ -86,10 +87,18 @@ class SMoRELinear(nn.Module):
             dims[-1], dims[-1], propagation=cfg.propagation, root=True, scatter=cfg.scatter
         )
         self.proj = nn.Linear(dims[-1], self.out_features, bias=cfg.bias)
+        # the extension (docs/spec.md §12): B_s A_s x beside the routed delta; None when off
+        self.shared: nn.Sequential | None = None
+        if cfg.shared_rank:
+            self.shared = nn.Sequential(
+                nn.Linear(self.in_features, cfg.shared_rank, bias=False),  # A_s
+                nn.Linear(cfg.shared_rank, self.out_features, bias=False),  # B_s
+            )
         weight = base_layer.weight
         dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
-        for module in (self.router, self.experts, self.convs, self.proj):  # not the base layer
-            module.to(device=weight.device, dtype=dtype)
+        for module in (self.router, self.experts, self.convs, self.proj, self.shared):
+            if module is not None:  # not the base layer
+                module.to(device=weight.device, dtype=dtype)
         self._balance_value: Tensor | None = None  # detached
         self._balance_routing: RoutingResult | None = None  # lazy statistics, not yet read
         self._balance_graph: Tensor | None = None  # with grad; dropped by deepcopy/pickle
@@ -123,6 +132,9 @@ class SMoRELinear(nn.Module):
             nn.init.zeros_(self.proj.weight)
         if self.proj.bias is not None:
             nn.init.zeros_(self.proj.bias)
+        if self.shared is not None:  # as peft's LoRA: A Kaiming-uniform, B = 0
+            nn.init.kaiming_uniform_(self.shared[0].weight, a=math.sqrt(5))
+            nn.init.zeros_(self.shared[1].weight)
         if self.config.init_method == "eq_1_layer":
             self._init_eq_1_layer()
 
@@ -191,6 +203,8 @@ class SMoRELinear(nn.Module):
             u, hidden = self._project(flat.to(self.proj.weight.dtype), with_router=True)
             routing = self.router(flat, mask, u=u)
             delta = self.proj(self._propagate(hidden, RoutingTree.from_routing(routing)))
+        if self.shared is not None:  # padding rows are zero: no contribution
+            delta = delta + self.shared(flat.to(self.proj.weight.dtype))
         self.__dict__.update(_balance_value=None, _balance_routing=routing)
         if not routing.is_lazy:  # lazy (no autograd): computed when balance_loss is read
             loss = routing.balance_loss
@@ -242,11 +256,14 @@ class SMoRELinear(nn.Module):
         return {**self.__dict__, "_balance_graph": None, "_cache": {}}
 
     def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
-        """``W_proj m_root`` for tokens ``x`` [N, d] routed as ``routing`` -> [N, d_out]."""
+        """``W_proj m_root`` (plus ``B_s A_s x`` with ``shared_rank``) for tokens ``x`` [N, d]
+        routed as ``routing`` -> [N, d_out]."""
         x = x.to(self.proj.weight.dtype)
         if self.config.backend == "dense":
-            return dense_delta(self, x, routing)
-        return self.proj(self.propagate_tree(x, RoutingTree.from_routing(routing)))
+            delta = dense_delta(self, x, routing)
+        else:
+            delta = self.proj(self.propagate_tree(x, RoutingTree.from_routing(routing)))
+        return delta if self.shared is None else delta + self.shared(x)
 
     def propagate_tree(self, x: Tensor, tree: RoutingTree) -> Tensor:
         """The GNN pass: ``L`` message-passing steps plus the root sum -> ``m_root`` [N, d_L]."""

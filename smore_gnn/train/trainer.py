@@ -1,7 +1,8 @@
 """Fine-tuning with the HF ``Trainer``: LM loss + balance loss, routing statistics, resuming.
 
 ``SMoRETrainer`` adds the adapters' summed balance loss (docs/spec.md §3) to the language-model
-loss, logs ``lm_loss``, ``aux_loss``, ``routing_entropy`` and ``max_load_share`` next to ``loss``,
+loss and logs the LM loss as ``loss`` (also ``lm_loss``), with ``aux_loss``, ``total_loss`` (the
+optimised sum), ``routing_entropy`` and ``max_load_share`` beside it,
 and saves/resumes checkpoints as adapter files (see :mod:`smore_gnn.hf.save`). It works for any
 model; only an ``SMoREModel`` has an auxiliary loss and routing statistics.
 """
@@ -152,6 +153,9 @@ class SMoRETrainer(Trainer):
             for key, value in zip(_STATS, values.tolist()):
                 if smore or key in ("lm_loss", "aux_loss"):
                     logs[key] = round(value, 6)
+            # ``loss`` is the LM loss users read; the summed balance loss (w x every router)
+            # would dominate it: the sum that was optimised is ``total_loss``
+            logs["total_loss"], logs["loss"] = logs["loss"], logs["lm_loss"]
             self._sums, self._count = dict.fromkeys(_STATS, 0.0), 0
         super().log(logs, start_time)
 
