@@ -199,3 +199,26 @@ def tree_hop(
     return TreeHop.apply(
         h, rows, weight_b, bias_b, scale, children, alpha, weight, bias, act, star
     )
+
+
+def picked_residuals(picked: PickedExperts) -> Tensor:
+    """``c (B^e h_e + b^e)`` of the picked experts, ``[N K, d]``, with plain autograd ops (the
+    residual of the unfused update; :class:`TreeHop` computes the same inside the hop)."""
+    n, s = picked.hidden.size(0), picked.weight.size(0)
+    h = picked.hidden.view(n, s, -1).transpose(0, 1)  # [s, N, r]
+    every = torch.bmm(h, picked.weight.transpose(1, 2))  # [s, N, d]
+    if picked.bias is not None:
+        every = every + picked.bias[:, None]
+    if picked.scale != 1.0:
+        every = every * picked.scale
+    return every.reshape(-1, every.size(2)).index_select(0, picked.rows)
+
+
+def as_tensor(residual: Tensor | PickedExperts | None) -> Tensor | None:
+    """The residual as a tensor ``[nodes, d]`` (:func:`picked_residuals` if it is not one)."""
+    return picked_residuals(residual) if isinstance(residual, PickedExperts) else residual
+
+
+def residual_rows(residual: Tensor | PickedExperts) -> int:
+    """How many nodes ``residual`` describes."""
+    return residual.rows.numel() if isinstance(residual, PickedExperts) else residual.size(0)

@@ -17,20 +17,18 @@ from torch import Tensor, nn
 
 from smore_gnn.nn.balance_grad import AttachBalanceLoss, in_backward, probe
 from smore_gnn.nn.config import SMoREConfig
-from smore_gnn.nn.conv import SMoREConv
+from smore_gnn.nn.conv import SMoREConv, regular_adjacency
 from smore_gnn.nn.decode import forward_mask, small_forward, small_forward_applies
 from smore_gnn.nn.experts import ResidualExperts, stacked_linear
+from smore_gnn.nn.fused import PickedExperts, picked_rows
 from smore_gnn.nn.masks import check_mask_values
 from smore_gnn.nn.reference import dense_delta
 from smore_gnn.nn.router import RoutingResult, SMoRERouter
+from smore_gnn.nn.settings import SpeedSettings
 from smore_gnn.nn.staleness import watch
 from smore_gnn.nn.tree import RoutingTree
 
-#: A routed tree is regular (parent ``p`` has children ``p f .. p f + f - 1``): with
-#: ``scatter="native"`` the convs sum it by a reshape (:meth:`SMoREConv.regular_sum`, the same
-#: messages without gather or scatter) up to this many tokens (``None``: any number; ``0``:
-#: message passing always, as ``scatter="torch_scatter"`` does).
-REGULAR_SUM_MAX_TOKENS: int | None = None
+_ADJACENCY_CACHE_SIZE = 64  # (children, fanout, device) entries per layer; cleared when full
 
 
 class SMoRELinear(nn.Module):
@@ -39,6 +37,8 @@ class SMoRELinear(nn.Module):
     Args:
         base_layer (nn.Linear): the frozen map ``W0``.
         config (SMoREConfig): adapter configuration.
+        settings (SpeedSettings, optional): how to compute (not what); default
+            ``SpeedSettings.for_device`` of the base layer's device. (default: :obj:`None`)
 
     Attributes:
         balance_loss: the last forward's summed balance loss, a scalar to ADD to the loss
@@ -53,7 +53,9 @@ class SMoRELinear(nn.Module):
     (:mod:`smore_gnn.nn.balance_grad`), loss scaling included. Log ``balance_loss.detach()``.
     """
 
-    def __init__(self, base_layer: nn.Linear, config: SMoREConfig):
+    def __init__(
+        self, base_layer: nn.Linear, config: SMoREConfig, settings: SpeedSettings | None = None
+    ):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"SMoRELinear wraps an nn.Linear (got {type(base_layer).__name__})")
@@ -101,6 +103,12 @@ class SMoRELinear(nn.Module):
         self._forward_mask: Tensor | None = None  # the mask the last fresh forward used
         self.disable_adapters = False  # True: forward returns base_layer(x) (disable_adapter())
         self._cache: dict = {}  # no-grad stacked projection weight (experts.stacked_linear)
+        self._adjacency: dict = {}  # (children, fanout, device) -> regular_adjacency(...)
+        if settings is not None and not isinstance(settings, SpeedSettings):
+            raise TypeError(
+                f"SMoRELinear expects settings=SpeedSettings(...) (got {type(settings).__name__})"
+            )
+        self.settings = settings or SpeedSettings.for_device(weight.device.type)
         self.reset_parameters()
         watch(self)  # a replaced parameter or submodule invalidates the decode caches
 
@@ -190,7 +198,7 @@ class SMoRELinear(nn.Module):
         else:  # one GEMM projects x for the router and for every expert (docs/spec.md §10)
             u, hidden = self._project(flat.to(self.proj.weight.dtype), with_router=True)
             routing = self.router(flat, mask, u=u)
-            delta = self.proj(self._propagate(hidden, RoutingTree.from_routing(routing)))
+            delta = self._propagate(hidden, RoutingTree.from_routing(routing), self.proj)
         self.__dict__.update(_balance_value=None, _balance_routing=routing)
         if not routing.is_lazy:  # lazy (no autograd): computed when balance_loss is read
             loss = routing.balance_loss
@@ -239,14 +247,15 @@ class SMoRELinear(nn.Module):
 
     def __getstate__(self) -> dict:
         # deepcopy/pickle (EMA, reference models): the balance loss's graph is the original's
-        return {**self.__dict__, "_balance_graph": None, "_cache": {}}
+        return {**self.__dict__, "_balance_graph": None, "_cache": {}, "_adjacency": {}}
 
     def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
         """``W_proj m_root`` for tokens ``x`` [N, d] routed as ``routing`` -> [N, d_out]."""
         x = x.to(self.proj.weight.dtype)
         if self.config.backend == "dense":
             return dense_delta(self, x, routing)
-        return self.proj(self.propagate_tree(x, RoutingTree.from_routing(routing)))
+        hidden = self._project(x, with_router=False)[1]
+        return self._propagate(hidden, RoutingTree.from_routing(routing), self.proj)
 
     def propagate_tree(self, x: Tensor, tree: RoutingTree) -> Tensor:
         """The GNN pass: ``L`` message-passing steps plus the root sum -> ``m_root`` [N, d_L]."""
@@ -274,25 +283,48 @@ class SMoRELinear(nn.Module):
         u = chunks.pop(0) if fuse else None
         return u, chunks * len(self.experts) if shared else chunks
 
-    def _propagate(self, hidden: list[Tensor], tree: RoutingTree) -> Tensor:
-        """``m_root`` [N, d_L] from every layer's expert projections ``hidden`` [N, s_l r_l]."""
+    def _propagate(
+        self, hidden: list[Tensor], tree: RoutingTree, proj: nn.Linear | None = None
+    ) -> Tensor:
+        """``m_root`` [N, d_L] (or ``proj(m_root)``) from every layer's expert projections
+        ``hidden`` [N, s_l r_l]: one :meth:`SMoREConv.propagate` per hop, fused on the
+        regular adjacency unless ``settings.message_passing == "edges"``."""
         momor, scales = self.config.propagation == "momor", self.config.residual_scales
-        limit = REGULAR_SUM_MAX_TOKENS  # routed trees are regular: sum them by reshape
-        regular = self.config.scatter == "native" and (limit is None or tree.num_tokens <= limit)
+        fused = self.settings.message_passing == "fused"
         z = None
-        for l, conv in enumerate(self.convs):  # [N * F_l, d_{l+1}] residuals of picked experts
-            res = self.experts[l].residuals(hidden[l], tree.experts[l], scales[l])
+        for l, conv in enumerate(self.convs):  # [N F_l, d_{l+1}] node states of layer l
+            bank, experts = self.experts[l], tree.experts[l]
+            if fused and conv.fusable:
+                rows = picked_rows(experts)
+                res = PickedExperts(hidden[l], rows, bank.lora_B, bank.lora_B_bias, scales[l])
+            else:
+                res = bank.residuals(hidden[l], experts, scales[l])
             first = tree.first_use(l).reshape(-1) if momor else None
             if l == 0:
                 z = conv(None, res, first_use=first)
             else:
-                ei = None if regular else tree.layer_edge_index(l - 1)
-                ew = tree.layer_edge_weight(l - 1)
-                z = conv(z, res, ei, ew, first_use=first, regular=regular)  # [N F_l, d_{l+1}]
+                adj = self._edges(tree, l - 1, fused)
+                z = conv(z, res, adj, tree.layer_edge_weight(l - 1), first_use=first)
         top = self.config.num_layers - 1
-        ei = None if regular else tree.layer_edge_index(top)
-        ew = tree.layer_edge_weight(top)
-        return self.root(z, None, ei, ew, num_parents=tree.num_tokens, regular=regular)
+        adj, ew = self._edges(tree, top, fused), tree.layer_edge_weight(top)
+        return self.root(z, None, adj, ew, num_parents=tree.num_tokens, proj=proj)
+
+    def _edges(self, tree: RoutingTree, layer: int, fused: bool) -> Tensor | None:
+        """Layer ``layer`` -> ``layer + 1`` edges: the cached :func:`regular_adjacency` (fused;
+        ``None`` under ``torch.compile``, see :meth:`SMoREConv.forward`) or a ``[2, E]``
+        tensor (messages per edge)."""
+        if not fused:
+            return tree.layer_edge_index(layer)
+        if torch.compiler.is_compiling():
+            return None
+        key = (tree.experts[layer].numel(), tree.fanout[layer], tree.device)
+        adjacency = self._adjacency.get(key)
+        if adjacency is None:
+            if len(self._adjacency) >= _ADJACENCY_CACHE_SIZE:
+                self._adjacency.clear()
+            with torch.inference_mode(False), torch.no_grad():  # autograd may save it later
+                adjacency = self._adjacency[key] = regular_adjacency(*key)
+        return adjacency
 
     @property
     def last_tree(self) -> RoutingTree | None:
