@@ -1,9 +1,10 @@
-"""The small-N decode path (issue 13): every shortcut equals the general path it replaces.
+"""The small-N decode path: every shortcut equals the general path it replaces.
 
 Pinned: the fused propagation (``SMoREConv.message_and_aggregate`` on a routed tree layer's
-``regular_adjacency``, the default) equals one message per edge (``message_passing="edges"``); the tiny-N residual choice equals the one-hot GEMM; an all-real mask equals no
-mask; the no-grad stacked-weight cache follows in-place updates, dtype and device moves;
-cached edge indices made under ``inference_mode`` can be saved for a later backward.
+``regular_adjacency``, the default) equals one message per edge (``message_passing="edges"``);
+the tiny-N residual choice equals the one-hot GEMM; an all-real mask equals no mask; the
+no-grad stacked-weight cache follows in-place updates, dtype and device moves; cached edge
+indices made under ``inference_mode`` can be saved for a later backward.
 """
 
 from __future__ import annotations
