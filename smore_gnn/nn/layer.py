@@ -98,7 +98,7 @@ class SMoRELinear(nn.Module):
         self.register_buffer(
             "_balance_grad", torch.zeros((), dtype=dtype, device=weight.device), persistent=False
         )
-        self.last_routing: RoutingResult | None = None
+        self._last_routing: RoutingResult | None = None  # detached when read (last_routing)
         self._attention_mask: Tensor | None = None  # the wrapper's mask for this batch
         self._forward_mask: Tensor | None = None  # the mask the last fresh forward used
         self.disable_adapters = False  # True: forward returns base_layer(x) (disable_adapter())
@@ -185,7 +185,7 @@ class SMoRELinear(nn.Module):
         if lead.numel() == 0:  # nothing to route: the base output, no balance loss
             self._balance_value = self._balance_grad.new_zeros(())
             self._balance_routing = None
-            self.last_routing = None
+            self._last_routing = None
             return result
         flat = x.reshape(-1, self.in_features)  # [N, d]
         if mask is not None:  # padding enters the adapter as the zero token (NaN-safe)
@@ -209,9 +209,22 @@ class SMoRELinear(nn.Module):
                 # d(total)/d(loss) = g, recorded by the probe, arrives through the delta
                 delta = AttachBalanceLoss.apply(delta, loss, self._balance_grad)
             self._balance_value, self._balance_routing = loss.detach(), None
-        self.__dict__["last_routing"] = routing.detached() if torch.is_grad_enabled() else routing
+        self.__dict__["_last_routing"] = routing
         delta = delta.view(*lead, self.out_features)
         return result + (delta if delta.dtype == result.dtype else delta.to(result.dtype))
+
+    @property
+    def last_routing(self) -> RoutingResult | None:
+        """The last forward's :class:`RoutingResult`, detached from autograd (on first read:
+        a training step that never reads it pays nothing)."""
+        routing = self._last_routing
+        if routing is not None and any(s.requires_grad for s in routing.scores):
+            routing = self._last_routing = routing.detached()
+        return routing
+
+    @last_routing.setter
+    def last_routing(self, routing: RoutingResult | None) -> None:
+        self._last_routing = routing
 
     @property
     def attention_mask(self) -> Tensor | None:
@@ -247,7 +260,8 @@ class SMoRELinear(nn.Module):
 
     def __getstate__(self) -> dict:
         # deepcopy/pickle (EMA, reference models): the balance loss's graph is the original's
-        return {**self.__dict__, "_balance_graph": None, "_cache": {}, "_adjacency": {}}
+        state = {**self.__dict__, "_balance_graph": None, "_cache": {}, "_adjacency": {}}
+        return {**state, "_last_routing": self.last_routing}  # detached
 
     def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
         """``W_proj m_root`` for tokens ``x`` [N, d] routed as ``routing`` -> [N, d_out]."""
