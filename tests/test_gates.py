@@ -137,3 +137,34 @@ def test_transposed_softmax_per_device_with_override(monkeypatch):
     monkeypatch.setattr(gates, "TRANSPOSED_SOFTMAX", True)
     assert uses_transposed_softmax(meta)
     torch.testing.assert_close(softmax_rows(logits), logits.softmax(-1))
+
+
+@pytest.mark.parametrize("fanout", [1, 2, 3])
+@pytest.mark.parametrize("masked", [False, True])
+def test_switch_gate_backward_equals_autograd(fanout, masked):
+    # the hand-written backward of the switch gate against the same math in autograd ops
+    torch.manual_seed(0)
+    logits = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    valid = torch.tensor([1, 1, 0, 1, 1, 0, 1]).bool() if masked else None
+    out = gates.switch_gate(logits, fanout, valid, 0.3)
+    probs = logits.softmax(-1)
+    top, experts = probs.topk(fanout, -1)
+    scores = top / top.sum(-1, keepdim=True) if fanout > 1 else top
+    keep = torch.ones(7, dtype=torch.bool) if valid is None else valid
+    load = torch.zeros(5, dtype=torch.float64).index_add_(
+        0, experts[keep].reshape(-1), torch.ones(int(keep.sum()) * fanout, dtype=torch.float64)
+    )
+    n = int(keep.sum())
+    loss = 0.3 * 5 * (load @ probs[keep].sum(0)) / n**2
+    assert torch.equal(out.experts, experts)
+    torch.testing.assert_close(out.scores, scores)
+    torch.testing.assert_close(out.loss, loss)
+    torch.testing.assert_close(out.load, load)
+    g = torch.randn(7, fanout, dtype=torch.float64)
+    got = torch.autograd.grad((out.scores * g).sum() + 2 * out.loss, logits)[0]
+    want = torch.autograd.grad((scores * g).sum() + 2 * loss, logits)[0]
+    torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(
+        lambda t: (lambda o: o.scores.sum() + o.loss)(gates.switch_gate(t, fanout, valid, 0.3)),
+        logits,
+    )

@@ -140,28 +140,71 @@ def noisy_topk_gate(
     return GateOutput(experts, scores, loss, hard_load, importance)
 
 
+class _SwitchGate(torch.autograd.Function):
+    """:func:`switch_gate`'s picks, scores and balance loss with a hand-written backward
+    (autograd would record a node for each of the dozen small operations)."""
+
+    @staticmethod
+    def forward(ctx, logits, valid, fanout, weight, transposed):
+        num_events, num_experts = logits.shape
+        probs = logits.t().softmax(dim=0).t() if transposed else logits.softmax(dim=-1)
+        top_val, experts = probs.topk(fanout, dim=-1)  # [E, f]
+        total = top_val.sum(-1, keepdim=True) if fanout > 1 else None  # [E, 1]
+        scores = top_val / total if fanout > 1 else top_val
+        picks = experts.view(-1)
+        if valid is None:
+            count = scores.new_ones(()).expand(picks.size(0))  # [E f]
+            kept, n = scores, max(num_events, 1)
+        else:  # padding events pick nothing and weigh nothing
+            count = valid[:, None].expand(-1, fanout).reshape(-1).to(scores.dtype)
+            kept = torch.where(valid[:, None], scores, 0.0)
+            probs_kept = torch.where(valid[:, None], probs, 0.0)
+            n = valid.sum().clamp(min=1).to(probs.dtype)
+        load = scores.new_zeros(num_experts).index_add_(0, picks, count)  # [s]
+        importance = scores.new_zeros(num_experts).index_add_(0, picks, kept.reshape(-1))
+        total_prob = (probs if valid is None else probs_kept).sum(0)  # [s]
+        # frac = load / n (sums to f), mean_prob = sum of probs / n: w s frac . mean_prob
+        coef = (weight * num_experts) / (n * n)
+        loss = (load @ total_prob) * coef
+        ctx.fanout = fanout
+        ctx.coef = None if isinstance(coef, Tensor) else coef  # a float: no tensor to save
+        ctx.mark_non_differentiable(experts, load, importance)
+        coef = coef if isinstance(coef, Tensor) else None
+        ctx.save_for_backward(probs, experts, scores, total, load, valid, coef)
+        return experts, scores, loss, load, importance
+
+    @staticmethod
+    def backward(ctx, _experts, g_scores, g_loss, _load, _importance):
+        probs, experts, scores, total, load, valid, coef = ctx.saved_tensors
+        coef = ctx.coef if ctx.coef is not None else coef
+        g_probs = (load * (g_loss * coef)).expand_as(probs)  # d loss / d probs, [E, s]
+        if valid is not None:
+            g_probs = torch.where(valid[:, None], g_probs, 0.0)
+        else:
+            g_probs = g_probs.clone()
+        if ctx.fanout > 1:  # through top / sum(top)
+            inner = (g_scores * scores).sum(-1, keepdim=True)
+            g_top = (g_scores - inner).div_(total)
+        else:
+            g_top = g_scores
+        g_probs.scatter_add_(1, experts, g_top)
+        g_logits = torch.ops.aten._softmax_backward_data(g_probs, probs, 1, probs.dtype)
+        return g_logits, None, None, None, None
+
+
 def switch_gate(logits: Tensor, fanout: int, valid: Tensor | None, weight: float) -> GateOutput:
     """Switch gate (Fedus et al. 2021) on dot-product ``logits`` [E, s].
 
     Softmax over all experts, top ``f``, picked scores renormalised when ``f > 1``. Balance
     loss ``w * s * sum_e frac(e) * mean_prob(e)`` with ``frac(e)`` = picks of ``e`` per valid
     event, so ``frac`` sums to ``f`` over the experts (the authors' ``tokens_per_expert``):
-    uniform probabilities give exactly ``w * f``.
+    uniform probabilities give exactly ``w * f``. Importance (the summed scores per expert)
+    is a statistic, outside autograd.
     """
-    num_experts = logits.size(-1)
-    probs = softmax_rows(logits)  # [E, s]
-    top_val, experts = probs.topk(fanout, dim=-1)  # [E, f]
-    scores = top_val / top_val.sum(-1, keepdim=True) if fanout > 1 else top_val
-    load = _count(experts, valid, num_experts, scores.dtype)
-    importance = _per_expert(scores.detach(), experts, valid, num_experts)  # not in the loss
-    # frac = load / n (sums to f), mean_prob = sum of probs / n (sums to 1), n valid events:
-    # w s (frac . mean_prob) = w s (load . sum of probs) / n^2, in three operations
-    total_prob = _keep(probs, valid).sum(0)  # [s]
-    if valid is None:  # n is a number: no tensor for it
-        loss = (load @ total_prob) * (weight * num_experts / max(probs.size(0), 1) ** 2)
-    else:
-        n_valid = valid.sum().clamp(min=1).to(probs.dtype)
-        loss = (load @ total_prob) * (weight * num_experts) / n_valid.square()
+    transposed = uses_transposed_softmax(logits)
+    experts, scores, loss, load, importance = _SwitchGate.apply(
+        logits, valid, fanout, weight, transposed
+    )
     return GateOutput(experts, scores, loss, load, importance)
 
 
