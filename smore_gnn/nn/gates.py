@@ -169,6 +169,7 @@ class _SwitchGate(torch.autograd.Function):
         ctx.fanout = fanout
         ctx.coef = None if isinstance(coef, Tensor) else coef  # a float: no tensor to save
         ctx.mark_non_differentiable(experts, load, importance)
+        ctx.set_materialize_grads(False)  # no zero gradients for the ids and statistics
         coef = coef if isinstance(coef, Tensor) else None
         ctx.save_for_backward(probs, experts, scores, total, load, valid, coef)
         return experts, scores, loss, load, importance
@@ -177,17 +178,20 @@ class _SwitchGate(torch.autograd.Function):
     def backward(ctx, _experts, g_scores, g_loss, _load, _importance):
         probs, experts, scores, total, load, valid, coef = ctx.saved_tensors
         coef = ctx.coef if ctx.coef is not None else coef
-        g_probs = (load * (g_loss * coef)).expand_as(probs)  # d loss / d probs, [E, s]
-        if valid is not None:
-            g_probs = torch.where(valid[:, None], g_probs, 0.0)
-        else:
-            g_probs = g_probs.clone()
-        if ctx.fanout > 1:  # through top / sum(top)
-            inner = (g_scores * scores).sum(-1, keepdim=True)
-            g_top = (g_scores - inner).div_(total)
-        else:
-            g_top = g_scores
-        g_probs.scatter_add_(1, experts, g_top)
+        if g_loss is None:
+            g_probs = torch.zeros_like(probs)
+        else:  # d loss / d probs, [E, s]
+            g_probs = (load * (g_loss * coef)).expand_as(probs)
+            if valid is not None:
+                g_probs = torch.where(valid[:, None], g_probs, 0.0)
+            else:
+                g_probs = g_probs.clone()
+        if g_scores is not None:
+            g_top = g_scores  # [E, f]
+            if ctx.fanout > 1:  # through top / sum(top)
+                inner = (g_scores * scores).sum(-1, keepdim=True)
+                g_top = (g_scores - inner).div_(total)
+            g_probs.scatter_add_(1, experts, g_top)
         g_logits = torch.ops.aten._softmax_backward_data(g_probs, probs, 1, probs.dtype)
         return g_logits, None, None, None, None
 
