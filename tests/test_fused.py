@@ -99,3 +99,17 @@ def test_leaf_hop_gradcheck():
 def test_tree_hop_rejects_an_unfused_activation():
     with pytest.raises(ValueError, match="act in"):
         tree_hop(None, torch.ones(2, 1), torch.ones(1, 2), None, None, act="prelu")
+
+
+def test_tree_hop_under_cpu_autocast():
+    # bf16 autocast: the backward runs under the forward's autocast state, grads in fp32
+    picked, _, children, alpha, weight, lin_bias = _inputs(True, 1.0)
+    args = [t.detach().float().requires_grad_() for t in (picked.hidden, picked.weight)]
+    rest = [t.detach().float().requires_grad_() for t in (children, alpha, weight, lin_bias)]
+    p = PickedExperts(args[0], picked.rows, args[1], None, 1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tree_hop(p, *rest, act="tanh")
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    for t in args + rest:
+        assert t.grad is not None and t.grad.dtype == torch.float32 and t.grad.isfinite().all()

@@ -84,7 +84,6 @@ class TreeHop(torch.autograd.Function):
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(
         ctx,
         hidden,
@@ -100,6 +99,9 @@ class TreeHop(torch.autograd.Function):
         star,
     ):
         ctx.act, ctx.star, ctx.scale = act, star, scale
+        device = (hidden if hidden is not None else children).device.type
+        enabled, dtype = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        ctx.autocast = (device, enabled, dtype)
         res = h = m = a = None
         if hidden is not None:  # every expert's residual for every token, picked rows kept
             n, s = hidden.size(0), weight_b.size(0)
@@ -131,8 +133,13 @@ class TreeHop(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad):
+        device, enabled, dtype = ctx.autocast  # the forward's autocast state (custom_bwd's
+        with torch.autocast(device, dtype=dtype, enabled=enabled):  # way, on any device)
+            return TreeHop._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
         h, rows, weight_b, children, alpha, weight, m, a, out = ctx.saved_tensors
         has_res, has_bias_b, has_children, has_bias = ctx.has
         need = ctx.needs_input_grad
