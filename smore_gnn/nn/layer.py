@@ -25,7 +25,6 @@ from smore_gnn.nn.masks import check_mask_values
 from smore_gnn.nn.reference import dense_delta
 from smore_gnn.nn.router import RoutingResult, SMoRERouter
 from smore_gnn.nn.settings import SpeedSettings
-from smore_gnn.nn.staleness import watch
 from smore_gnn.nn.tree import RoutingTree
 
 _ADJACENCY_CACHE_SIZE = 64  # (children, fanout, device) entries per layer; cleared when full
@@ -110,7 +109,7 @@ class SMoRELinear(nn.Module):
             )
         self.settings = settings or SpeedSettings.for_device(weight.device.type)
         self.reset_parameters()
-        watch(self)  # a replaced parameter or submodule invalidates the decode caches
+        self.register_load_state_dict_post_hook(_drop_caches)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -182,6 +181,8 @@ class SMoRELinear(nn.Module):
         if fresh:
             self.__dict__.update(_forward_mask=mask, _balance_graph=None)
             self._balance_grad.zero_()
+        if torch.is_grad_enabled() and self._cache:  # gradients, so maybe a fused step next:
+            self.drop_caches()  # it would leave the version counters the caches check alone
         if lead.numel() == 0:  # nothing to route: the base output, no balance loss
             self._balance_value = self._balance_grad.new_zeros(())
             self._balance_routing = None
@@ -257,6 +258,16 @@ class SMoRELinear(nn.Module):
         if not any(p.requires_grad for p in self.router.parameters()):
             return value
         return probe(value, self._balance_grad)
+
+    def drop_caches(self) -> None:
+        """Forget every no-autograd cache of this layer (decode tables, the stacked projection,
+        the router's tables): rebuilt on the next forward that reads them."""
+        self._cache.clear()
+        self.router._tables.clear()
+
+    def train(self, mode: bool = True) -> SMoRELinear:
+        self.drop_caches()
+        return super().train(mode)
 
     def __getstate__(self) -> dict:
         # deepcopy/pickle (EMA, reference models): the balance loss's graph is the original's
@@ -351,3 +362,8 @@ class SMoRELinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, experts={c.num_experts}, "
             f"fanout={c.fanout}, rank={c.rank}, backend={c.backend!r}"
         )
+
+
+def _drop_caches(module: SMoRELinear, incompatible_keys) -> None:
+    # load_state_dict post hook (in place or assign=True)
+    module.drop_caches()

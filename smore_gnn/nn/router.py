@@ -31,7 +31,6 @@ from smore_gnn.nn.config import SMoREConfig
 from smore_gnn.nn.gates import GateOutput, cosine_logits, gate_output
 from smore_gnn.nn.routing import _f32, build_tables, no_autograd, route, routing_tables
 from smore_gnn.nn.routing_result import RoutingResult
-from smore_gnn.nn.staleness import watch
 
 _ACTS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 
@@ -137,9 +136,13 @@ class SMoRERouter(nn.Module):
             LayerRouter(d_u + extra, s, f, config)
             for extra, s, f in zip(config.router_input_dims, config.num_experts, config.fanout)
         )
-        # cached no-autograd tables (smore_gnn.nn.routing), rebuilt on change
+        # cached no-autograd tables (smore_gnn.nn.routing), rebuilt on change; dropped by a
+        # forward with autograd (smore_gnn.nn.staleness) and by train()/eval()
         self._tables: dict = {}
-        watch(self)
+
+    def train(self, mode: bool = True) -> SMoRERouter:
+        self._tables.clear()
+        return super().train(mode)
 
     def reset_parameters(self) -> None:
         if self.down_proj is not None:
@@ -176,6 +179,8 @@ class SMoRERouter(nn.Module):
         valid = None if mask is None else mask.reshape(x.size(0)).bool()  # None: all valid
         u = self.router_input(x, valid, u)  # [N, d_u] float32
         lazy = not self.training and no_autograd()  # evaluation, generation: cached tables
+        if not lazy and self._tables and torch.is_grad_enabled():
+            self._tables.clear()  # gradients, maybe a fused optimizer step next
         tables = routing_tables(self, self._tables) if lazy else build_tables(self)
         token = F.linear(u, tables["token_w"], tables["token_b"])  # [N, L d_g]
         noise = None
