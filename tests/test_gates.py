@@ -124,19 +124,34 @@ def test_non_finite_invalid_events_are_dropped_not_multiplied(gate):
         torch.testing.assert_close(a, b)
 
 
-def test_transposed_softmax_per_device_with_override(monkeypatch):
+def test_transposed_softmax_per_device_with_override():
     logits = torch.randn(6, 4)
-    monkeypatch.setattr(gates, "TRANSPOSED_SOFTMAX", None)
     assert uses_transposed_softmax(logits)  # CPU, short rows: on
     assert not uses_transposed_softmax(torch.randn(6, 17))  # long rows: off
     meta = torch.empty(6, 4, device="meta")
     assert not uses_transposed_softmax(meta)  # not a CPU tensor: the row-wise kernel
-    monkeypatch.setattr(gates, "TRANSPOSED_SOFTMAX", False)
-    assert not uses_transposed_softmax(logits)
-    torch.testing.assert_close(softmax_rows(logits), logits.softmax(-1))
-    monkeypatch.setattr(gates, "TRANSPOSED_SOFTMAX", True)
-    assert uses_transposed_softmax(meta)
-    torch.testing.assert_close(softmax_rows(logits), logits.softmax(-1))
+    assert not uses_transposed_softmax(logits, False)
+    torch.testing.assert_close(softmax_rows(logits, False), logits.softmax(-1))
+    assert uses_transposed_softmax(meta, True)
+    torch.testing.assert_close(softmax_rows(logits, True), logits.softmax(-1))
+
+
+def test_layer_settings_reach_the_router_and_the_convs():
+    from smore_gnn.nn.conv import Tanh
+    from smore_gnn.nn.settings import SpeedSettings
+    from tests.conftest import make_layer
+
+    layer = make_layer(torch.float32, gate_type="switch")
+    x = torch.randn(5, 8)
+    want = layer(x).detach()
+    layer.settings = SpeedSettings(transposed_softmax=False, fast_tanh_min_numel=None)
+    assert all(r.transposed_softmax is False for r in layer.router.layers)
+    assert all(c.act.min_numel is None for c in layer.convs if isinstance(c.act, Tanh))
+    torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-6)  # how, not what
+    with pytest.raises(TypeError, match="SpeedSettings"):
+        layer.settings = {"message_passing": "edges"}
+    with pytest.raises(ValueError, match="message_passing"):
+        SpeedSettings(message_passing="sparse")
 
 
 @pytest.mark.parametrize("fanout", [1, 2, 3])

@@ -14,10 +14,10 @@ from torch_geometric.typing import Adj
 from smore_gnn.nn.config import EXPERT_ACTS, PROPAGATIONS, SCATTERS
 from smore_gnn.nn.fused import FUSED_ACTS, PickedExperts, as_tensor, residual_rows, tree_hop
 
-#: From this many float32 CPU elements on, :class:`Tanh` computes ``2 sigmoid(2x) - 1`` in
-#: place: torch's CPU ``tanh`` kernel runs at ~3.5 ns per element on the benchmark machine,
-#: the three passes of the identity at ~1.5 (``bench/NOTES.md``). Smaller inputs, other
-#: dtypes and devices take ``torch.tanh``.
+#: The default of ``SpeedSettings.fast_tanh_min_numel``: from this many float32 CPU elements
+#: on, :class:`Tanh` computes ``2 sigmoid(2x) - 1`` in place: torch's CPU ``tanh`` kernel runs
+#: at ~3.5 ns per element on the benchmark machine, the three passes of the identity at ~1.5
+#: (``bench/NOTES.md``). Smaller inputs, other dtypes and devices take ``torch.tanh``.
 FAST_TANH_MIN_NUMEL = 4096
 
 
@@ -37,19 +37,26 @@ class _SigmoidTanh(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad, y)
 
 
-def tanh(x: Tensor) -> Tensor:
+def uses_fast_tanh(x: Tensor, min_numel: int | None = FAST_TANH_MIN_NUMEL) -> bool:
+    """Whether :func:`tanh` takes ``2 sigmoid(2x) - 1`` for ``x``: a float32 CPU tensor of at
+    least ``min_numel`` elements (``None``: never), outside ``torch.compile``."""
+    fast = min_numel is not None and x.device.type == "cpu" and x.dtype == torch.float32
+    return fast and x.numel() >= min_numel and not torch.compiler.is_compiling()
+
+
+def tanh(x: Tensor, min_numel: int | None = FAST_TANH_MIN_NUMEL) -> Tensor:
     """``torch.tanh(x)``, by :class:`_SigmoidTanh` for large float32 CPU inputs."""
-    fast = x.device.type == "cpu" and x.dtype == torch.float32
-    if fast and x.numel() >= FAST_TANH_MIN_NUMEL and not torch.compiler.is_compiling():
-        return _SigmoidTanh.apply(x)
-    return torch.tanh(x)
+    return _SigmoidTanh.apply(x) if uses_fast_tanh(x, min_numel) else torch.tanh(x)
 
 
 class Tanh(nn.Tanh):
-    """``nn.Tanh`` by :func:`tanh` (faster on large CPU float32 inputs)."""
+    """``nn.Tanh`` by :func:`tanh` (faster on large CPU float32 inputs); ``min_numel`` is the
+    layer's ``SpeedSettings.fast_tanh_min_numel``."""
+
+    min_numel: int | None = FAST_TANH_MIN_NUMEL
 
     def forward(self, x: Tensor) -> Tensor:
-        return tanh(x)
+        return tanh(x, self.min_numel)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -179,7 +186,8 @@ class SMoREConv(MessagePassing):
         fused = self.fusable and (self.root or isinstance(residual, PickedExperts))
         if self.in_channels == 0 and not self.root:  # the leaves receive no messages
             if fused:
-                return tree_hop(residual, None, None, None, None, self.act_name, self.star)
+                act = self._fused_act(residual_rows(residual))
+                return tree_hop(residual, None, None, None, None, act, self.star)
             return self.update(None, as_tensor(residual), first_use)
         parents = num_parents if self.root else residual_rows(residual)
         if edge_index is None:  # a routed tree layer without its EdgeIndex (torch.compile,
@@ -198,6 +206,12 @@ class SMoREConv(MessagePassing):
             fused=fused,
             size=(x.size(0), parents),
         )
+
+    def _fused_act(self, nodes: int) -> str:
+        # "tanh" as 2 sigmoid(2x) - 1 from the layer's SpeedSettings.fast_tanh_min_numel on
+        min_numel = getattr(self.act, "min_numel", None)
+        fast = min_numel is not None and nodes * self.out_channels >= min_numel
+        return "fast_tanh" if self.act_name == "tanh" and fast else self.act_name
 
     @property
     def fusable(self) -> bool:
@@ -243,8 +257,8 @@ class SMoREConv(MessagePassing):
             weight, bias = (None, None) if proj is None else (proj.weight, proj.bias)
             return tree_hop(None, x, alpha, weight, bias)
         if fused:
-            lin = self.lin
-            return tree_hop(residual, x, alpha, lin.weight, lin.bias, self.act_name, self.star)
+            lin, act = self.lin, self._fused_act(parents)
+            return tree_hop(residual, x, alpha, lin.weight, lin.bias, act, self.star)
         children = x.view(parents, -1, x.size(1))  # [P, f, d]
         if alpha is None:
             return children.sum(1)

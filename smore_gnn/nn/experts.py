@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -26,14 +27,17 @@ class ResidualCosts:
     bmm: float
     gather: float
 
+    def __post_init__(self) -> None:
+        if self.bmm <= 0 or self.gather < 0:
+            raise ValueError(f"Expected ResidualCosts(bmm > 0, gather >= 0) (got {self!r})")
+
 
 # Per device type (``tensor.device.type``). Only the CPU entry is measured (fitted on the
-# benchmarks in BENCHMARKS.md). A device type without an entry counts multiply-adds alone
-# (``_UNFITTED``: the fewest FLOPs win, i.e. compute-all-and-gather) until constants are set
-# with :func:`set_residual_costs` (``bench/adapter_speed.py`` times both paths).
-_FITTED = {"cpu": ResidualCosts(bmm=1.85, gather=15.0)}
+# benchmarks in bench/). A device type without an entry counts multiply-adds alone
+# (``_UNFITTED``: the fewest FLOPs win, i.e. compute-all-and-gather) unless a layer's
+# ``SpeedSettings.residual_costs`` gives constants (``bench/adapter_speed.py`` times both).
+_FITTED = MappingProxyType({"cpu": ResidualCosts(bmm=1.85, gather=15.0)})
 _UNFITTED = ResidualCosts(bmm=1.0, gather=0.0)
-RESIDUAL_COSTS: dict[str, ResidualCosts] = dict(_FITTED)
 PATHS = ("auto", "masked", "gather")
 #: Up to this many picked nodes (``N K``: a decode step, a short prompt) ``"auto"`` takes
 #: compute-all-and-gather on every device: the fewest operations, where per-op overhead
@@ -42,25 +46,8 @@ GATHER_MAX_NODES = 64
 
 
 def residual_costs(device_type: str) -> ResidualCosts:
-    """The cost constants used on ``device_type`` (FLOPs alone when none is set)."""
-    return RESIDUAL_COSTS.get(device_type, _UNFITTED)
-
-
-def set_residual_costs(device_type: str, costs: ResidualCosts | None) -> None:
-    """Override the cost constants of ``device_type`` (``None`` restores the default).
-
-    Example: ``set_residual_costs("cuda", ResidualCosts(bmm=1.0, gather=4.0))``. To force one
-    path on one bank instead, set ``bank.path = "masked"`` or ``"gather"``.
-    """
-    if costs is None:
-        RESIDUAL_COSTS.pop(device_type, None)
-        RESIDUAL_COSTS.update({k: v for k, v in _FITTED.items() if k == device_type})
-        return
-    if not isinstance(costs, ResidualCosts) or costs.bmm <= 0 or costs.gather < 0:
-        raise ValueError(
-            f"Expected ResidualCosts(bmm > 0, gather >= 0) for {device_type!r} (got {costs!r})"
-        )
-    RESIDUAL_COSTS[device_type] = costs
+    """The default cost constants on ``device_type`` (FLOPs alone where none is fitted)."""
+    return _FITTED.get(device_type, _UNFITTED)
 
 
 def _stack(parts: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
@@ -132,36 +119,51 @@ class ResidualExperts(nn.Module):
         out = torch.einsum("nsr,sor->nso", h, self.lora_B)  # [N, s, d_out]
         return out if self.lora_B_bias is None else out + self.lora_B_bias
 
-    def use_masked(self, picks: int, device_type: str = "cpu") -> bool:
+    def use_masked(
+        self, picks: int, device_type: str = "cpu", costs: ResidualCosts | None = None
+    ) -> bool:
         """Whether :meth:`residuals` takes the one-hot GEMM (True) or compute-all-and-gather.
 
         Decided by :attr:`path` if it is ``"masked"`` or ``"gather"``, else (``"auto"``) by
-        the cost constants of ``device_type`` (:func:`residual_costs`).
+        ``costs``, by default those of ``device_type`` (:func:`residual_costs`).
         """
         if self.path not in PATHS:
             raise ValueError(f"ResidualExperts.path must be one of {PATHS} (got {self.path!r})")
         if self.path != "auto":
             return self.path == "masked"
         s, r = self.num_experts, self.rank
-        costs = residual_costs(device_type)
+        costs = costs or residual_costs(device_type)
         masked = picks * (s * r + s)  # multiply-adds per token and output feature
         return masked <= costs.bmm * s * r + costs.gather * picks
 
-    def choose_path(self, nodes: int, picks: int, device_type: str = "cpu") -> str:
+    def choose_path(
+        self,
+        nodes: int,
+        picks: int,
+        device_type: str = "cpu",
+        costs: ResidualCosts | None = None,
+    ) -> str:
         """``"masked"`` or ``"gather"`` for ``nodes`` picked experts, ``picks`` per token:
         :attr:`path` unless ``"auto"``; then ``"gather"`` for at most
         :data:`GATHER_MAX_NODES` nodes, else as :meth:`use_masked` decides."""
         if self.path == "auto" and nodes <= GATHER_MAX_NODES:
             return "gather"
-        return "masked" if self.use_masked(picks, device_type) else "gather"
+        return "masked" if self.use_masked(picks, device_type, costs) else "gather"
 
-    def residuals(self, hidden: Tensor, experts: Tensor, scale: float = 1.0) -> Tensor:
+    def residuals(
+        self,
+        hidden: Tensor,
+        experts: Tensor,
+        scale: float = 1.0,
+        costs: ResidualCosts | None = None,
+    ) -> Tensor:
         """``scale * (B^e hidden_e + b^e)`` of the picked experts, by the cheaper of two ways.
 
         Args:
             hidden: ``A x + a`` of every expert, ``[N, s * r]`` (e.g. a slice of one GEMM).
             experts: picked expert ids ``[N, K]``.
             scale: the residual scale ``c_l``.
+            costs: the cost constants of :meth:`choose_path` (default: the device's).
 
         Returns:
             ``[N * K, d_out]``, node ``(n, k)`` at row ``n * K + k``.
@@ -179,7 +181,7 @@ class ResidualExperts(nn.Module):
         if scale != 1.0:
             weight = weight * scale
             bias = None if bias is None else bias * scale
-        path = self.choose_path(n * k, k, hidden.device.type)
+        path = self.choose_path(n * k, k, hidden.device.type, costs)
         if path == "masked":
             # [N, K, s]; not F.one_hot, which checks the ids' range (a host sync) and copies
             onehot = hidden.new_zeros(n, k, s).scatter_(2, experts[..., None], 1.0)

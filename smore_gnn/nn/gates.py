@@ -18,21 +18,13 @@ arXiv 2101.03961).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: Whether :func:`softmax_rows` runs short CPU rows through the transposed kernel. ``None``
-#: (default) decides per device: on for CPU tensors, off elsewhere. Set it to ``True`` or
-#: ``False`` to force a choice for every device, or set the environment variable
-#: ``SMORE_GNN_TRANSPOSED_SOFTMAX=0`` / ``=1`` before import.
-TRANSPOSED_SOFTMAX: bool | None = {"0": False, "1": True}.get(
-    os.environ.get("SMORE_GNN_TRANSPOSED_SOFTMAX", "")
-)
-#: Rows up to this many experts count as short for :data:`TRANSPOSED_SOFTMAX`.
+#: Rows up to this many experts count as short for :func:`uses_transposed_softmax`.
 TRANSPOSED_SOFTMAX_MAX_EXPERTS = 16
 
 
@@ -47,23 +39,23 @@ class GateOutput:
     importance: Tensor  # [s] float32, summed scores per expert over valid events
 
 
-def softmax_rows(logits: Tensor) -> Tensor:
+def softmax_rows(logits: Tensor, transposed: bool | None = None) -> Tensor:
     """``logits.softmax(-1)`` for ``[E, s]`` logits with few experts ``s``.
 
     On CPU the row-wise kernel is slow for short rows (about 3.5x slower for ``s = 4`` than
     the kernel that reduces over dim 0), so there the softmax runs on the transposed view.
-    Other devices keep the row-wise kernel. :data:`TRANSPOSED_SOFTMAX` overrides the choice.
+    Other devices keep the row-wise kernel. ``transposed`` (``SpeedSettings.
+    transposed_softmax``) overrides the choice.
     """
-    if uses_transposed_softmax(logits):
+    if uses_transposed_softmax(logits, transposed):
         return logits.t().softmax(dim=0).t()
     return logits.softmax(dim=-1)
 
 
-def uses_transposed_softmax(logits: Tensor) -> bool:
-    """Whether :func:`softmax_rows` takes the transposed kernel for these ``[E, s]`` logits."""
-    use = TRANSPOSED_SOFTMAX
-    if use is None:
-        use = logits.device.type == "cpu"
+def uses_transposed_softmax(logits: Tensor, transposed: bool | None = None) -> bool:
+    """Whether :func:`softmax_rows` takes the transposed kernel for these ``[E, s]`` logits:
+    ``transposed`` if given, else on CPU tensors only; short rows only either way."""
+    use = logits.device.type == "cpu" if transposed is None else transposed
     return use and logits.size(-1) <= TRANSPOSED_SOFTMAX_MAX_EXPERTS
 
 
@@ -106,6 +98,7 @@ def noisy_topk_gate(
     fanout: int,
     valid: Tensor | None,
     weight: float,
+    transposed: bool | None = None,
 ) -> GateOutput:
     """Noisy top-k gate (Shazeer et al. 2017) on cosine ``logits`` [E, s].
 
@@ -120,7 +113,7 @@ def noisy_topk_gate(
     k = min(fanout + 1, num_experts)
     top_val, top_idx = noisy.topk(k, dim=-1)  # [E, k]
     experts, picked = top_idx[:, :fanout], top_val[:, :fanout]
-    scores = softmax_rows(picked) if fanout > 1 else picked
+    scores = softmax_rows(picked, transposed) if fanout > 1 else picked
     importance = _per_expert(scores, experts, valid, num_experts)
     hard_load = _count(experts, valid, num_experts, scores.dtype)
     if noise_std is not None and fanout < num_experts:
@@ -196,7 +189,13 @@ class _SwitchGate(torch.autograd.Function):
         return g_logits, None, None, None, None
 
 
-def switch_gate(logits: Tensor, fanout: int, valid: Tensor | None, weight: float) -> GateOutput:
+def switch_gate(
+    logits: Tensor,
+    fanout: int,
+    valid: Tensor | None,
+    weight: float,
+    transposed: bool | None = None,
+) -> GateOutput:
     """Switch gate (Fedus et al. 2021) on dot-product ``logits`` [E, s].
 
     Softmax over all experts, top ``f``, picked scores renormalised when ``f > 1``. Balance
@@ -205,17 +204,17 @@ def switch_gate(logits: Tensor, fanout: int, valid: Tensor | None, weight: float
     uniform probabilities give exactly ``w * f``. Importance (the summed scores per expert)
     is a statistic, outside autograd.
     """
-    transposed = uses_transposed_softmax(logits)
+    transposed = uses_transposed_softmax(logits, transposed)
     experts, scores, loss, load, importance = _SwitchGate.apply(
         logits, valid, fanout, weight, transposed
     )
     return GateOutput(experts, scores, loss, load, importance)
 
 
-def dense_gate(logits: Tensor, valid: Tensor | None) -> GateOutput:
+def dense_gate(logits: Tensor, valid: Tensor | None, transposed: bool | None = None) -> GateOutput:
     """Dense gate: every expert is picked, scores are the softmax over all; no balance loss."""
     num_events, num_experts = logits.shape
-    scores = softmax_rows(logits)  # [E, s]
+    scores = softmax_rows(logits, transposed)  # [E, s]
     experts = torch.arange(num_experts, device=logits.device).expand(num_events, -1)
     load = _count(experts, valid, num_experts, scores.dtype)
     importance = _per_expert(scores.detach(), experts, valid, num_experts)
@@ -230,37 +229,41 @@ def gate_output(
     weight: float,
     z_loss_weight: float = 0.0,
     noise_std: Tensor | None = None,
+    transposed: bool | None = None,
 ) -> GateOutput:
     """The ``gate_type`` gate on ``logits`` [E, s] with its balance loss (plus the z-loss
     ``z_loss_weight * z_loss(logits, valid)`` when that weight is positive).
 
-    ``noise_std`` [E, s] is the noisy top-k gate's noise scale (None: no noise).
+    ``noise_std`` [E, s] is the noisy top-k gate's noise scale (None: no noise);
+    ``transposed``: :func:`softmax_rows`'s choice.
     """
     if gate_type == "noisy_topk":
-        out = noisy_topk_gate(logits, noise_std, fanout, valid, weight)
+        out = noisy_topk_gate(logits, noise_std, fanout, valid, weight, transposed)
     elif gate_type == "switch":
-        out = switch_gate(logits, fanout, valid, weight)
+        out = switch_gate(logits, fanout, valid, weight, transposed)
     else:
-        out = dense_gate(logits, valid)
+        out = dense_gate(logits, valid, transposed)
     if z_loss_weight > 0:
         out.loss = out.loss + z_loss_weight * z_loss(logits, valid)
     return out
 
 
-def pick(gate_type: str, logits: Tensor, fanout: int) -> tuple[Tensor, Tensor]:
+def pick(
+    gate_type: str, logits: Tensor, fanout: int, transposed: bool | None = None
+) -> tuple[Tensor, Tensor]:
     """``(experts [E, f], scores [E, f])`` of the gate without noise and without statistics:
     the picks :func:`gate_output` makes when ``noise_std`` is None (evaluation)."""
     if gate_type == "noisy_topk":
         top_val, top_idx = logits.topk(fanout, dim=-1)  # [E, f]
-        return top_idx, softmax_rows(top_val) if fanout > 1 else top_val
+        return top_idx, softmax_rows(top_val, transposed) if fanout > 1 else top_val
     if gate_type == "dense":
         num_events, num_experts = logits.shape
         experts = torch.arange(num_experts, device=logits.device).expand(num_events, -1)
-        return experts, softmax_rows(logits)
+        return experts, softmax_rows(logits, transposed)
     if fanout > 1:  # softmax is monotone: the same picks, and p_i / sum_top p = softmax(top)
         top_logits, experts = logits.topk(fanout, dim=-1)  # [E, f]
         return experts, top_logits.softmax(dim=-1)
-    top_val, experts = softmax_rows(logits).topk(1, dim=-1)  # [E, 1]
+    top_val, experts = softmax_rows(logits, transposed).topk(1, dim=-1)  # [E, 1]
     return experts, top_val
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from smore_gnn.nn.balance_grad import AttachBalanceLoss, in_backward, probe
 from smore_gnn.nn.config import SMoREConfig
-from smore_gnn.nn.conv import SMoREConv, regular_adjacency
+from smore_gnn.nn.conv import SMoREConv, Tanh, regular_adjacency
 from smore_gnn.nn.decode import forward_mask, small_forward, small_forward_applies
 from smore_gnn.nn.experts import ResidualExperts, stacked_linear
 from smore_gnn.nn.fused import PickedExperts, picked_rows
@@ -103,10 +103,7 @@ class SMoRELinear(nn.Module):
         self.disable_adapters = False  # True: forward returns base_layer(x) (disable_adapter())
         self._cache: dict = {}  # no-grad stacked projection weight (experts.stacked_linear)
         self._adjacency: dict = {}  # (children, fanout, device) -> regular_adjacency(...)
-        if settings is not None and not isinstance(settings, SpeedSettings):
-            raise TypeError(
-                f"SMoRELinear expects settings=SpeedSettings(...) (got {type(settings).__name__})"
-            )
+        self._mask_memo: tuple | None = None  # the last resolved stored mask (forward_mask)
         self.settings = settings or SpeedSettings.for_device(weight.device.type)
         self.reset_parameters()
         self.register_load_state_dict_post_hook(_drop_caches)
@@ -176,7 +173,7 @@ class SMoRELinear(nn.Module):
         lead = x.shape[:-1]
         fresh = not in_backward()  # False: a checkpoint recomputation
         stored = self._attention_mask if fresh else self._forward_mask
-        mask = forward_mask(attention_mask, stored, lead, checked=not fresh)  # [N] bool | None
+        mask = forward_mask(attention_mask, stored, lead, not fresh, self)  # [N] bool | None
         # plain attributes below: a dict update is cheaper than nn.Module.__setattr__ per name
         if fresh:
             self.__dict__.update(_forward_mask=mask, _balance_graph=None)
@@ -213,6 +210,24 @@ class SMoRELinear(nn.Module):
         self.__dict__["_last_routing"] = routing
         delta = delta.view(*lead, self.out_features)
         return result + (delta if delta.dtype == result.dtype else delta.to(result.dtype))
+
+    @property
+    def settings(self) -> SpeedSettings:
+        """How this layer computes (:class:`~smore_gnn.nn.settings.SpeedSettings`); setting
+        it passes the choices on to the convs and the router."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: SpeedSettings) -> None:
+        if not isinstance(settings, SpeedSettings):
+            raise TypeError(
+                f"SMoRELinear.settings must be a SpeedSettings (got {type(settings).__name__})"
+            )
+        self._settings = settings
+        for conv in [*self.convs, self.root]:
+            if isinstance(conv.act, Tanh):
+                conv.act.min_numel = settings.fast_tanh_min_numel
+        self.router.set_transposed_softmax(settings.transposed_softmax)
 
     @property
     def last_routing(self) -> RoutingResult | None:
@@ -323,7 +338,7 @@ class SMoRELinear(nn.Module):
                 rows = picked_rows(experts)
                 res = PickedExperts(hidden[l], rows, bank.lora_B, bank.lora_B_bias, scales[l])
             else:
-                res = bank.residuals(hidden[l], experts, scales[l])
+                res = bank.residuals(hidden[l], experts, scales[l], self.settings.residual_costs)
             first = tree.first_use(l).reshape(-1) if momor else None
             if l == 0:
                 z = conv(None, res, first_use=first)

@@ -57,6 +57,7 @@ class LayerRouter(nn.Module):
         if self.gate_type == "noisy_topk":  # no bias by default, as the authors' noise layer
             self.noise = nn.Linear(in_dim, num_experts, bias=config.noise_bias)
         self.z_loss_weight, self.init_logit_scale = config.z_loss_weight, config.logit_scale
+        self.transposed_softmax: bool | None = None  # SpeedSettings.transposed_softmax
         self.log_logit_scale = None  # learned: logits * exp(log_logit_scale), log(init) at init
         if config.learn_logit_scale:
             self.log_logit_scale = nn.Parameter(torch.zeros(()))
@@ -115,7 +116,14 @@ class LayerRouter(nn.Module):
     ) -> GateOutput:
         """This layer's gate on ``logits`` [E, s] (:func:`~smore_gnn.nn.gates.gate_output`)."""
         return gate_output(
-            self.gate_type, logits, self.fanout, valid, self.weight, self.z_loss_weight, noise_std
+            self.gate_type,
+            logits,
+            self.fanout,
+            valid,
+            self.weight,
+            self.z_loss_weight,
+            noise_std,
+            self.transposed_softmax,
         )
 
 
@@ -139,6 +147,14 @@ class SMoRERouter(nn.Module):
         # cached no-autograd tables (smore_gnn.nn.routing), rebuilt on change; dropped by a
         # forward with autograd (smore_gnn.nn.staleness) and by train()/eval()
         self._tables: dict = {}
+        self.transposed_softmax: bool | None = None  # SpeedSettings.transposed_softmax
+
+    def set_transposed_softmax(self, transposed: bool | None) -> None:
+        """``SpeedSettings.transposed_softmax`` for this router and its layer routers."""
+        self.transposed_softmax = transposed
+        for layer in self.layers:
+            layer.transposed_softmax = transposed
+        self._tables.clear()
 
     def train(self, mode: bool = True) -> SMoRERouter:
         self._tables.clear()
