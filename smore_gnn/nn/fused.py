@@ -49,10 +49,12 @@ class PickedExperts:
     scale: float
 
 
-def picked_rows(experts: Tensor) -> Tensor:
-    """``[N, K]`` expert ids -> ``[N K]`` rows ``e N + n`` of the ``[s N, d]`` residual table."""
+def picked_rows(experts: Tensor, column: Tensor | None = None) -> Tensor:
+    """``[N, K]`` expert ids -> ``[N K]`` rows ``e N + n`` of the ``[s N, d]`` residual table
+    (``column``: ``arange(N)[:, None]`` if the caller has it)."""
     n = experts.size(0)
-    column = torch.arange(n, device=experts.device)[:, None]  # [N, 1]
+    if column is None:
+        column = torch.arange(n, device=experts.device)[:, None]  # [N, 1]
     return torch.add(column, experts, alpha=n).view(-1)
 
 

@@ -102,7 +102,7 @@ class SMoRELinear(nn.Module):
         self._forward_mask: Tensor | None = None  # the mask the last fresh forward used
         self.disable_adapters = False  # True: forward returns base_layer(x) (disable_adapter())
         self._cache: dict = {}  # no-grad stacked projection weight (experts.stacked_linear)
-        self._adjacency: dict = {}  # (children, fanout, device) -> regular_adjacency(...)
+        self._adjacency: dict = {}  # index tensors per size: regular_adjacency(...), columns
         self._mask_memo: tuple | None = None  # the last resolved stored mask (forward_mask)
         self.settings = settings or SpeedSettings.for_device(weight.device.type)
         self.reset_parameters()
@@ -331,11 +331,12 @@ class SMoRELinear(nn.Module):
         regular adjacency unless ``settings.message_passing == "edges"``."""
         momor, scales = self.config.propagation == "momor", self.config.residual_scales
         fused = self.settings.message_passing == "fused"
+        column = self._cached(("column", tree.num_tokens, tree.device), _column) if fused else None
         z = None
         for l, conv in enumerate(self.convs):  # [N F_l, d_{l+1}] node states of layer l
             bank, experts = self.experts[l], tree.experts[l]
             if fused and conv.fusable:
-                rows = picked_rows(experts)
+                rows = picked_rows(experts, column)
                 res = PickedExperts(hidden[l], rows, bank.lora_B, bank.lora_B_bias, scales[l])
             else:
                 res = bank.residuals(hidden[l], experts, scales[l], self.settings.residual_costs)
@@ -355,16 +356,21 @@ class SMoRELinear(nn.Module):
         tensor (messages per edge)."""
         if not fused:
             return tree.layer_edge_index(layer)
+        key = (tree.experts[layer].numel(), tree.fanout[layer], tree.device)
+        return self._cached(key, lambda key: regular_adjacency(*key))
+
+    def _cached(self, key: tuple, build) -> Tensor | None:
+        """``build(key)`` kept per layer (index tensors of a size: no parameter in them), or
+        ``None`` under ``torch.compile`` (traced there instead)."""
         if torch.compiler.is_compiling():
             return None
-        key = (tree.experts[layer].numel(), tree.fanout[layer], tree.device)
-        adjacency = self._adjacency.get(key)
-        if adjacency is None:
+        value = self._adjacency.get(key)
+        if value is None:
             if len(self._adjacency) >= _ADJACENCY_CACHE_SIZE:
                 self._adjacency.clear()
             with torch.inference_mode(False), torch.no_grad():  # autograd may save it later
-                adjacency = self._adjacency[key] = regular_adjacency(*key)
-        return adjacency
+                value = self._adjacency[key] = build(key)
+        return value
 
     @property
     def last_tree(self) -> RoutingTree | None:
@@ -377,6 +383,11 @@ class SMoRELinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, experts={c.num_experts}, "
             f"fanout={c.fanout}, rank={c.rank}, backend={c.backend!r}"
         )
+
+
+def _column(key: tuple) -> Tensor:
+    # ("column", N, device) -> arange(N)[:, None]: picked_rows' offsets
+    return torch.arange(key[1], device=key[2])[:, None]
 
 
 def _drop_caches(module: SMoRELinear, incompatible_keys) -> None:

@@ -26,6 +26,8 @@ tables to a whole ``SMoRELinear`` forward of a few tokens.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from functools import partial
 
@@ -234,7 +236,9 @@ def route(
         experts,
         scores,
         tables["fanout"],
-        balance_loss=torch.stack([o.loss for o in stats]).sum(),
+        balance_loss=functools.reduce(
+            operator.add, [o.loss for o in stats]
+        ),  # no stack: fewer ops
         load=[o.load for o in stats],
         importance=[o.importance for o in stats],
         layer_losses=[o.loss for o in stats],
