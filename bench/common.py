@@ -331,7 +331,7 @@ def export_before(commit: str, directory: str | None = None) -> str:
     return directory
 
 
-def import_before(before: str, module: str = "methods") -> ModuleType:
+def import_before(before: str, module: str = "hf.methods") -> ModuleType:
     """``smore_gnn_before.<module>``: the package as it was, from ``before`` (a directory holding
     ``smore_gnn_before``, or a git commit exported with :func:`export_before`)."""
     if not (Path(before) / BEFORE).is_dir():

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 T = TypeVar("T")
 
@@ -32,17 +32,36 @@ def cached(
     """``build(owner)``, kept in ``cache[name]`` while the tensors it reads (``gather(owner)``)
     are the same objects, in the same storage, at the same versions.
 
-    Built under ``torch.no_grad`` outside inference mode: a plain tensor, no graph. The owner
-    clears ``cache`` where those checks cannot see a change (see the module docstring).
+    ``owner`` is a module or a list of modules. A replacement is seen without gathering again:
+    every ``_modules`` and ``_parameters`` entry under ``owner`` is recorded with the build and
+    checked by identity (dictionary look-ups, cheaper than walking the modules per decode
+    step). Built under ``torch.no_grad`` outside inference mode: a plain tensor, no graph.
+    The owner clears ``cache`` where these checks cannot see a change (module docstring).
     """
-    tensors = tuple(gather(owner))
-    key = (
-        tuple(map(id, tensors)),
-        tuple(t._version for t in tensors),
-        tuple(t.data_ptr() for t in tensors),
-    )
     hit = cache.get(name)
-    if hit is None or hit[0] != key or any(a is not b for a, b in zip(hit[1], tensors)):
-        with torch.inference_mode(False), torch.no_grad():  # plain tensors, no graph
-            hit = cache[name] = (key, tensors, build(owner))
-    return hit[2]
+    if hit is not None:
+        structure, tensors, versions, pointers, value = hit
+        same = all(d.get(k, _MISSING) is v for d, k, v in structure)
+        same = same and versions == [t._version for t in tensors]
+        if same and pointers == [t.data_ptr() for t in tensors]:
+            return value
+    tensors = tuple(gather(owner))
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors, no graph
+        value = build(owner)
+    versions, pointers = [t._version for t in tensors], [t.data_ptr() for t in tensors]
+    cache[name] = (_structure(owner), tensors, versions, pointers, value)
+    return value
+
+
+_MISSING = object()
+
+
+def _structure(owner: nn.Module | Sequence[nn.Module]) -> list[tuple[dict, str, object]]:
+    # (container, key, value) of every submodule and parameter slot under owner
+    roots = [owner] if isinstance(owner, nn.Module) else list(owner)
+    out = []
+    for root in roots:
+        for module in root.modules():
+            out += [(module._modules, k, v) for k, v in module._modules.items()]
+            out += [(module._parameters, k, v) for k, v in module._parameters.items()]
+    return out
