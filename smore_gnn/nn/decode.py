@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smore_gnn.nn.fused import picked_rows
+from smore_gnn.nn.fused import picked_rows, token_column
 from smore_gnn.nn.masks import resolve_mask
 from smore_gnn.nn.routing import _f32, build_tables, no_autograd, route, router_tensors
 from smore_gnn.nn.routing_result import RoutingResult
@@ -146,12 +146,14 @@ def _activation(module: nn.Module):
     return torch.relu if isinstance(module, nn.ReLU) else module
 
 
-def _residuals(hidden: Tensor, experts: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def _residuals(
+    hidden: Tensor, experts: Tensor, weight: Tensor, bias: Tensor | None, column: Tensor | None
+) -> Tensor:
     # hidden [N, s r], experts [N, K] -> [N K, d]: every expert's residual, picked rows gathered
     n, s, r = hidden.size(0), weight.size(0), weight.size(1)
     h = hidden.view(s, 1, r) if n == 1 else hidden.view(n, s, r).transpose(0, 1)  # [s, N, r]
     every = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias, h, weight)  # [s, N, d]
-    rows = experts.view(-1) if n == 1 else picked_rows(experts)  # [N K], row e N + t
+    rows = experts.view(-1) if n == 1 else picked_rows(experts, column)  # [N K], row e N + t
     return every.view(s * n, -1).index_select(0, rows)  # [N K, d]
 
 
@@ -182,9 +184,10 @@ def small_forward(
         hidden = hidden * len(layer.convs)
     routing = route(token, mask, tables)
     star, n, z = w["star"], x.size(0), None
+    column = layer._cached(("column", n, x.device), token_column) if n > 1 else None
     for l, (conv, (weight, bias, lin_t)) in enumerate(zip(layer.convs, w["propagation"])):
         act = _activation(conv.act)  # not cached: the module may be swapped (or learn: PReLU)
-        res = _residuals(hidden[l], routing.experts[l], weight, bias)  # [N F_l, d_{l+1}]
+        res = _residuals(hidden[l], routing.experts[l], weight, bias, column)  # [N F_l, d_l+1]
         if z is None:  # leaves
             z = res if star or act is None else act(res)
             continue

@@ -58,6 +58,12 @@ def picked_rows(experts: Tensor, column: Tensor | None = None) -> Tensor:
     return torch.add(column, experts, alpha=n).view(-1)
 
 
+def token_column(key: tuple) -> Tensor:
+    """``(name, N, device) -> arange(N)[:, None]``: :func:`picked_rows`' offsets (a layer
+    keeps one per size)."""
+    return torch.arange(key[1], device=key[2])[:, None]
+
+
 def _activate(act: str, x: Tensor) -> Tensor:
     if act == "fast_tanh" and x.device.type == "cpu" and x.dtype == torch.float32:
         return x.mul(2.0).sigmoid_().mul_(2.0).sub_(1.0)  # 2 sigmoid(2x) - 1: faster on CPUs

@@ -20,7 +20,7 @@ from smore_gnn.nn.config import SMoREConfig
 from smore_gnn.nn.conv import SMoREConv, Tanh, regular_adjacency
 from smore_gnn.nn.decode import forward_mask, small_forward, small_forward_applies
 from smore_gnn.nn.experts import ResidualExperts, stacked_linear
-from smore_gnn.nn.fused import PickedExperts, picked_rows
+from smore_gnn.nn.fused import PickedExperts, picked_rows, token_column
 from smore_gnn.nn.masks import check_mask_values
 from smore_gnn.nn.reference import dense_delta
 from smore_gnn.nn.router import RoutingResult, SMoRERouter
@@ -331,7 +331,8 @@ class SMoRELinear(nn.Module):
         regular adjacency unless ``settings.message_passing == "edges"``."""
         momor, scales = self.config.propagation == "momor", self.config.residual_scales
         fused = self.settings.message_passing == "fused"
-        column = self._cached(("column", tree.num_tokens, tree.device), _column) if fused else None
+        key = ("column", tree.num_tokens, tree.device)
+        column = self._cached(key, token_column) if fused else None
         z = None
         for l, conv in enumerate(self.convs):  # [N F_l, d_{l+1}] node states of layer l
             bank, experts = self.experts[l], tree.experts[l]
@@ -383,11 +384,6 @@ class SMoRELinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, experts={c.num_experts}, "
             f"fanout={c.fanout}, rank={c.rank}, backend={c.backend!r}"
         )
-
-
-def _column(key: tuple) -> Tensor:
-    # ("column", N, device) -> arange(N)[:, None]: picked_rows' offsets
-    return torch.arange(key[1], device=key[2])[:, None]
 
 
 def _drop_caches(module: SMoRELinear, incompatible_keys) -> None:
