@@ -262,7 +262,7 @@ class SMoREConv(MessagePassing):
         children = x.view(parents, -1, x.size(1))  # [P, f, d]
         if alpha is None:
             return children.sum(1)
-        return torch.bmm(alpha[:, None], children).view(parents, -1)  # [P, 1, f] @ [P, f, d]
+        return (children * alpha[:, :, None]).sum(1)  # [P, d]
 
     def update(
         self,
