@@ -113,3 +113,28 @@ def test_tree_hop_under_cpu_autocast():
     out.float().sum().backward()
     for t in args + rest:
         assert t.grad is not None and t.grad.dtype == torch.float32 and t.grad.isfinite().all()
+
+
+def test_stacked_linear_gradcheck_and_split():
+    from torch import nn
+
+    from smore_gnn.nn.experts import _StackedLinear, stacked_linear
+
+    torch.manual_seed(0)
+    parts = [nn.Linear(5, o).double() for o in (3, 4, 2)]
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    outs = stacked_linear(x, parts)
+    for out, part in zip(outs, parts):
+        torch.testing.assert_close(out, part(x))
+    params = [t for p in parts for t in (p.weight, p.bias)]
+    # a part whose output is unused gets no gradient: its rows of W get zeros
+    loss = outs[0].square().sum() + outs[2].sum()
+    grads = torch.autograd.grad(loss, [x, *params])
+    want = torch.autograd.grad(
+        parts[0](x).square().sum() + parts[2](x).sum(), [x, *params], allow_unused=True
+    )
+    for got, exp in zip(grads, want):
+        torch.testing.assert_close(got, torch.zeros_like(got) if exp is None else exp)
+    assert torch.autograd.gradcheck(
+        lambda x, *t: torch.cat(_StackedLinear.apply(x, [3, 4, 2], *t), 1), (x, *params)
+    )

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smore_gnn.nn.fused import as_in_forward, autocast_state
 from smore_gnn.nn.staleness import cached
 
 
@@ -60,17 +61,50 @@ def _part_tensors(parts: list[nn.Linear]) -> list[Tensor]:
     return [t for p in parts for t in (p.weight, p.bias) if t is not None]
 
 
-def stacked_linear(x: Tensor, parts: list[nn.Linear], cache: dict | None = None) -> Tensor:
-    """``x @ [W_1; W_2; ...]^T + [b_1; b_2; ...]``: ONE GEMM for several linears sharing ``x``.
+class _StackedLinear(torch.autograd.Function):
+    """``x @ [W_1; ...; W_k]^T + [b_1; ...; b_k]`` split per part, with a hand-written
+    backward: one GEMM each for the input's and the weights' gradients, then one split per
+    kind (autograd would add the stacking's and the split's nodes). Every part has a bias."""
 
+    @staticmethod
+    def forward(ctx, x, sizes, *tensors):
+        weight, bias = torch.cat(tensors[0::2]), torch.cat(tensors[1::2])  # [R, d], [R]
+        ctx.sizes, ctx.autocast = sizes, autocast_state(x)
+        ctx.save_for_backward(x, weight)
+        return torch.addmm(bias, x, weight.t()).split(sizes, dim=1)  # [N, R] -> [N, o_i]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        with as_in_forward(ctx.autocast):
+            return _StackedLinear._backward(ctx, *grads)
+
+    @staticmethod
+    def _backward(ctx, *grads):
+        x, weight = ctx.saved_tensors
+        g = torch.cat(grads, dim=1)  # [N, R]
+        g_x = g @ weight if ctx.needs_input_grad[0] else None
+        g_w = (g.t() @ x).split(ctx.sizes)  # [o_i, d] each
+        g_b = g.sum(0).split(ctx.sizes)
+        return (g_x, None, *(t for pair in zip(g_w, g_b) for t in pair))
+
+
+def stacked_linear(
+    x: Tensor, parts: list[nn.Linear], cache: dict | None = None
+) -> tuple[Tensor, ...]:
+    """``x @ [W_1; W_2; ...]^T + [b_1; b_2; ...]``: ONE GEMM for several linears sharing ``x``,
+    returned split per part (``[N, o_i]`` each).
+
+    With autograd and biases on every part, :class:`_StackedLinear` (a hand-written backward).
     Without autograd (evaluation, generation) and given a ``cache`` dict, the stacked weight
-    is kept there and rebuilt only when a part changes or an optimizer steps
-    (:func:`smore_gnn.nn.staleness.cached`), so a decode step does not copy the weights again;
-    with autograd it is stacked per call (the gradient flows to every part).
+    is kept there and rebuilt only when a part changes (:func:`smore_gnn.nn.staleness.cached`),
+    so a decode step does not copy the weights again.
     """
+    sizes = [p.out_features for p in parts]
     if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return F.linear(x, *_stack(parts))
-    return F.linear(x, *cached(cache, "stacked", parts, _part_tensors, _stack))
+        if torch.is_grad_enabled() and all(p.bias is not None for p in parts):
+            return _StackedLinear.apply(x, sizes, *_part_tensors(parts))
+        return F.linear(x, *_stack(parts)).split(sizes, dim=1)
+    return F.linear(x, *cached(cache, "stacked", parts, _part_tensors, _stack)).split(sizes, dim=1)
 
 
 class ResidualExperts(nn.Module):

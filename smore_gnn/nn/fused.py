@@ -58,6 +58,19 @@ def picked_rows(experts: Tensor, column: Tensor | None = None) -> Tensor:
     return torch.add(column, experts, alpha=n).view(-1)
 
 
+def autocast_state(tensor: Tensor) -> tuple:
+    """The autocast state of ``tensor``'s device, for :func:`as_in_forward` in a backward."""
+    device = tensor.device.type
+    return device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+
+
+def as_in_forward(state: tuple) -> torch.autocast:
+    """A hand-written backward under its forward's autocast state (``custom_bwd``'s way, on
+    any device): bf16 forwards get bf16 products in the backward too."""
+    device, enabled, dtype = state
+    return torch.autocast(device, dtype=dtype, enabled=enabled)
+
+
 def token_column(key: tuple) -> Tensor:
     """``(name, N, device) -> arange(N)[:, None]``: :func:`picked_rows`' offsets (a layer
     keeps one per size)."""
@@ -104,9 +117,7 @@ class TreeHop(torch.autograd.Function):
         star,
     ):
         ctx.act, ctx.star, ctx.scale = act, star, scale
-        device = (hidden if hidden is not None else children).device.type
-        enabled, dtype = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-        ctx.autocast = (device, enabled, dtype)
+        ctx.autocast = autocast_state(hidden if hidden is not None else children)
         res = h = m = a = None
         if hidden is not None:  # every expert's residual for every token, picked rows kept
             n, s = hidden.size(0), weight_b.size(0)
@@ -139,8 +150,7 @@ class TreeHop(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        device, enabled, dtype = ctx.autocast  # the forward's autocast state (custom_bwd's
-        with torch.autocast(device, dtype=dtype, enabled=enabled):  # way, on any device)
+        with as_in_forward(ctx.autocast):
             return TreeHop._backward(ctx, grad)
 
     @staticmethod

@@ -318,8 +318,7 @@ class SMoRELinear(nn.Module):
         if fuse:
             parts.insert(0, down)
         # [N, d] @ [d, d_u + sum_l s_l r_l]
-        out = parts[0](x) if len(parts) == 1 else stacked_linear(x, parts, self._cache)
-        chunks = list(out.split([p.out_features for p in parts], dim=1))
+        chunks = [parts[0](x)] if len(parts) == 1 else list(stacked_linear(x, parts, self._cache))
         u = chunks.pop(0) if fuse else None
         return u, chunks * len(self.experts) if shared else chunks
 
