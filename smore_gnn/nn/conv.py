@@ -99,7 +99,15 @@ class SMoREConv(MessagePassing):
       :math:`\mathbf{W}_l = [0; I]` puts them). The root sees only the *set* of experts per layer.
 
     A leaf layer has :obj:`in_channels=0` (no children, no :math:`\mathbf{W}`); a root step
-    (:obj:`root=True`) only aggregates :math:`\sum_c \alpha_c \mathbf{z}_c`.
+    (:obj:`root=True`) only aggregates :math:`\sum_c \alpha_c \mathbf{z}_c` (then the given
+    projection).
+
+    On a routed tree layer's :class:`~torch_geometric.EdgeIndex` sorted by parent
+    (:func:`regular_adjacency`) :meth:`propagate` takes PyG's fused hook,
+    :meth:`message_and_aggregate`, which runs the whole step as one
+    :func:`~smore_gnn.nn.fused.tree_hop` (residuals given as
+    :class:`~smore_gnn.nn.fused.PickedExperts`); on a ``[2, E]`` tensor it passes one message
+    per edge (:meth:`message`, :meth:`aggregate`, :meth:`update`).
 
     Args:
         in_channels (int): child state width :math:`d_l` (0 for the leaf layer).
@@ -116,7 +124,8 @@ class SMoREConv(MessagePassing):
 
     Shapes:
         - **input:** child states :math:`(|\mathcal{V}_{l-1}|, d_l)` or :obj:`None`,
-          residuals :math:`(|\mathcal{V}_l|, d_{l+1})`, edge indices :math:`(2, |\mathcal{E}|)`,
+          residuals :math:`(|\mathcal{V}_l|, d_{l+1})` or their ``PickedExperts``, edge indices
+          :math:`(2, |\mathcal{E}|)` or an ``EdgeIndex``,
           edge weights :math:`(|\mathcal{E}|)`, first-use mask :math:`(|\mathcal{V}_l|)`
         - **output:** node states :math:`(|\mathcal{V}_l|, d_{l+1})`
     """

@@ -3,9 +3,13 @@
 Forward: route every token top-down, materialise the routed sub-trees as one batched graph,
 then propagate bottom-up with :class:`~smore_gnn.nn.conv.SMoREConv` (``backend="gnn"``) or with
 the dense oracle (``backend="dense"``). On the GNN path one GEMM projects the tokens for the
-router (``D``) and for every expert layer (``A_l``) at once, and each layer's picked residuals
-come from :meth:`~smore_gnn.nn.experts.ResidualExperts.residuals` (docs/spec.md §10). An eval
-forward of a few tokens without autograd (a decode step) takes :mod:`smore_gnn.nn.decode`.
+router (``D``) and for every expert layer (``A_l``) at once; each hop of the tree is one
+``SMoREConv.propagate`` on the layer's destination-sorted ``EdgeIndex``, which PyG runs as the
+conv's ``message_and_aggregate``: one :func:`~smore_gnn.nn.fused.tree_hop` (picked residuals,
+weighted child sum, ``W_l``, activation; the root with ``W_proj``), docs/spec.md §10.
+``SpeedSettings(message_passing="edges")`` passes one message per edge instead (the oracle).
+An eval forward of a few tokens without autograd (a decode step) takes
+:mod:`smore_gnn.nn.decode` (fewer operations still, from cached folded weights).
 """
 
 from __future__ import annotations
