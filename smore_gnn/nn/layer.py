@@ -333,7 +333,8 @@ class SMoRELinear(nn.Module):
         ``hidden`` [N, s_l r_l]: one :meth:`SMoREConv.propagate` per hop, fused on the
         regular adjacency unless ``settings.message_passing == "edges"``."""
         momor, scales = self.config.propagation == "momor", self.config.residual_scales
-        fused = self.settings.message_passing == "fused"
+        # config.scatter="torch_scatter" asks for that kernel: one message per edge
+        fused = self.settings.message_passing == "fused" and self.config.scatter == "native"
         key = ("column", tree.num_tokens, tree.device)
         column = self._cached(key, token_column) if fused else None
         z = None
