@@ -10,6 +10,10 @@ plain ``torch.matmul`` of equal FLOPs, and (one case) the paper's reference form
 
     .venv/bin/python -m bench.adapter_speed [--quick] [--threads 1] [--json out.json]
     .venv/bin/python -m bench.adapter_speed --case "(4-4)" 576 2048   # one row
+    .venv/bin/python -m bench.adapter_speed --device cuda --case "(4-4)" 2048 4096
+
+``--device cuda``: the layers on the GPU, bf16 autocast, CUDA events; only ``gnn``, ``lora``
+and ``base`` (no oracle, no FLOP rates).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import torch
 from torch import nn
 
 from bench.common import (
+    add_device_argument,
+    autocast,
+    check_device,
     has_torch_scatter,
     interleaved,
     lora_rank_for,
@@ -65,9 +72,10 @@ def _dense_bytes(cfg: SMoREConfig, d: int, n: int) -> int:
     return max(4 * n * nodes[l] * cfg.rank[l] * d for l in range(cfg.num_layers))
 
 
-def _step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor):
+def _step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, device: str = "cpu"):
     def run() -> None:
-        y = module(x)
+        with autocast(device):
+            y = module(x)
         loss = getattr(module, "balance_loss", None)
         if loss is None:
             y.backward(grad)
@@ -89,6 +97,33 @@ def _graph_build(layer: SMoRELinear, x: torch.Tensor):
                 tree.first_use(l)
 
     return run
+
+
+def bench_device(name: str, d: int, n: int, rounds: int, device: str) -> dict:
+    """``gnn``, ``lora`` and ``base`` on ``device`` under bf16 autocast, CUDA events."""
+    gnn = make_layer(name, d).to(device)
+    rank = lora_rank_for(count_parameters(gnn.config, d, d)["total"], d, d)
+    lora = peft_lora_layer(copy.deepcopy(gnn.base_layer), rank).to(device)
+    x = torch.randn(n, d, device=device, requires_grad=True)
+    grad = torch.randn(n, d, device=device, dtype=torch.bfloat16)
+    modules = {"gnn": gnn, "lora": lora, "base": gnn.base_layer}
+    fns = {key: _step(m, x, grad, device) for key, m in modules.items()}
+
+    def drop_grads() -> None:
+        x.grad = None
+        for m in modules.values():
+            m.zero_grad(set_to_none=True)
+
+    times = interleaved(fns, rounds=rounds, after=drop_grads, device=device)
+    return {
+        "config": name,
+        "d": d,
+        "tokens": n,
+        "device": torch.cuda.get_device_name() if device == "cuda" else device,
+        "lora_rank": rank,
+        "ms": {key: median_ms(t) for key, t in times.items()},
+        "gnn_over_lora": ratio(times, "gnn", "lora"),
+    }
 
 
 def bench_case(name: str, d: int, n: int, rounds: int, reference: bool = False) -> dict:
@@ -201,7 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help=f"only this row, CONFIG in {list(CONFIGS)}",
     )
+    add_device_argument(parser)
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
     torch.set_num_threads(args.threads)
     cases = QUICK if args.quick else FULL
     if args.case:
@@ -211,7 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
     rounds = args.rounds or (5 if args.quick else 9)
     results = []
     for name, d, n in cases:
-        res = bench_case(name, d, n, rounds, reference=(name, d, n) == HEADLINE)
+        if args.device != "cpu":
+            res = bench_device(name, d, n, rounds, args.device)
+        else:
+            res = bench_case(name, d, n, rounds, reference=(name, d, n) == HEADLINE)
         print(json.dumps({k: v for k, v in res.items() if k != "flops_per_token"}), flush=True)
         results.append(res)
     out = {"machine": machine_info(), "cases": results}

@@ -29,17 +29,108 @@ from torch import nn
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+DEVICES = ("cpu", "cuda")
+#: Random-init Llama shapes for GPU runs (``transformers.LlamaConfig``; no weights needed).
+LLAMA_SHAPES = {
+    "smollm2": dict(  # SmolLM2-135M
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+    ),
+    "llama1b": dict(  # Llama-3.2-1B
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(  # a dry run of the GPU commands on a CPU (bench/gpu_check.sh --dry-run)
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1000,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device {cpu,cuda}``: cuda times with CUDA events under bf16 autocast."""
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="cpu (default) or cuda (CUDA events, bf16 autocast, random-init Llama shapes)",
+    )
+
+
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """Exit 2 with one line when ``device`` is cuda and no GPU is there."""
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
+def random_llama(shape: str, device: str = "cpu", seed: int = 0) -> nn.Module:
+    """A random-init ``LlamaForCausalLM`` of ``LLAMA_SHAPES[shape]`` on ``device`` (float32)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**LLAMA_SHAPES[shape], max_position_embeddings=4096)
+    with torch.device(device):  # initialised where it runs (a 1B model in seconds on a GPU)
+        return LlamaForCausalLM(config)
+
+
+def autocast(device: str):
+    """bf16 autocast on cuda, nothing on the CPU (the CPU figures stay float32)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+
+
+def timer(device: str) -> Callable[[Callable[[], object]], float]:
+    """``time(fn) -> seconds`` of one call: CUDA events on cuda, ``perf_counter`` on the CPU."""
+    if device != "cuda":
+
+        def cpu_time(fn: Callable[[], object]) -> float:
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+
+        return cpu_time
+
+    def cuda_time(fn: Callable[[], object]) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    return cuda_time
+
+
 def interleaved(
     fns: dict[str, Callable[[], object]],
     rounds: int = 7,
     inner: int = 3,
     warmup: int = 2,
     after: Callable[[], object] | None = None,
+    device: str = "cpu",
 ) -> dict[str, list[float]]:
     """Seconds per call of every function: ``rounds`` values each (best of ``inner`` calls).
 
-    ``after`` runs after every call, outside the timed region (e.g. to drop gradients).
+    ``after`` runs after every call, outside the timed region (e.g. to drop gradients);
+    ``device="cuda"`` times with CUDA events (:func:`timer`).
     """
+    time_one = timer(device)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -50,9 +141,7 @@ def interleaved(
         for name, fn in fns.items():
             best = float("inf")
             for _ in range(inner):
-                start = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - start)
+                best = min(best, time_one(fn))
                 if after is not None:
                     after()
             times[name].append(best)
@@ -242,7 +331,7 @@ def export_before(commit: str, directory: str | None = None) -> str:
     return directory
 
 
-def import_before(before: str, module: str = "methods") -> ModuleType:
+def import_before(before: str, module: str = "hf.methods") -> ModuleType:
     """``smore_gnn_before.<module>``: the package as it was, from ``before`` (a directory holding
     ``smore_gnn_before``, or a git commit exported with :func:`export_before`)."""
     if not (Path(before) / BEFORE).is_dir():

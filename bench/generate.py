@@ -17,7 +17,11 @@ call of each batch size compiles, outside the timed rounds).
 operators by self CPU time and the operator calls per adapted layer per decode step.
 
     .venv/bin/python -m bench.generate [--quick] [--threads 1] [--json out.json] [--profile]
-        [--compile]
+        [--compile] [--device cuda]
+
+``--device cuda``: a random-init Llama of SmolLM2-135M's shape (no download; ``--shape``
+another, also on the CPU) on the GPU, bf16 weights, random prompts of 8 tokens; times with CUDA
+events.
 
 Before/after of a code change in one process: :mod:`bench.generate_ab`.
 """
@@ -34,7 +38,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bench.common import RESULTS_DIR, machine_info, save_json
+from bench.common import (
+    LLAMA_SHAPES,
+    RESULTS_DIR,
+    add_device_argument,
+    check_device,
+    machine_info,
+    random_llama,
+    save_json,
+    timer,
+)
 
 PROMPTS = [
     "The capital of France is",
@@ -87,8 +100,12 @@ def build_models(
     return models, sizes
 
 
-def encode(tokenizer, batch: int) -> dict[str, torch.Tensor]:
-    """The first ``batch`` prompts, left-padded (decoder-only generation)."""
+def encode(tokenizer, batch: int, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The first ``batch`` prompts, left-padded (decoder-only generation); without a tokenizer
+    (the random-init GPU model) ``batch`` random prompts of 8 tokens."""
+    if tokenizer is None:
+        ids = torch.randint(3, 1000, (batch, 8), generator=torch.Generator().manual_seed(batch))
+        return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
     tokenizer.padding_side = "left"
     return dict(tokenizer(PROMPTS[:batch], return_tensors="pt", padding=True))
 
@@ -113,27 +130,28 @@ def generate_fn(model: nn.Module, inputs: dict, new_tokens: int, pad_id: int) ->
     return run
 
 
-def timed_rounds(fns: dict[str, Callable], rounds: int) -> dict[str, list[float]]:
+def timed_rounds(
+    fns: dict[str, Callable], rounds: int, device: str = "cpu"
+) -> dict[str, list[float]]:
     """Seconds per call, one call per method per round (after one warm-up call each)."""
     for fn in fns.values():
         fn()
+    time_one = timer(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time_one(fn))
     return times
 
 
-def bench_batch(models: dict, tokenizer, batch: int, rounds: int, new_tokens: int) -> dict:
+def bench_batch(
+    models: dict, tokenizer, batch: int, rounds: int, new_tokens: int, device: str = "cpu"
+) -> dict:
     """Tokens/s of every method at ``batch`` prompts, and ratios to unmerged LoRA."""
-    inputs = encode(tokenizer, batch)
-    fns = {
-        name: generate_fn(m, inputs, new_tokens, tokenizer.pad_token_id)
-        for name, m in models.items()
-    }
-    times = timed_rounds(fns, rounds)
+    inputs = encode(tokenizer, batch, device)
+    pad_id = 0 if tokenizer is None else tokenizer.pad_token_id
+    fns = {name: generate_fn(m, inputs, new_tokens, pad_id) for name, m in models.items()}
+    times = timed_rounds(fns, rounds, device)
     prompt = inputs["input_ids"].shape[1]
     out: dict = {"batch": batch, "new_tokens": new_tokens, "prompt_tokens": prompt}
     out["seconds_per_generate"] = {k: round(statistics.median(v), 4) for k, v in times.items()}
@@ -200,7 +218,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", action="store_true", help="profile S'MoRE at batch 1")
     parser.add_argument("--compile", action="store_true", help="also S'MoRE compiled")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument(
+        "--shape",
+        choices=list(LLAMA_SHAPES),
+        default=None,
+        help="a random-init Llama of this shape (default on cuda: smollm2)",
+    )
+    add_device_argument(parser)
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
     torch.set_num_threads(args.threads)
     if BASELINE not in args.methods:
         parser.error(f"--methods must include the baseline {BASELINE!r}")
@@ -208,14 +234,21 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--batches must lie in 1..{len(PROMPTS)} (got {args.batches})")
     from smore_gnn.hf.loading import load_model_and_tokenizer
 
-    base, tokenizer = load_model_and_tokenizer("smollm2")
+    shape = args.shape or ("smollm2" if args.device == "cuda" else None)
+    if shape is not None:
+        base, tokenizer, name = random_llama(shape), None, f"random-init Llama ({shape} shape)"
+    else:
+        base, tokenizer = load_model_and_tokenizer("smollm2")
+        name = "SmolLM2-135M-Instruct"
     models, sizes = build_models(base, tuple(args.methods), compiled=args.compile)
+    if args.device == "cuda":
+        models = {k: m.to(device=args.device, dtype=torch.bfloat16) for k, m in models.items()}
     rounds = args.rounds or (3 if args.quick else 5)
-    out: dict = {"machine": machine_info(), "model": "SmolLM2-135M-Instruct", "rounds": rounds}
+    out: dict = {"machine": machine_info(), "model": name, "rounds": rounds}
     out["trainable_parameters"] = sizes
     out["batches"] = []
     for batch in args.batches:
-        res = bench_batch(models, tokenizer, batch, rounds, args.new_tokens)
+        res = bench_batch(models, tokenizer, batch, rounds, args.new_tokens, args.device)
         print(json.dumps(res), flush=True)
         out["batches"].append(res)
     if args.profile and "smore" in models:

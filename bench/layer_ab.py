@@ -102,8 +102,8 @@ class _Api:
     def __init__(self, package: str):
         import importlib
 
-        self.layer = importlib.import_module(f"{package}.layer")
-        self.methods = importlib.import_module(f"{package}.methods")
+        self.layer = importlib.import_module(f"{package}.nn.layer")
+        self.methods = importlib.import_module(f"{package}.hf.methods")
 
 
 def main(argv: list[str] | None = None) -> dict:

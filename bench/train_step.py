@@ -12,6 +12,12 @@ timed steps. A step is ``forward + (lm loss + balance loss).backward() + AdamW s
 fused by default as in the Hugging Face Trainer (``--optim``, :data:`bench.common.ADAMW`).
 
     .venv/bin/python -m bench.train_step [--quick] [--threads 1] [--optim fused] [--json out.json]
+    .venv/bin/python -m bench.train_step --device cuda --shape smollm2 --batch 8 --seq 512
+
+``--device cuda``: a random-init Llama of ``--shape`` (``smollm2``: SmolLM2-135M,
+``llama1b``: Llama-3.2-1B, ``tiny`` for dry runs; :data:`bench.common.LLAMA_SHAPES`, no
+download; ``--shape`` also applies on the CPU), bf16 autocast,
+fused AdamW, steps timed with CUDA synchronisation; memory is the CUDA peak allocation.
 """
 
 from __future__ import annotations
@@ -27,7 +33,19 @@ import time
 
 import torch
 
-from bench.common import adamw, add_optim_argument, machine_info, reset_peak_rss, rss_mb, save_json
+from bench.common import (
+    LLAMA_SHAPES,
+    adamw,
+    add_device_argument,
+    add_optim_argument,
+    autocast,
+    check_device,
+    machine_info,
+    random_llama,
+    reset_peak_rss,
+    rss_mb,
+    save_json,
+)
 from smore_gnn.hf.methods import method_names
 
 METHODS = method_names()
@@ -57,16 +75,28 @@ def adapt(method: str, model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
     return adapted, {"rank": rank, "budget": budget, "trainable": trainable_parameters(adapted)}
 
 
-def run_one(method: str, batch: int, seq: int, steps: int, warmup: int, optim: str) -> dict:
+def run_one(
+    method: str,
+    batch: int,
+    seq: int,
+    steps: int,
+    warmup: int,
+    optim: str,
+    device: str = "cpu",
+    shape: str | None = None,
+) -> dict:
     """Time ``steps`` training steps of ``method`` in this process; memory figures in MiB."""
     from smore_gnn.hf.methods import auxiliary_loss
 
-    model, model_name = load_base()
+    if shape is not None:
+        model, model_name = random_llama(shape, device), f"random-init Llama ({shape} shape)"
+    else:
+        model, model_name = load_base()
     model, info = adapt(method, model)
-    model.train()
+    model.to(device).train()
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, vocab, (batch, seq), generator=gen)
+    ids = torch.randint(3, vocab, (batch, seq), generator=gen).to(device)
     mask = torch.ones_like(ids)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, optim)
@@ -74,8 +104,11 @@ def run_one(method: str, batch: int, seq: int, steps: int, warmup: int, optim: s
     reset_peak_rss()
     times = []
     for step in range(warmup + steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        out = model(input_ids=ids, attention_mask=mask, labels=ids)
+        with autocast(device):
+            out = model(input_ids=ids, attention_mask=mask, labels=ids)
         loss = out.loss
         aux = auxiliary_loss(model)
         if aux is not None:
@@ -83,9 +116,14 @@ def run_one(method: str, batch: int, seq: int, steps: int, warmup: int, optim: s
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - start)
+    cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else device,
+        "cuda_peak_allocated_mb": None if cuda_peak is None else round(cuda_peak, 1),
         "method": method,
         "model": model_name,
         "tokens_per_step": batch * seq,
@@ -119,7 +157,11 @@ def _subprocess(method: str, args: argparse.Namespace) -> dict:
         str(args.warmup),
         "--optim",
         args.optim,
+        "--device",
+        args.device,
     ]
+    if args.shape is not None:
+        cmd += ["--shape", args.shape]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -129,9 +171,10 @@ def _subprocess(method: str, args: argparse.Namespace) -> dict:
 
 def compare(args: argparse.Namespace) -> dict:
     """Every method in its own subprocess, ``args.rounds`` times interleaved; ratios to LoRA."""
-    runs: dict[str, list[dict]] = {m: [] for m in METHODS}
+    methods = args.methods
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
     for _ in range(args.rounds):
-        for method in METHODS:
+        for method in methods:
             runs[method].append(_subprocess(method, args))
     summary = {}
     for method, results in runs.items():
@@ -142,7 +185,7 @@ def compare(args: argparse.Namespace) -> dict:
             "process_max_rss_mb": statistics.median(r["process_max_rss_mb"] for r in results),
             "runs": results,
         }
-    for method in (m for m in METHODS if m != BASELINE):
+    for method in (m for m in methods if m != BASELINE):
         for key in ("median_step_ms", "train_peak_rss_mb"):
             summary[method][f"{key}_over_{BASELINE}"] = round(
                 statistics.median(a[key] / b[key] for a, b in zip(runs[method], runs[BASELINE])),
@@ -167,16 +210,39 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=None, help="subprocess runs per method")
     parser.add_argument("--one", choices=METHODS, help="(internal) run one method, print JSON")
+    parser.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
     add_optim_argument(parser)
+    add_device_argument(parser)
+    parser.add_argument(
+        "--shape",
+        choices=list(LLAMA_SHAPES),
+        default=None,
+        help="a random-init Llama of this shape (default on cuda: smollm2; on the CPU: the "
+        "SmolLM2 GGUF when installed)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    if BASELINE not in args.methods:
+        parser.error(f"--methods must include the baseline {BASELINE!r} (got {args.methods})")
+    if args.device == "cuda" and args.shape is None:
+        args.shape = "smollm2"
     args.batch = args.batch or (2 if args.quick else 4)
     args.seq = args.seq or (64 if args.quick else 128)
     args.steps = args.steps or (4 if args.quick else 8)
     args.rounds = args.rounds or (2 if args.quick else 3)
     torch.set_num_threads(args.threads)
     if args.one:
-        out = run_one(args.one, args.batch, args.seq, args.steps, args.warmup, args.optim)
+        out = run_one(
+            args.one,
+            args.batch,
+            args.seq,
+            args.steps,
+            args.warmup,
+            args.optim,
+            args.device,
+            args.shape,
+        )
         print(json.dumps(out))
         return out
     out = {"machine": machine_info(), **compare(args)}

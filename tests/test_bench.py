@@ -1,5 +1,9 @@
 """Smoke tests of the benchmark code (tiny sizes, no timing asserts)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -74,3 +78,36 @@ def test_training_step_optimizers_step_alike(kind):
     opt.step()
     assert opt.defaults["fused"] is (True if kind == "fused" else None)
     torch.testing.assert_close(p.detach(), ref.detach())
+
+
+def test_op_count_counts_top_level_aten_calls():
+    from bench.op_count import count_case
+
+    case = count_case("(2-2)", 16, 8)
+    assert case["lora_calls"] > 0 and case["smore_calls"] > case["lora_calls"]
+    assert sum(case["smore_by_name"].values()) == case["smore_calls"]
+
+
+def test_bench_device_and_random_llama_on_cpu():
+    from bench.adapter_speed import bench_device
+    from bench.common import random_llama
+
+    case = bench_device("(2-2)", 16, 8, rounds=1, device="cpu")
+    assert case["gnn_over_lora"] > 0 and set(case["ms"]) == {"gnn", "lora", "base"}
+    model = random_llama("tiny")
+    assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
+
+
+def test_gpu_check_rejects_unknown_arguments():
+    done = subprocess.run(["bash", "bench/gpu_check.sh", "--now"], capture_output=True, text=True)
+    assert done.returncode == 2 and "usage" in done.stderr
+
+
+@pytest.mark.slow  # about 3 minutes on a busy 2-core CPU
+def test_gpu_check_dry_run_runs_on_cpu():
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "--dry-run"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "# commands (device cpu" in done.stdout and "FAILED" not in done.stderr

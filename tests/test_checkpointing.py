@@ -156,3 +156,27 @@ def test_balance_loss_alone_has_its_graph_without_checkpointing():
     probe = block.a.balance_loss  # the value, its gradient applied by a recomputation only
     torch.testing.assert_close(probe.detach(), block.a.router(flat, MASK.reshape(-1)).balance_loss)
     assert torch.autograd.grad(probe, keys, allow_unused=True) == (None,)
+
+
+def test_in_backward_reads_torch_private_graph_task_id():
+    # torch has no public "inside a backward pass" query: if this private API moves or changes
+    # meaning, this test says so before the balance loss under checkpointing silently breaks
+    from smore_gnn.nn.balance_grad import in_backward
+
+    assert hasattr(torch._C, "_current_graph_task_id"), "torch removed _current_graph_task_id"
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(in_backward())
+            return grad
+
+    x = torch.ones(2, requires_grad=True)
+    assert not in_backward()
+    Probe.apply(x).sum().backward()
+    assert seen == [True]

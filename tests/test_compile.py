@@ -56,3 +56,16 @@ def test_compiled_layer_equals_eager():
     with torch.no_grad():  # a decode step: one token per sequence, no autograd
         step = torch.randn(3, 1, 16)
         torch.testing.assert_close(compiled(step), eager(step), rtol=1e-5, atol=1e-5)
+
+
+def test_collator_buckets_lengths_for_compiled_runs():
+    # pad to multiples of 64: a compiled model sees one shape for lengths 1..64, not 64
+    from smore_gnn.data.records import collate
+
+    short = {"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": [1, 2, 3]}
+    long = {"input_ids": list(range(70))}
+    batch = collate([short], 0, pad_to_multiple_of=64)
+    assert batch["input_ids"].shape == (1, 64) and batch["labels"][0, 3:].eq(-100).all()
+    assert batch["attention_mask"].sum() == 3
+    assert collate([long], 0, pad_to_multiple_of=64)["input_ids"].shape == (1, 128)
+    assert collate([short], 0)["input_ids"].shape == (1, 3)  # unchanged by default

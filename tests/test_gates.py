@@ -124,16 +124,62 @@ def test_non_finite_invalid_events_are_dropped_not_multiplied(gate):
         torch.testing.assert_close(a, b)
 
 
-def test_transposed_softmax_per_device_with_override(monkeypatch):
+def test_transposed_softmax_per_device_with_override():
     logits = torch.randn(6, 4)
-    monkeypatch.setattr(gates, "TRANSPOSED_SOFTMAX", None)
     assert uses_transposed_softmax(logits)  # CPU, short rows: on
     assert not uses_transposed_softmax(torch.randn(6, 17))  # long rows: off
     meta = torch.empty(6, 4, device="meta")
     assert not uses_transposed_softmax(meta)  # not a CPU tensor: the row-wise kernel
-    monkeypatch.setattr(gates, "TRANSPOSED_SOFTMAX", False)
-    assert not uses_transposed_softmax(logits)
-    torch.testing.assert_close(softmax_rows(logits), logits.softmax(-1))
-    monkeypatch.setattr(gates, "TRANSPOSED_SOFTMAX", True)
-    assert uses_transposed_softmax(meta)
-    torch.testing.assert_close(softmax_rows(logits), logits.softmax(-1))
+    assert not uses_transposed_softmax(logits, False)
+    torch.testing.assert_close(softmax_rows(logits, False), logits.softmax(-1))
+    assert uses_transposed_softmax(meta, True)
+    torch.testing.assert_close(softmax_rows(logits, True), logits.softmax(-1))
+
+
+def test_layer_settings_reach_the_router_and_the_convs():
+    from smore_gnn.nn.conv import Tanh
+    from smore_gnn.nn.settings import SpeedSettings
+    from tests.conftest import make_layer
+
+    layer = make_layer(torch.float32, gate_type="switch")
+    x = torch.randn(5, 8)
+    want = layer(x).detach()
+    layer.settings = SpeedSettings(transposed_softmax=False, fast_tanh_min_numel=None)
+    assert all(r.transposed_softmax is False for r in layer.router.layers)
+    assert all(c.act.min_numel is None for c in layer.convs if isinstance(c.act, Tanh))
+    torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-6)  # how, not what
+    with pytest.raises(TypeError, match="SpeedSettings"):
+        layer.settings = {"message_passing": "edges"}
+    with pytest.raises(ValueError, match="message_passing"):
+        SpeedSettings(message_passing="sparse")
+
+
+@pytest.mark.parametrize("fanout", [1, 2, 3])
+@pytest.mark.parametrize("masked", [False, True])
+def test_switch_gate_backward_equals_autograd(fanout, masked):
+    # the hand-written backward of the switch gate against the same math in autograd ops
+    torch.manual_seed(0)
+    logits = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    valid = torch.tensor([1, 1, 0, 1, 1, 0, 1]).bool() if masked else None
+    out = gates.switch_gate(logits, fanout, valid, 0.3)
+    probs = logits.softmax(-1)
+    top, experts = probs.topk(fanout, -1)
+    scores = top / top.sum(-1, keepdim=True) if fanout > 1 else top
+    keep = torch.ones(7, dtype=torch.bool) if valid is None else valid
+    load = torch.zeros(5, dtype=torch.float64).index_add_(
+        0, experts[keep].reshape(-1), torch.ones(int(keep.sum()) * fanout, dtype=torch.float64)
+    )
+    n = int(keep.sum())
+    loss = 0.3 * 5 * (load @ probs[keep].sum(0)) / n**2
+    assert torch.equal(out.experts, experts)
+    torch.testing.assert_close(out.scores, scores)
+    torch.testing.assert_close(out.loss, loss)
+    torch.testing.assert_close(out.load, load)
+    g = torch.randn(7, fanout, dtype=torch.float64)
+    got = torch.autograd.grad((out.scores * g).sum() + 2 * out.loss, logits)[0]
+    want = torch.autograd.grad((scores * g).sum() + 2 * loss, logits)[0]
+    torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(
+        lambda t: (lambda o: o.scores.sum() + o.loss)(gates.switch_gate(t, fanout, valid, 0.3)),
+        logits,
+    )

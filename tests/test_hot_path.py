@@ -5,7 +5,7 @@ import torch
 from torch_geometric.utils import scatter
 
 from smore_gnn import SMoREConv
-from smore_gnn.nn.experts import ResidualCosts, ResidualExperts, residual_costs, set_residual_costs
+from smore_gnn.nn.experts import ResidualCosts, ResidualExperts, residual_costs
 from smore_gnn.nn.gates import softmax_rows
 from tests.conftest import make_layer
 
@@ -43,22 +43,19 @@ def test_both_residual_paths_are_taken():
 
 
 def test_residual_costs_are_per_device_with_an_override():
-    """Issue 11 item 6: the CPU fit applies to CPU only; other devices can be given theirs."""
+    """The CPU fit applies to CPU only; a layer's settings can give other constants."""
     bank = ResidualExperts(8, num_experts=4, rank=8, out_features=16)
     # s r = 32: one pick costs 36 multiply-adds one-hot vs 1.85 * 32 + 15 = 74.2 on CPU
     assert bank.use_masked(1, "cpu") and bank.use_masked(2, "cpu")
     # unfitted device: multiply-adds alone, 36 > 32, so compute-all wins even for one pick
     assert residual_costs("cuda") == ResidualCosts(bmm=1.0, gather=0.0)
     assert not bank.use_masked(1, "cuda")
-    try:
-        set_residual_costs("cuda", ResidualCosts(bmm=1.0, gather=10.0))  # 36 <= 32 + 10
-        assert bank.use_masked(1, "cuda") and not bank.use_masked(2, "cuda")  # 72 > 52
-        assert bank.use_masked(1, "cpu") and bank.use_masked(2, "cpu")  # CPU untouched
-    finally:
-        set_residual_costs("cuda", None)
+    costs = ResidualCosts(bmm=1.0, gather=10.0)  # 36 <= 32 + 10
+    assert bank.use_masked(1, "cuda", costs) and not bank.use_masked(2, "cuda", costs)  # 72 > 52
+    assert bank.use_masked(1, "cpu") and bank.use_masked(2, "cpu")  # the defaults untouched
     assert not bank.use_masked(1, "cuda")
     with pytest.raises(ValueError, match="Expected ResidualCosts"):
-        set_residual_costs("cuda", ResidualCosts(bmm=0.0, gather=1.0))
+        ResidualCosts(bmm=0.0, gather=1.0)
 
 
 @pytest.mark.parametrize("path", ["masked", "gather"])

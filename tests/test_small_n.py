@@ -1,10 +1,10 @@
-"""The small-N decode path (issue 13): every shortcut equals the general path it replaces.
+"""The small-N decode path: every shortcut equals the general path it replaces.
 
-Pinned: the reshape-and-sum propagation (``SMoREConv.regular_sum``, which sums the routed
-trees at every size unless ``layer.REGULAR_SUM_MAX_TOKENS`` limits it) equals message
-passing; the tiny-N residual choice equals the one-hot GEMM; an all-real mask equals no
-mask; the no-grad stacked-weight cache follows in-place updates, dtype and device moves;
-cached edge indices made under ``inference_mode`` can be saved for a later backward.
+Pinned: the fused propagation (``SMoREConv.message_and_aggregate`` on a routed tree layer's
+``regular_adjacency``, the default) equals one message per edge (``message_passing="edges"``);
+the tiny-N residual choice equals the one-hot GEMM; an all-real mask equals no mask; the
+no-grad stacked-weight cache follows in-place updates, dtype and device moves; cached edge
+indices made under ``inference_mode`` can be saved for a later backward.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import copy
 import pytest
 import torch
 
-import smore_gnn.nn.layer as layer_module
 from smore_gnn import SMoREConv
+from smore_gnn.nn.conv import regular_adjacency
 from smore_gnn.nn.experts import GATHER_MAX_NODES, ResidualExperts
+from smore_gnn.nn.fused import PickedExperts, picked_rows
+from smore_gnn.nn.settings import SpeedSettings
 from smore_gnn.nn.tree import RoutingTree
 from tests.conftest import make_layer
 
@@ -54,27 +56,41 @@ def _close(a, b, tol=1e-12):
 
 @pytest.mark.parametrize("fanout", [1, 2, 4])
 @pytest.mark.parametrize("root", [False, True])
-def test_regular_sum_equals_message_passing(fanout, root):
+@pytest.mark.parametrize("picked", [False, True], ids=["residual tensor", "fused hop"])
+def test_regular_adjacency_equals_message_passing(fanout, root, picked):
     torch.manual_seed(0)
-    parents, d = 3, 5
+    parents, d, s, r = 3, 5, 4, 2
     conv = SMoREConv(0 if root else d, d, root=root).double()
     x = torch.randn(parents * fanout, d, dtype=torch.float64, requires_grad=True)
     weight = torch.rand(parents * fanout, dtype=torch.float64, requires_grad=True)
     src = torch.arange(parents * fanout)
     edges = torch.stack([src, src // fanout])
-    res = None if root else torch.randn(parents, d, dtype=torch.float64)
+    adjacency = regular_adjacency(parents * fanout, fanout, x.device)
+    hidden = torch.randn(parents, s * r, dtype=torch.float64, requires_grad=True)
+    experts = PickedExperts(
+        hidden,
+        picked_rows(torch.randint(0, s, (parents, 1))),
+        torch.randn(s, d, r, dtype=torch.float64),
+        torch.randn(s, d, dtype=torch.float64),
+        1.0,
+    )
+    res = None if root else (experts if picked else torch.randn(parents, d, dtype=torch.float64))
+    inputs = [x, weight] if root else [x, weight, hidden]
     if root:
         want = conv(x, None, edges, weight, num_parents=parents)
-        got = conv(x, None, None, weight, num_parents=parents, regular=True)
+        got = conv(x, None, adjacency, weight, num_parents=parents)
     else:  # a middle layer: children of width d
         want = conv(x, res, edges, weight)
-        got = conv(x, res, None, weight, regular=True)
+        got = conv(x, res, adjacency, weight)
     torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
     g = torch.randn_like(want)
-    assert torch.allclose(
-        torch.cat([t.flatten() for t in torch.autograd.grad(got, [x, weight], g)]),
-        torch.cat([t.flatten() for t in torch.autograd.grad(want, [x, weight], g)]),
-    )
+    got_grads = torch.autograd.grad(got, inputs, g, allow_unused=True)
+    want_grads = torch.autograd.grad(want, inputs, g, allow_unused=True)
+    for a, b in zip(got_grads, want_grads):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.filterwarnings("ignore:SMoREConfig.expert_act:UserWarning")
@@ -84,22 +100,34 @@ def test_tiny_n_paths_equal_the_general_paths(config, batch, monkeypatch):
     layer = make_layer(torch.float64, **config).train()
     x = torch.randn(batch, 2, 8, dtype=torch.float64)
     grad_out = torch.randn(batch, 2, 6, dtype=torch.float64)
-    fast = _step(layer, x, grad_out)  # reshape-and-sum (and, at 6 tokens, gather residuals)
-    monkeypatch.setattr(layer_module, "REGULAR_SUM_MAX_TOKENS", 0)
+    fast = _step(layer, x, grad_out)  # fused hops (momor: reshape-and-sum)
+    layer.settings = SpeedSettings(message_passing="edges")
     for bank in layer.experts:
         bank.path = "masked"
     _close(_step(layer, x, grad_out), fast)  # message passing, one-hot GEMM
 
 
-@pytest.mark.parametrize("limit,passes", [(None, False), (64, True), (0, True)])
-def test_routed_trees_skip_message_passing_unless_limited(monkeypatch, limit, passes):
-    monkeypatch.setattr(layer_module, "REGULAR_SUM_MAX_TOKENS", limit)
-    calls = []
-    real = SMoREConv.propagate
-    monkeypatch.setattr(SMoREConv, "propagate", lambda *a, **k: calls.append(1) or real(*a, **k))
+@pytest.mark.parametrize("message_passing", ["fused", "edges"])
+def test_training_forward_is_message_passing(message_passing):
+    # the default training forward goes through SMoREConv.propagate and, fused, through
+    # message_and_aggregate for every hop (L - 1 convs plus the root); "edges" through message
     layer = make_layer(gate_type="switch").train()
-    layer(torch.randn(100, 8, dtype=torch.float64))
-    assert bool(calls) == passes
+    layer.settings = SpeedSettings(message_passing=message_passing)
+    calls = {"propagate": 0, "message_and_aggregate": 0, "message": 0}
+    for conv in [*layer.convs, layer.root]:
+        for name in calls:
+            register = getattr(conv, f"register_{name}_forward_hook")
+            register(lambda *a, _name=name: calls.__setitem__(_name, calls[_name] + 1))
+    x = torch.randn(100, 8, dtype=torch.float64, requires_grad=True)
+    layer(x).sum().backward()
+    hops = layer.config.num_layers  # L - 1 hops between layers, plus the root
+    fused = message_passing == "fused"
+    assert calls == {
+        "propagate": hops,
+        "message_and_aggregate": hops if fused else 0,
+        "message": 0 if fused else hops,
+    }
+    assert x.grad.abs().sum() > 0
 
 
 def test_tiny_n_takes_the_gather_residuals():
@@ -141,17 +169,17 @@ def test_stacked_weight_cache_follows_updates(tokens, entry):
     torch.testing.assert_close(out.float(), cached, rtol=1e-5, atol=1e-5)
 
 
-def test_cached_edges_made_in_inference_mode_serve_a_backward():
+def test_cached_adjacency_made_in_inference_mode_serves_a_backward():
     layer = make_layer(
         torch.float64, gate_type="switch", num_experts=[3, 4], fanout=[2, 2], rank=[2, 2]
     ).train()
     x = torch.randn(100, 8, dtype=torch.float64)  # over the tiny-N limit: message passing
     with torch.inference_mode():
-        routing = layer.router(x)
-        tree = RoutingTree.from_routing(routing)
+        layer(x)  # caches the regular adjacency of this size
+        tree = RoutingTree.from_routing(layer.router(x))
         edges = tree.layer_edge_index(0)
-    assert not edges.is_inference()
     assert edges.tolist() == torch.stack([torch.arange(400), torch.arange(400) // 2]).tolist()
+    assert layer._adjacency and not any(a.is_inference() for a in layer._adjacency.values())
     layer(x.requires_grad_(True)).sum().backward()  # would fail on an inference tensor
     assert x.grad is not None
 

@@ -309,14 +309,20 @@ def pad_id_of(tokenizer: Any) -> int:
     return int(pad)
 
 
-def collate(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate(
+    features: Sequence[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
     """Right-pad a batch to its longest example, as ``long`` tensors; padded labels are ``-100``.
 
-    Keys: ``input_ids``, ``attention_mask`` and, if the features have them, ``labels``.
+    Keys: ``input_ids``, ``attention_mask`` and, if the features have them, ``labels``. With
+    ``pad_to_multiple_of`` (e.g. 64) the width is rounded up to a multiple of it, so that a
+    compiled model sees few distinct shapes (length bucketing).
     """
     if not features:
         raise ValueError("expected a non-empty batch of features, got none")
     width = max(len(f["input_ids"]) for f in features)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     fill = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
     rows = {
         key: [list(f[key]) + [value] * (width - len(f[key])) for f in features]  # [B, width]
@@ -326,9 +332,14 @@ def collate(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, 
     return {key: torch.tensor(r, dtype=torch.long) for key, r in rows.items()}
 
 
-def make_collator(tokenizer: Any) -> Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]:
-    """A ``data_collator`` for the HF ``Trainer`` using the tokenizer's pad (or eos) id."""
-    return functools.partial(collate, pad_token_id=pad_id_of(tokenizer))
+def make_collator(
+    tokenizer: Any, pad_to_multiple_of: int | None = None
+) -> Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]:
+    """A ``data_collator`` for the HF ``Trainer`` using the tokenizer's pad (or eos) id
+    (``pad_to_multiple_of``: see :func:`collate`)."""
+    return functools.partial(
+        collate, pad_token_id=pad_id_of(tokenizer), pad_to_multiple_of=pad_to_multiple_of
+    )
 
 
 def split_train_test(

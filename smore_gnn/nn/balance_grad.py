@@ -29,7 +29,11 @@ from torch import Tensor
 
 
 def in_backward() -> bool:
-    """Whether this code runs inside an autograd backward pass (checkpoint recomputation does)."""
+    """Whether this code runs inside an autograd backward pass (checkpoint recomputation does).
+
+    torch has no public API for this; the private ``torch._C._current_graph_task_id`` is read
+    here only, and ``tests/test_checkpointing.py`` fails loudly if torch changes it.
+    """
     if torch.compiler.is_compiling():
         return False
     return torch._C._current_graph_task_id() != -1

@@ -5,16 +5,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch_geometric import EdgeIndex
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.aggr import SumAggregation
 from torch_geometric.nn.inits import reset
+from torch_geometric.typing import Adj
 
 from smore_gnn.nn.config import EXPERT_ACTS, PROPAGATIONS, SCATTERS
+from smore_gnn.nn.fused import FUSED_ACTS, PickedExperts, as_tensor, residual_rows, tree_hop
 
-#: From this many float32 CPU elements on, :class:`Tanh` computes ``2 sigmoid(2x) - 1`` in
-#: place: torch's CPU ``tanh`` kernel runs at ~3.5 ns per element on the benchmark machine,
-#: the three passes of the identity at ~1.5 (``bench/NOTES.md``). Smaller inputs, other
-#: dtypes and devices take ``torch.tanh``.
+#: The default of ``SpeedSettings.fast_tanh_min_numel``: from this many float32 CPU elements
+#: on, :class:`Tanh` computes ``2 sigmoid(2x) - 1`` in place: torch's CPU ``tanh`` kernel runs
+#: at ~3.5 ns per element on the benchmark machine, the three passes of the identity at ~1.5
+#: (``bench/NOTES.md``). Smaller inputs, other dtypes and devices take ``torch.tanh``.
 FAST_TANH_MIN_NUMEL = 4096
 
 
@@ -34,19 +37,26 @@ class _SigmoidTanh(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad, y)
 
 
-def tanh(x: Tensor) -> Tensor:
+def uses_fast_tanh(x: Tensor, min_numel: int | None = FAST_TANH_MIN_NUMEL) -> bool:
+    """Whether :func:`tanh` takes ``2 sigmoid(2x) - 1`` for ``x``: a float32 CPU tensor of at
+    least ``min_numel`` elements (``None``: never), outside ``torch.compile``."""
+    fast = min_numel is not None and x.device.type == "cpu" and x.dtype == torch.float32
+    return fast and x.numel() >= min_numel and not torch.compiler.is_compiling()
+
+
+def tanh(x: Tensor, min_numel: int | None = FAST_TANH_MIN_NUMEL) -> Tensor:
     """``torch.tanh(x)``, by :class:`_SigmoidTanh` for large float32 CPU inputs."""
-    fast = x.device.type == "cpu" and x.dtype == torch.float32
-    if fast and x.numel() >= FAST_TANH_MIN_NUMEL and not torch.compiler.is_compiling():
-        return _SigmoidTanh.apply(x)
-    return torch.tanh(x)
+    return _SigmoidTanh.apply(x) if uses_fast_tanh(x, min_numel) else torch.tanh(x)
 
 
 class Tanh(nn.Tanh):
-    """``nn.Tanh`` by :func:`tanh` (faster on large CPU float32 inputs)."""
+    """``nn.Tanh`` by :func:`tanh` (faster on large CPU float32 inputs); ``min_numel`` is the
+    layer's ``SpeedSettings.fast_tanh_min_numel``."""
+
+    min_numel: int | None = FAST_TANH_MIN_NUMEL
 
     def forward(self, x: Tensor) -> Tensor:
-        return tanh(x)
+        return tanh(x, self.min_numel)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -55,6 +65,16 @@ def make_activation(name: str) -> nn.Module:
     if name not in acts:
         raise ValueError(f"Expected an expert activation in {list(EXPERT_ACTS)} (got {name!r})")
     return acts[name]()
+
+
+def regular_adjacency(num_children: int, fanout: int, device: torch.device) -> EdgeIndex:
+    """The edges child ``i`` -> parent ``i // fanout`` of a routed tree layer as an
+    :class:`~torch_geometric.EdgeIndex` sorted by parent: the adjacency on which
+    :meth:`SMoREConv.propagate` takes :meth:`SMoREConv.message_and_aggregate`."""
+    src = torch.arange(num_children, device=device)
+    parents = num_children // fanout
+    index = torch.stack([src, src // fanout])  # [2, C]
+    return EdgeIndex(index, sparse_size=(num_children, parents), sort_order="col")
 
 
 class SMoREConv(MessagePassing):
@@ -79,7 +99,15 @@ class SMoREConv(MessagePassing):
       :math:`\mathbf{W}_l = [0; I]` puts them). The root sees only the *set* of experts per layer.
 
     A leaf layer has :obj:`in_channels=0` (no children, no :math:`\mathbf{W}`); a root step
-    (:obj:`root=True`) only aggregates :math:`\sum_c \alpha_c \mathbf{z}_c`.
+    (:obj:`root=True`) only aggregates :math:`\sum_c \alpha_c \mathbf{z}_c` (then the given
+    projection).
+
+    On a routed tree layer's :class:`~torch_geometric.EdgeIndex` sorted by parent
+    (:func:`regular_adjacency`) :meth:`propagate` takes PyG's fused hook,
+    :meth:`message_and_aggregate`, which runs the whole step as one
+    :func:`~smore_gnn.nn.fused.tree_hop` (residuals given as
+    :class:`~smore_gnn.nn.fused.PickedExperts`); on a ``[2, E]`` tensor it passes one message
+    per edge (:meth:`message`, :meth:`aggregate`, :meth:`update`).
 
     Args:
         in_channels (int): child state width :math:`d_l` (0 for the leaf layer).
@@ -96,10 +124,13 @@ class SMoREConv(MessagePassing):
 
     Shapes:
         - **input:** child states :math:`(|\mathcal{V}_{l-1}|, d_l)` or :obj:`None`,
-          residuals :math:`(|\mathcal{V}_l|, d_{l+1})`, edge indices :math:`(2, |\mathcal{E}|)`,
+          residuals :math:`(|\mathcal{V}_l|, d_{l+1})` or their ``PickedExperts``, edge indices
+          :math:`(2, |\mathcal{E}|)` or an ``EdgeIndex``,
           edge weights :math:`(|\mathcal{E}|)`, first-use mask :math:`(|\mathcal{V}_l|)`
         - **output:** node states :math:`(|\mathcal{V}_l|, d_{l+1})`
     """
+
+    SUPPORTS_FUSED_EDGE_INDEX = True  # message_and_aggregate on a destination-sorted EdgeIndex
 
     def __init__(
         self,
@@ -129,6 +160,8 @@ class SMoREConv(MessagePassing):
         self.lin = nn.Linear(in_channels, out_channels, bias=bias) if has_lin else None
         plain = root or propagation == "momor"
         self.act = nn.Identity() if plain else make_activation(act)
+        self.act_name = "identity" if plain else act
+        self.star = propagation == "smore_star"
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -139,30 +172,122 @@ class SMoREConv(MessagePassing):
     def forward(
         self,
         x: Tensor | None,
-        residual: Tensor | None = None,
-        edge_index: Tensor | None = None,
+        residual: Tensor | PickedExperts | None = None,
+        edge_index: Adj | None = None,
         edge_weight: Tensor | None = None,
         first_use: Tensor | None = None,
         num_parents: int | None = None,
-        regular: bool = False,
+        proj: nn.Linear | None = None,
     ) -> Tensor:
-        """``regular=True`` promises the edges of a routed tree layer (child ``i`` under parent
-        ``i // f``, every parent with ``f`` children, ``edge_index`` then unused): the sum
-        runs as a reshape and one reduction instead of a gather and a scatter (same sums)."""
+        """Node states of this layer (the root: ``sum_c alpha_c z_c``, then ``proj`` if given).
+
+        ``edge_index`` is either a ``[2, E]`` tensor (messages per edge: :meth:`message`,
+        :meth:`aggregate`, :meth:`update`) or the :class:`~torch_geometric.EdgeIndex` of a
+        routed tree layer sorted by parent (:func:`regular_adjacency`): then PyG calls
+        :meth:`message_and_aggregate`, which runs the whole hop as one
+        :func:`~smore_gnn.nn.fused.tree_hop` when ``residual`` is a
+        :class:`~smore_gnn.nn.fused.PickedExperts` (or at the root). ``None`` (not at the
+        leaves) promises a routed tree layer as well and runs :meth:`hop` without
+        :meth:`propagate` (what ``torch.compile`` traces).
+        """
         if self.propagation == "momor":
             edge_weight = None  # MoMOR forgets the structure, gate scores included
+        fused = self.fusable and (self.root or isinstance(residual, PickedExperts))
+        if self.in_channels == 0 and not self.root:  # the leaves receive no messages
+            if fused:
+                act = self._fused_act(residual_rows(residual))
+                return tree_hop(residual, None, None, None, None, act, self.star)
+            return self.update(None, as_tensor(residual), first_use)
+        parents = num_parents if self.root else residual_rows(residual)
+        if edge_index is None:  # a routed tree layer without its EdgeIndex (torch.compile,
+            # where one of symbolic size cannot be built): the same hop, without propagate
+            residual = residual if fused else as_tensor(residual)
+            out = self.hop(parents, x, edge_weight, residual, proj, fused)
+            return self.update(out, residual, first_use, proj, fused)
+        fused = fused and self.fuses(edge_index)
+        return self.propagate(
+            edge_index,
+            x=x,
+            edge_weight=edge_weight,
+            residual=residual if fused else as_tensor(residual),
+            first_use=first_use,
+            proj=proj,
+            fused=fused,
+            size=(x.size(0), parents),
+        )
+
+    def _fused_act(self, nodes: int) -> str:
+        # "tanh" as 2 sigmoid(2x) - 1 from the layer's SpeedSettings.fast_tanh_min_numel on
+        min_numel = getattr(self.act, "min_numel", None)
+        fast = min_numel is not None and nodes * self.out_channels >= min_numel
+        return "fast_tanh" if self.act_name == "tanh" and fast else self.act_name
+
+    @property
+    def fusable(self) -> bool:
+        """Whether :func:`~smore_gnn.nn.fused.tree_hop` computes this step (not MoMOR, and
+        an activation it knows)."""
+        return self.propagation != "momor" and self.act_name in FUSED_ACTS
+
+    def fuses(self, edge_index: Adj | None) -> bool:
+        """Whether :meth:`propagate` takes :meth:`message_and_aggregate` for ``edge_index``
+        (PyG's own test: a fusing conv and an ``EdgeIndex`` sorted by destination)."""
+        fused = self.fuse and not self.explain and isinstance(edge_index, EdgeIndex)
+        return fused and edge_index.is_sorted_by_col
+
+    def message_and_aggregate(
+        self,
+        edge_index: EdgeIndex,
+        x: Tensor,
+        edge_weight: Tensor | None = None,
+        residual: Tensor | PickedExperts | None = None,
+        proj: nn.Linear | None = None,
+        fused: bool = False,
+    ) -> Tensor:
+        """Messages and their sum per parent on a routed tree layer (child ``i`` under parent
+        ``i // f``, :func:`regular_adjacency`), by a reshape; with ``fused``, the node update
+        too, all in one :func:`~smore_gnn.nn.fused.tree_hop` (:meth:`hop`)."""
+        return self.hop(edge_index.num_cols, x, edge_weight, residual, proj, fused)
+
+    def hop(
+        self,
+        parents: int,
+        x: Tensor,
+        edge_weight: Tensor | None,
+        residual: Tensor | PickedExperts | None,
+        proj: nn.Linear | None,
+        fused: bool,
+    ) -> Tensor:
+        """:meth:`message_and_aggregate` for ``parents`` parents of ``f`` children each."""
+        alpha = None
+        if edge_weight is not None:
+            alpha = edge_weight.view(parents, -1)  # [P, f]
+            alpha = alpha if alpha.dtype == x.dtype else alpha.to(x.dtype)
+        if fused and self.root:
+            weight, bias = (None, None) if proj is None else (proj.weight, proj.bias)
+            return tree_hop(None, x, alpha, weight, bias)
+        if fused:
+            lin, act = self.lin, self._fused_act(parents)
+            return tree_hop(residual, x, alpha, lin.weight, lin.bias, act, self.star)
+        children = x.view(parents, -1, x.size(1))  # [P, f, d]
+        if alpha is None:
+            return children.sum(1)
+        return (children * alpha[:, :, None]).sum(1)  # [P, d]
+
+    def update(
+        self,
+        inputs: Tensor | None,
+        residual: Tensor | PickedExperts | None = None,
+        first_use: Tensor | None = None,
+        proj: nn.Linear | None = None,
+        fused: bool = False,
+    ) -> Tensor:
+        """Eq. 3's node update from the summed messages ``inputs`` (``None`` at the leaves);
+        nothing to do after a fused :meth:`message_and_aggregate`."""
+        m = inputs
+        if fused:
+            return m
         if self.root:
-            if regular:
-                return self.regular_sum(x, edge_weight, num_parents)
-            return self.propagate(
-                edge_index, x=x, edge_weight=edge_weight, size=(x.size(0), num_parents)
-            )
-        m = None
-        if self.in_channels > 0 and regular:
-            m = self.regular_sum(x, edge_weight, residual.size(0))
-        elif self.in_channels > 0:  # [|V_{l-1}|, d_l] -> [|V_l|, d_l]
-            size = (x.size(0), residual.size(0))
-            m = self.propagate(edge_index, x=x, edge_weight=edge_weight, size=size)
+            return m if proj is None else proj(m)
         if self.propagation == "smore":
             return self.act(residual if m is None else residual + self.lin(m))
         if self.propagation == "smore_star":
@@ -171,17 +296,6 @@ class SMoREConv(MessagePassing):
         if m is None:
             return own
         return own + F.pad(m, (self.out_channels - self.in_channels, 0))  # [|V_l|, d_{l+1}]
-
-    def regular_sum(self, x: Tensor, edge_weight: Tensor | None, num_parents: int) -> Tensor:
-        """``sum_c alpha_c z_c`` per parent when parent ``p`` has children ``p f .. p f + f - 1``:
-        ``[P f, d] -> [P, d]`` (the messages of :meth:`message`, summed by a reshape)."""
-        if num_parents == 0:
-            return x.new_zeros((0, x.size(1)))
-        children = x.view(num_parents, -1, x.size(1))  # [P, f, d]; reshaped before the
-        if edge_weight is None:  # product, so that the backward needs no copy
-            return children.sum(1)
-        alpha = edge_weight.view(num_parents, -1, 1).to(x.dtype)  # [P, f, 1]
-        return (children * alpha).sum(1)  # [P, d]
 
     def message(self, x_j: Tensor, edge_weight: Tensor | None) -> Tensor:
         return x_j if edge_weight is None else edge_weight.view(-1, 1).to(x_j.dtype) * x_j

@@ -20,35 +20,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smore_gnn.nn.fused import picked_rows, token_column
 from smore_gnn.nn.masks import resolve_mask
 from smore_gnn.nn.routing import _f32, build_tables, no_autograd, route, router_tensors
 from smore_gnn.nn.routing_result import RoutingResult
 from smore_gnn.nn.staleness import cached
 
-#: Up to this many tokens an eval forward without autograd takes :func:`small_forward`.
-SMALL_MAX_TOKENS = 64
-
-
-_LAST_MASK: list = [None]  # (stored mask, its version, lead shape, resolved mask)
-
 
 def forward_mask(
-    explicit: Tensor | None, stored: Tensor | None, lead: torch.Size, checked: bool
+    explicit: Tensor | None, stored: Tensor | None, lead: torch.Size, checked: bool, layer
 ) -> Tensor | None:
     """:func:`~smore_gnn.nn.masks.resolve_mask`, then ``None`` for an all-real mask on the CPU (no
-    masking work). A model wrapper sets one mask object on every adapted layer per model
-    forward: its resolution is kept and reused while that object is unchanged (same version)
-    for the same token shape, so a decode step validates and reduces it once, not per layer.
-    An inference tensor has no version counter: a mask made under ``torch.inference_mode``
-    and then changed in place is not noticed (the wrapper makes a new mask per forward)."""
+    masking work). The mask a model wrapper sets on the layer (``stored``) is resolved once and
+    the resolution kept in ``layer._mask_memo`` while that object is unchanged (same version)
+    for the same token shape, so decode steps of one generate call do not check it again. An
+    inference tensor has no version counter: a mask made under ``torch.inference_mode`` and
+    then changed in place is not noticed (the wrapper makes a new mask per forward)."""
     if explicit is not None or stored is None or checked or torch.compiler.is_compiling():
         return _none_if_all_real(resolve_mask(explicit, stored, lead, checked=checked))
     version = None if stored.is_inference() else stored._version
-    hit = _LAST_MASK[0]
+    hit = layer._mask_memo
     if hit is not None and hit[0] is stored and hit[1] == version and hit[2] == lead:
         return hit[3]
     mask = _none_if_all_real(resolve_mask(None, stored, lead))
-    _LAST_MASK[0] = (stored, version, lead, mask)
+    layer._mask_memo = (stored, version, lead, mask)
     return mask
 
 
@@ -60,10 +55,11 @@ def _none_if_all_real(mask: Tensor | None) -> Tensor | None:
 
 def small_forward_applies(layer: nn.Module, num_tokens: int) -> bool:
     """Whether :func:`small_forward` serves this forward of an ``SMoRELinear``: eval mode, no
-    autograd, the GNN backend, ``1..SMALL_MAX_TOKENS`` tokens, ``smore``/``smore_star``."""
+    autograd, the GNN backend, ``1..settings.small_max_tokens`` tokens, ``smore``/``smore_star``.
+    """
     cfg = layer.config
     return (
-        0 < num_tokens <= SMALL_MAX_TOKENS
+        0 < num_tokens <= layer.settings.small_max_tokens
         and not layer.training
         and cfg.backend == "gnn"
         and cfg.propagation != "momor"
@@ -150,24 +146,15 @@ def _activation(module: nn.Module):
     return torch.relu if isinstance(module, nn.ReLU) else module
 
 
-def _residuals(hidden: Tensor, experts: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def _residuals(
+    hidden: Tensor, experts: Tensor, weight: Tensor, bias: Tensor | None, column: Tensor | None
+) -> Tensor:
     # hidden [N, s r], experts [N, K] -> [N K, d]: every expert's residual, picked rows gathered
     n, s, r = hidden.size(0), weight.size(0), weight.size(1)
     h = hidden.view(s, 1, r) if n == 1 else hidden.view(n, s, r).transpose(0, 1)  # [s, N, r]
     every = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias, h, weight)  # [s, N, d]
-    rows = experts if n == 1 else torch.add(_column(n, experts.device), experts, alpha=n)
-    return every.view(s * n, -1).index_select(0, rows.view(-1))  # [N K, d], row e N + t
-
-
-_COLUMNS: dict = {}  # (n, device) -> arange(n)[:, None], n <= SMALL_MAX_TOKENS
-
-
-def _column(n: int, device: torch.device) -> Tensor:
-    column = _COLUMNS.get((n, device))
-    if column is None:
-        with torch.inference_mode(False):
-            column = _COLUMNS[(n, device)] = torch.arange(n, device=device)[:, None]
-    return column
+    rows = experts.view(-1) if n == 1 else picked_rows(experts, column)  # [N K], row e N + t
+    return every.view(s * n, -1).index_select(0, rows)  # [N K, d]
 
 
 def small_forward(
@@ -197,9 +184,10 @@ def small_forward(
         hidden = hidden * len(layer.convs)
     routing = route(token, mask, tables)
     star, n, z = w["star"], x.size(0), None
+    column = layer._cached(("column", n, x.device), token_column) if n > 1 else None
     for l, (conv, (weight, bias, lin_t)) in enumerate(zip(layer.convs, w["propagation"])):
         act = _activation(conv.act)  # not cached: the module may be swapped (or learn: PReLU)
-        res = _residuals(hidden[l], routing.experts[l], weight, bias)  # [N F_l, d_{l+1}]
+        res = _residuals(hidden[l], routing.experts[l], weight, bias, column)  # [N F_l, d_l+1]
         if z is None:  # leaves
             z = res if star or act is None else act(res)
             continue

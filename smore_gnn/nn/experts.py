@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smore_gnn.nn.fused import as_in_forward, autocast_state
 from smore_gnn.nn.staleness import cached
 
 
@@ -26,14 +28,17 @@ class ResidualCosts:
     bmm: float
     gather: float
 
+    def __post_init__(self) -> None:
+        if self.bmm <= 0 or self.gather < 0:
+            raise ValueError(f"Expected ResidualCosts(bmm > 0, gather >= 0) (got {self!r})")
+
 
 # Per device type (``tensor.device.type``). Only the CPU entry is measured (fitted on the
-# benchmarks in BENCHMARKS.md). A device type without an entry counts multiply-adds alone
-# (``_UNFITTED``: the fewest FLOPs win, i.e. compute-all-and-gather) until constants are set
-# with :func:`set_residual_costs` (``bench/adapter_speed.py`` times both paths).
-_FITTED = {"cpu": ResidualCosts(bmm=1.85, gather=15.0)}
+# benchmarks in bench/). A device type without an entry counts multiply-adds alone
+# (``_UNFITTED``: the fewest FLOPs win, i.e. compute-all-and-gather) unless a layer's
+# ``SpeedSettings.residual_costs`` gives constants (``bench/adapter_speed.py`` times both).
+_FITTED = MappingProxyType({"cpu": ResidualCosts(bmm=1.85, gather=15.0)})
 _UNFITTED = ResidualCosts(bmm=1.0, gather=0.0)
-RESIDUAL_COSTS: dict[str, ResidualCosts] = dict(_FITTED)
 PATHS = ("auto", "masked", "gather")
 #: Up to this many picked nodes (``N K``: a decode step, a short prompt) ``"auto"`` takes
 #: compute-all-and-gather on every device: the fewest operations, where per-op overhead
@@ -42,25 +47,8 @@ GATHER_MAX_NODES = 64
 
 
 def residual_costs(device_type: str) -> ResidualCosts:
-    """The cost constants used on ``device_type`` (FLOPs alone when none is set)."""
-    return RESIDUAL_COSTS.get(device_type, _UNFITTED)
-
-
-def set_residual_costs(device_type: str, costs: ResidualCosts | None) -> None:
-    """Override the cost constants of ``device_type`` (``None`` restores the default).
-
-    Example: ``set_residual_costs("cuda", ResidualCosts(bmm=1.0, gather=4.0))``. To force one
-    path on one bank instead, set ``bank.path = "masked"`` or ``"gather"``.
-    """
-    if costs is None:
-        RESIDUAL_COSTS.pop(device_type, None)
-        RESIDUAL_COSTS.update({k: v for k, v in _FITTED.items() if k == device_type})
-        return
-    if not isinstance(costs, ResidualCosts) or costs.bmm <= 0 or costs.gather < 0:
-        raise ValueError(
-            f"Expected ResidualCosts(bmm > 0, gather >= 0) for {device_type!r} (got {costs!r})"
-        )
-    RESIDUAL_COSTS[device_type] = costs
+    """The default cost constants on ``device_type`` (FLOPs alone where none is fitted)."""
+    return _FITTED.get(device_type, _UNFITTED)
 
 
 def _stack(parts: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
@@ -73,20 +61,53 @@ def _part_tensors(parts: list[nn.Linear]) -> list[Tensor]:
     return [t for p in parts for t in (p.weight, p.bias) if t is not None]
 
 
-def stacked_linear(x: Tensor, parts: list[nn.Linear], cache: dict | None = None) -> Tensor:
-    """``x @ [W_1; W_2; ...]^T + [b_1; b_2; ...]``: ONE GEMM for several linears sharing ``x``.
+class _StackedLinear(torch.autograd.Function):
+    """``x @ [W_1; ...; W_k]^T + [b_1; ...; b_k]`` split per part, with a hand-written
+    backward: one GEMM each for the input's and the weights' gradients, then one split per
+    kind (autograd would add the stacking's and the split's nodes). Every part has a bias."""
 
+    @staticmethod
+    def forward(ctx, x, sizes, *tensors):
+        weight, bias = torch.cat(tensors[0::2]), torch.cat(tensors[1::2])  # [R, d], [R]
+        ctx.sizes, ctx.autocast = sizes, autocast_state(x)
+        ctx.save_for_backward(x, weight)
+        return torch.addmm(bias, x, weight.t()).split(sizes, dim=1)  # [N, R] -> [N, o_i]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        with as_in_forward(ctx.autocast):
+            return _StackedLinear._backward(ctx, *grads)
+
+    @staticmethod
+    def _backward(ctx, *grads):
+        x, weight = ctx.saved_tensors
+        g = torch.cat(grads, dim=1)  # [N, R]
+        g_x = g @ weight if ctx.needs_input_grad[0] else None
+        g_w = (g.t() @ x).split(ctx.sizes)  # [o_i, d] each
+        g_b = g.sum(0).split(ctx.sizes)
+        return (g_x, None, *(t for pair in zip(g_w, g_b) for t in pair))
+
+
+def stacked_linear(
+    x: Tensor, parts: list[nn.Linear], cache: dict | None = None
+) -> tuple[Tensor, ...]:
+    """``x @ [W_1; W_2; ...]^T + [b_1; b_2; ...]``: ONE GEMM for several linears sharing ``x``,
+    returned split per part (``[N, o_i]`` each).
+
+    With autograd and biases on every part, :class:`_StackedLinear` (a hand-written backward).
     Without autograd (evaluation, generation) and given a ``cache`` dict, the stacked weight
-    is kept there and rebuilt only when a part changes or an optimizer steps
-    (:func:`smore_gnn.nn.staleness.cached`), so a decode step does not copy the weights again;
-    with autograd it is stacked per call (the gradient flows to every part).
+    is kept there and rebuilt only when a part changes (:func:`smore_gnn.nn.staleness.cached`),
+    so a decode step does not copy the weights again.
     """
+    sizes = [p.out_features for p in parts]
     if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return F.linear(x, *_stack(parts))
+        if torch.is_grad_enabled() and all(p.bias is not None for p in parts):
+            return _StackedLinear.apply(x, sizes, *_part_tensors(parts))
+        return F.linear(x, *_stack(parts)).split(sizes, dim=1)
     # one entry per set of parts: the layer stacks [D, A_0, ...] in its forward but [A_0, ...]
-    # in propagate_tree, and one shared entry handed the other set's stack to the second
+    # in adapter_delta; one shared entry would be rebuilt at every switch between the two
     name = "stacked:" + ",".join(str(id(p)) for p in parts)
-    return F.linear(x, *cached(cache, name, parts, _part_tensors, _stack))
+    return F.linear(x, *cached(cache, name, parts, _part_tensors, _stack)).split(sizes, dim=1)
 
 
 class ResidualExperts(nn.Module):
@@ -135,36 +156,51 @@ class ResidualExperts(nn.Module):
         out = torch.einsum("nsr,sor->nso", h, self.lora_B)  # [N, s, d_out]
         return out if self.lora_B_bias is None else out + self.lora_B_bias
 
-    def use_masked(self, picks: int, device_type: str = "cpu") -> bool:
+    def use_masked(
+        self, picks: int, device_type: str = "cpu", costs: ResidualCosts | None = None
+    ) -> bool:
         """Whether :meth:`residuals` takes the one-hot GEMM (True) or compute-all-and-gather.
 
         Decided by :attr:`path` if it is ``"masked"`` or ``"gather"``, else (``"auto"``) by
-        the cost constants of ``device_type`` (:func:`residual_costs`).
+        ``costs``, by default those of ``device_type`` (:func:`residual_costs`).
         """
         if self.path not in PATHS:
             raise ValueError(f"ResidualExperts.path must be one of {PATHS} (got {self.path!r})")
         if self.path != "auto":
             return self.path == "masked"
         s, r = self.num_experts, self.rank
-        costs = residual_costs(device_type)
+        costs = costs or residual_costs(device_type)
         masked = picks * (s * r + s)  # multiply-adds per token and output feature
         return masked <= costs.bmm * s * r + costs.gather * picks
 
-    def choose_path(self, nodes: int, picks: int, device_type: str = "cpu") -> str:
+    def choose_path(
+        self,
+        nodes: int,
+        picks: int,
+        device_type: str = "cpu",
+        costs: ResidualCosts | None = None,
+    ) -> str:
         """``"masked"`` or ``"gather"`` for ``nodes`` picked experts, ``picks`` per token:
         :attr:`path` unless ``"auto"``; then ``"gather"`` for at most
         :data:`GATHER_MAX_NODES` nodes, else as :meth:`use_masked` decides."""
         if self.path == "auto" and nodes <= GATHER_MAX_NODES:
             return "gather"
-        return "masked" if self.use_masked(picks, device_type) else "gather"
+        return "masked" if self.use_masked(picks, device_type, costs) else "gather"
 
-    def residuals(self, hidden: Tensor, experts: Tensor, scale: float = 1.0) -> Tensor:
+    def residuals(
+        self,
+        hidden: Tensor,
+        experts: Tensor,
+        scale: float = 1.0,
+        costs: ResidualCosts | None = None,
+    ) -> Tensor:
         """``scale * (B^e hidden_e + b^e)`` of the picked experts, by the cheaper of two ways.
 
         Args:
             hidden: ``A x + a`` of every expert, ``[N, s * r]`` (e.g. a slice of one GEMM).
             experts: picked expert ids ``[N, K]``.
             scale: the residual scale ``c_l``.
+            costs: the cost constants of :meth:`choose_path` (default: the device's).
 
         Returns:
             ``[N * K, d_out]``, node ``(n, k)`` at row ``n * K + k``.
@@ -182,7 +218,7 @@ class ResidualExperts(nn.Module):
         if scale != 1.0:
             weight = weight * scale
             bias = None if bias is None else bias * scale
-        path = self.choose_path(n * k, k, hidden.device.type)
+        path = self.choose_path(n * k, k, hidden.device.type, costs)
         if path == "masked":
             # [N, K, s]; not F.one_hot, which checks the ids' range (a host sync) and copies
             onehot = hidden.new_zeros(n, k, s).scatter_(2, experts[..., None], 1.0)

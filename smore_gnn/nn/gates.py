@@ -18,21 +18,13 @@ arXiv 2101.03961).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: Whether :func:`softmax_rows` runs short CPU rows through the transposed kernel. ``None``
-#: (default) decides per device: on for CPU tensors, off elsewhere. Set it to ``True`` or
-#: ``False`` to force a choice for every device, or set the environment variable
-#: ``SMORE_GNN_TRANSPOSED_SOFTMAX=0`` / ``=1`` before import.
-TRANSPOSED_SOFTMAX: bool | None = {"0": False, "1": True}.get(
-    os.environ.get("SMORE_GNN_TRANSPOSED_SOFTMAX", "")
-)
-#: Rows up to this many experts count as short for :data:`TRANSPOSED_SOFTMAX`.
+#: Rows up to this many experts count as short for :func:`uses_transposed_softmax`.
 TRANSPOSED_SOFTMAX_MAX_EXPERTS = 16
 
 
@@ -47,23 +39,23 @@ class GateOutput:
     importance: Tensor  # [s] float32, summed scores per expert over valid events
 
 
-def softmax_rows(logits: Tensor) -> Tensor:
+def softmax_rows(logits: Tensor, transposed: bool | None = None) -> Tensor:
     """``logits.softmax(-1)`` for ``[E, s]`` logits with few experts ``s``.
 
     On CPU the row-wise kernel is slow for short rows (about 3.5x slower for ``s = 4`` than
     the kernel that reduces over dim 0), so there the softmax runs on the transposed view.
-    Other devices keep the row-wise kernel. :data:`TRANSPOSED_SOFTMAX` overrides the choice.
+    Other devices keep the row-wise kernel. ``transposed`` (``SpeedSettings.
+    transposed_softmax``) overrides the choice.
     """
-    if uses_transposed_softmax(logits):
+    if uses_transposed_softmax(logits, transposed):
         return logits.t().softmax(dim=0).t()
     return logits.softmax(dim=-1)
 
 
-def uses_transposed_softmax(logits: Tensor) -> bool:
-    """Whether :func:`softmax_rows` takes the transposed kernel for these ``[E, s]`` logits."""
-    use = TRANSPOSED_SOFTMAX
-    if use is None:
-        use = logits.device.type == "cpu"
+def uses_transposed_softmax(logits: Tensor, transposed: bool | None = None) -> bool:
+    """Whether :func:`softmax_rows` takes the transposed kernel for these ``[E, s]`` logits:
+    ``transposed`` if given, else on CPU tensors only; short rows only either way."""
+    use = logits.device.type == "cpu" if transposed is None else transposed
     return use and logits.size(-1) <= TRANSPOSED_SOFTMAX_MAX_EXPERTS
 
 
@@ -106,6 +98,7 @@ def noisy_topk_gate(
     fanout: int,
     valid: Tensor | None,
     weight: float,
+    transposed: bool | None = None,
 ) -> GateOutput:
     """Noisy top-k gate (Shazeer et al. 2017) on cosine ``logits`` [E, s].
 
@@ -120,7 +113,7 @@ def noisy_topk_gate(
     k = min(fanout + 1, num_experts)
     top_val, top_idx = noisy.topk(k, dim=-1)  # [E, k]
     experts, picked = top_idx[:, :fanout], top_val[:, :fanout]
-    scores = softmax_rows(picked) if fanout > 1 else picked
+    scores = softmax_rows(picked, transposed) if fanout > 1 else picked
     importance = _per_expert(scores, experts, valid, num_experts)
     hard_load = _count(experts, valid, num_experts, scores.dtype)
     if noise_std is not None and fanout < num_experts:
@@ -140,35 +133,88 @@ def noisy_topk_gate(
     return GateOutput(experts, scores, loss, hard_load, importance)
 
 
-def switch_gate(logits: Tensor, fanout: int, valid: Tensor | None, weight: float) -> GateOutput:
+class _SwitchGate(torch.autograd.Function):
+    """:func:`switch_gate`'s picks, scores and balance loss with a hand-written backward
+    (autograd would record a node for each of the dozen small operations)."""
+
+    @staticmethod
+    def forward(ctx, logits, valid, fanout, weight, transposed):
+        num_events, num_experts = logits.shape
+        probs = logits.t().softmax(dim=0).t() if transposed else logits.softmax(dim=-1)
+        top_val, experts = probs.topk(fanout, dim=-1)  # [E, f]
+        total = top_val.sum(-1, keepdim=True) if fanout > 1 else None  # [E, 1]
+        scores = top_val / total if fanout > 1 else top_val
+        picks = experts.view(-1)
+        if valid is None:
+            count = scores.new_ones(()).expand(picks.size(0))  # [E f]
+            kept, n = scores, max(num_events, 1)
+        else:  # padding events pick nothing and weigh nothing
+            count = valid[:, None].expand(-1, fanout).reshape(-1).to(scores.dtype)
+            kept = torch.where(valid[:, None], scores, 0.0)
+            probs_kept = torch.where(valid[:, None], probs, 0.0)
+            n = valid.sum().clamp(min=1).to(probs.dtype)
+        load = scores.new_zeros(num_experts).index_add_(0, picks, count)  # [s]
+        importance = scores.new_zeros(num_experts).index_add_(0, picks, kept.reshape(-1))
+        total_prob = (probs if valid is None else probs_kept).sum(0)  # [s]
+        # frac = load / n (sums to f), mean_prob = sum of probs / n: w s frac . mean_prob
+        coef = (weight * num_experts) / (n * n)
+        loss = (load @ total_prob) * coef
+        ctx.fanout = fanout
+        ctx.coef = None if isinstance(coef, Tensor) else coef  # a float: no tensor to save
+        ctx.mark_non_differentiable(experts, load, importance)
+        ctx.set_materialize_grads(False)  # no zero gradients for the ids and statistics
+        coef = coef if isinstance(coef, Tensor) else None
+        ctx.save_for_backward(probs, experts, scores, total, load, valid, coef)
+        return experts, scores, loss, load, importance
+
+    @staticmethod
+    def backward(ctx, _experts, g_scores, g_loss, _load, _importance):
+        probs, experts, scores, total, load, valid, coef = ctx.saved_tensors
+        coef = ctx.coef if ctx.coef is not None else coef
+        if g_loss is None:
+            g_probs = torch.zeros_like(probs)
+        else:  # d loss / d probs, [E, s]
+            g_probs = (load * (g_loss * coef)).expand_as(probs)
+            if valid is not None:
+                g_probs = torch.where(valid[:, None], g_probs, 0.0)
+            else:
+                g_probs = g_probs.clone()
+        if g_scores is not None:
+            g_top = g_scores  # [E, f]
+            if ctx.fanout > 1:  # through top / sum(top)
+                inner = (g_scores * scores).sum(-1, keepdim=True)
+                g_top = (g_scores - inner).div_(total)
+            g_probs.scatter_add_(1, experts, g_top)
+        g_logits = torch.ops.aten._softmax_backward_data(g_probs, probs, 1, probs.dtype)
+        return g_logits, None, None, None, None
+
+
+def switch_gate(
+    logits: Tensor,
+    fanout: int,
+    valid: Tensor | None,
+    weight: float,
+    transposed: bool | None = None,
+) -> GateOutput:
     """Switch gate (Fedus et al. 2021) on dot-product ``logits`` [E, s].
 
     Softmax over all experts, top ``f``, picked scores renormalised when ``f > 1``. Balance
     loss ``w * s * sum_e frac(e) * mean_prob(e)`` with ``frac(e)`` = picks of ``e`` per valid
     event, so ``frac`` sums to ``f`` over the experts (the authors' ``tokens_per_expert``):
-    uniform probabilities give exactly ``w * f``.
+    uniform probabilities give exactly ``w * f``. Importance (the summed scores per expert)
+    is a statistic, outside autograd.
     """
-    num_experts = logits.size(-1)
-    probs = softmax_rows(logits)  # [E, s]
-    top_val, experts = probs.topk(fanout, dim=-1)  # [E, f]
-    scores = top_val / top_val.sum(-1, keepdim=True) if fanout > 1 else top_val
-    load = _count(experts, valid, num_experts, scores.dtype)
-    importance = _per_expert(scores.detach(), experts, valid, num_experts)  # not in the loss
-    # frac = load / n (sums to f), mean_prob = sum of probs / n (sums to 1), n valid events:
-    # w s (frac . mean_prob) = w s (load . sum of probs) / n^2, in three operations
-    total_prob = _keep(probs, valid).sum(0)  # [s]
-    if valid is None:  # n is a number: no tensor for it
-        loss = (load @ total_prob) * (weight * num_experts / max(probs.size(0), 1) ** 2)
-    else:
-        n_valid = valid.sum().clamp(min=1).to(probs.dtype)
-        loss = (load @ total_prob) * (weight * num_experts) / n_valid.square()
+    transposed = uses_transposed_softmax(logits, transposed)
+    experts, scores, loss, load, importance = _SwitchGate.apply(
+        logits, valid, fanout, weight, transposed
+    )
     return GateOutput(experts, scores, loss, load, importance)
 
 
-def dense_gate(logits: Tensor, valid: Tensor | None) -> GateOutput:
+def dense_gate(logits: Tensor, valid: Tensor | None, transposed: bool | None = None) -> GateOutput:
     """Dense gate: every expert is picked, scores are the softmax over all; no balance loss."""
     num_events, num_experts = logits.shape
-    scores = softmax_rows(logits)  # [E, s]
+    scores = softmax_rows(logits, transposed)  # [E, s]
     experts = torch.arange(num_experts, device=logits.device).expand(num_events, -1)
     load = _count(experts, valid, num_experts, scores.dtype)
     importance = _per_expert(scores.detach(), experts, valid, num_experts)
@@ -183,37 +229,41 @@ def gate_output(
     weight: float,
     z_loss_weight: float = 0.0,
     noise_std: Tensor | None = None,
+    transposed: bool | None = None,
 ) -> GateOutput:
     """The ``gate_type`` gate on ``logits`` [E, s] with its balance loss (plus the z-loss
     ``z_loss_weight * z_loss(logits, valid)`` when that weight is positive).
 
-    ``noise_std`` [E, s] is the noisy top-k gate's noise scale (None: no noise).
+    ``noise_std`` [E, s] is the noisy top-k gate's noise scale (None: no noise);
+    ``transposed``: :func:`softmax_rows`'s choice.
     """
     if gate_type == "noisy_topk":
-        out = noisy_topk_gate(logits, noise_std, fanout, valid, weight)
+        out = noisy_topk_gate(logits, noise_std, fanout, valid, weight, transposed)
     elif gate_type == "switch":
-        out = switch_gate(logits, fanout, valid, weight)
+        out = switch_gate(logits, fanout, valid, weight, transposed)
     else:
-        out = dense_gate(logits, valid)
+        out = dense_gate(logits, valid, transposed)
     if z_loss_weight > 0:
         out.loss = out.loss + z_loss_weight * z_loss(logits, valid)
     return out
 
 
-def pick(gate_type: str, logits: Tensor, fanout: int) -> tuple[Tensor, Tensor]:
+def pick(
+    gate_type: str, logits: Tensor, fanout: int, transposed: bool | None = None
+) -> tuple[Tensor, Tensor]:
     """``(experts [E, f], scores [E, f])`` of the gate without noise and without statistics:
     the picks :func:`gate_output` makes when ``noise_std`` is None (evaluation)."""
     if gate_type == "noisy_topk":
         top_val, top_idx = logits.topk(fanout, dim=-1)  # [E, f]
-        return top_idx, softmax_rows(top_val) if fanout > 1 else top_val
+        return top_idx, softmax_rows(top_val, transposed) if fanout > 1 else top_val
     if gate_type == "dense":
         num_events, num_experts = logits.shape
         experts = torch.arange(num_experts, device=logits.device).expand(num_events, -1)
-        return experts, softmax_rows(logits)
+        return experts, softmax_rows(logits, transposed)
     if fanout > 1:  # softmax is monotone: the same picks, and p_i / sum_top p = softmax(top)
         top_logits, experts = logits.topk(fanout, dim=-1)  # [E, f]
         return experts, top_logits.softmax(dim=-1)
-    top_val, experts = softmax_rows(logits).topk(1, dim=-1)  # [E, 1]
+    top_val, experts = softmax_rows(logits, transposed).topk(1, dim=-1)  # [E, 1]
     return experts, top_val
 
 

@@ -3,9 +3,13 @@
 Forward: route every token top-down, materialise the routed sub-trees as one batched graph,
 then propagate bottom-up with :class:`~smore_gnn.nn.conv.SMoREConv` (``backend="gnn"``) or with
 the dense oracle (``backend="dense"``). On the GNN path one GEMM projects the tokens for the
-router (``D``) and for every expert layer (``A_l``) at once, and each layer's picked residuals
-come from :meth:`~smore_gnn.nn.experts.ResidualExperts.residuals` (docs/spec.md §10). An eval
-forward of a few tokens without autograd (a decode step) takes :mod:`smore_gnn.nn.decode`.
+router (``D``) and for every expert layer (``A_l``) at once; each hop of the tree is one
+``SMoREConv.propagate`` on the layer's destination-sorted ``EdgeIndex``, which PyG runs as the
+conv's ``message_and_aggregate``: one :func:`~smore_gnn.nn.fused.tree_hop` (picked residuals,
+weighted child sum, ``W_l``, activation; the root with ``W_proj``), docs/spec.md §10.
+``SpeedSettings(message_passing="edges")`` passes one message per edge instead (the oracle).
+An eval forward of a few tokens without autograd (a decode step) takes
+:mod:`smore_gnn.nn.decode` (fewer operations still, from cached folded weights).
 """
 
 from __future__ import annotations
@@ -17,20 +21,17 @@ from torch import Tensor, nn
 
 from smore_gnn.nn.balance_grad import AttachBalanceLoss, in_backward, probe
 from smore_gnn.nn.config import SMoREConfig
-from smore_gnn.nn.conv import SMoREConv
+from smore_gnn.nn.conv import SMoREConv, Tanh, regular_adjacency
 from smore_gnn.nn.decode import forward_mask, small_forward, small_forward_applies
 from smore_gnn.nn.experts import ResidualExperts, stacked_linear
+from smore_gnn.nn.fused import PickedExperts, picked_rows, token_column
 from smore_gnn.nn.masks import check_mask_values
 from smore_gnn.nn.reference import dense_delta
 from smore_gnn.nn.router import RoutingResult, SMoRERouter
-from smore_gnn.nn.staleness import watch
+from smore_gnn.nn.settings import SpeedSettings
 from smore_gnn.nn.tree import RoutingTree
 
-#: A routed tree is regular (parent ``p`` has children ``p f .. p f + f - 1``): with
-#: ``scatter="native"`` the convs sum it by a reshape (:meth:`SMoREConv.regular_sum`, the same
-#: messages without gather or scatter) up to this many tokens (``None``: any number; ``0``:
-#: message passing always, as ``scatter="torch_scatter"`` does).
-REGULAR_SUM_MAX_TOKENS: int | None = None
+_ADJACENCY_CACHE_SIZE = 64  # (children, fanout, device) entries per layer; cleared when full
 
 
 class SMoRELinear(nn.Module):
@@ -40,6 +41,8 @@ class SMoRELinear(nn.Module):
     Args:
         base_layer (nn.Linear): the frozen map ``W0``.
         config (SMoREConfig): adapter configuration.
+        settings (SpeedSettings, optional): how to compute (not what); default
+            ``SpeedSettings.for_device`` of the base layer's device. (default: :obj:`None`)
 
     Attributes:
         balance_loss: the last forward's summed balance loss, a scalar to ADD to the loss
@@ -54,7 +57,9 @@ class SMoRELinear(nn.Module):
     (:mod:`smore_gnn.nn.balance_grad`), loss scaling included. Log ``balance_loss.detach()``.
     """
 
-    def __init__(self, base_layer: nn.Linear, config: SMoREConfig):
+    def __init__(
+        self, base_layer: nn.Linear, config: SMoREConfig, settings: SpeedSettings | None = None
+    ):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"SMoRELinear wraps an nn.Linear (got {type(base_layer).__name__})")
@@ -105,13 +110,16 @@ class SMoRELinear(nn.Module):
         self.register_buffer(
             "_balance_grad", torch.zeros((), dtype=dtype, device=weight.device), persistent=False
         )
-        self.last_routing: RoutingResult | None = None
+        self._last_routing: RoutingResult | None = None  # detached when read (last_routing)
         self._attention_mask: Tensor | None = None  # the wrapper's mask for this batch
         self._forward_mask: Tensor | None = None  # the mask the last fresh forward used
         self.disable_adapters = False  # True: forward returns base_layer(x) (disable_adapter())
         self._cache: dict = {}  # no-grad stacked projection weight (experts.stacked_linear)
+        self._adjacency: dict = {}  # index tensors per size: regular_adjacency(...), columns
+        self._mask_memo: tuple | None = None  # the last resolved stored mask (forward_mask)
+        self.settings = settings or SpeedSettings.for_device(weight.device.type)
         self.reset_parameters()
-        watch(self)  # a replaced parameter or submodule invalidates the decode caches
+        self.register_load_state_dict_post_hook(_drop_caches)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -181,15 +189,17 @@ class SMoRELinear(nn.Module):
         lead = x.shape[:-1]
         fresh = not in_backward()  # False: a checkpoint recomputation
         stored = self._attention_mask if fresh else self._forward_mask
-        mask = forward_mask(attention_mask, stored, lead, checked=not fresh)  # [N] bool | None
+        mask = forward_mask(attention_mask, stored, lead, not fresh, self)  # [N] bool | None
         # plain attributes below: a dict update is cheaper than nn.Module.__setattr__ per name
         if fresh:
             self.__dict__.update(_forward_mask=mask, _balance_graph=None)
             self._balance_grad.zero_()
+        if torch.is_grad_enabled() and self._cache:  # gradients, so maybe a fused step next:
+            self.drop_caches()  # it would leave the version counters the caches check alone
         if lead.numel() == 0:  # nothing to route: the base output, no balance loss
             self._balance_value = self._balance_grad.new_zeros(())
             self._balance_routing = None
-            self.last_routing = None
+            self._last_routing = None
             return result
         flat = x.reshape(-1, self.in_features)  # [N, d]
         if mask is not None:  # padding enters the adapter as the zero token (NaN-safe)
@@ -202,7 +212,7 @@ class SMoRELinear(nn.Module):
         else:  # one GEMM projects x for the router and for every expert (docs/spec.md §10)
             u, hidden = self._project(flat.to(self.proj.weight.dtype), with_router=True)
             routing = self.router(flat, mask, u=u)
-            delta = self.proj(self._propagate(hidden, RoutingTree.from_routing(routing)))
+            delta = self._propagate(hidden, RoutingTree.from_routing(routing), self.proj)
         if self.shared is not None:  # padding rows are zero: no contribution
             delta = delta + self.shared(flat.to(self.proj.weight.dtype))
         self.__dict__.update(_balance_value=None, _balance_routing=routing)
@@ -215,9 +225,40 @@ class SMoRELinear(nn.Module):
                 # d(total)/d(loss) = g, recorded by the probe, arrives through the delta
                 delta = AttachBalanceLoss.apply(delta, loss, self._balance_grad)
             self._balance_value, self._balance_routing = loss.detach(), None
-        self.__dict__["last_routing"] = routing.detached() if torch.is_grad_enabled() else routing
+        self.__dict__["_last_routing"] = routing
         delta = delta.view(*lead, self.out_features)
         return result + (delta if delta.dtype == result.dtype else delta.to(result.dtype))
+
+    @property
+    def settings(self) -> SpeedSettings:
+        """How this layer computes (:class:`~smore_gnn.nn.settings.SpeedSettings`); setting
+        it passes the choices on to the convs and the router."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: SpeedSettings) -> None:
+        if not isinstance(settings, SpeedSettings):
+            raise TypeError(
+                f"SMoRELinear.settings must be a SpeedSettings (got {type(settings).__name__})"
+            )
+        self._settings = settings
+        for conv in [*self.convs, self.root]:
+            if isinstance(conv.act, Tanh):
+                conv.act.min_numel = settings.fast_tanh_min_numel
+        self.router.set_transposed_softmax(settings.transposed_softmax)
+
+    @property
+    def last_routing(self) -> RoutingResult | None:
+        """The last forward's :class:`RoutingResult`, detached from autograd (on first read:
+        a training step that never reads it pays nothing)."""
+        routing = self._last_routing
+        if routing is not None and any(s.requires_grad for s in routing.scores):
+            routing = self._last_routing = routing.detached()
+        return routing
+
+    @last_routing.setter
+    def last_routing(self, routing: RoutingResult | None) -> None:
+        self._last_routing = routing
 
     @property
     def attention_mask(self) -> Tensor | None:
@@ -251,9 +292,20 @@ class SMoRELinear(nn.Module):
             return value
         return probe(value, self._balance_grad)
 
+    def drop_caches(self) -> None:
+        """Forget every no-autograd cache of this layer (decode tables, the stacked projection,
+        the router's tables): rebuilt on the next forward that reads them."""
+        self._cache.clear()
+        self.router._tables.clear()
+
+    def train(self, mode: bool = True) -> SMoRELinear:
+        self.drop_caches()
+        return super().train(mode)
+
     def __getstate__(self) -> dict:
         # deepcopy/pickle (EMA, reference models): the balance loss's graph is the original's
-        return {**self.__dict__, "_balance_graph": None, "_cache": {}}
+        state = {**self.__dict__, "_balance_graph": None, "_cache": {}, "_adjacency": {}}
+        return {**state, "_last_routing": self.last_routing}  # detached
 
     def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
         """``W_proj m_root`` (plus ``B_s A_s x`` with ``shared_rank``) for tokens ``x`` [N, d]
@@ -262,7 +314,8 @@ class SMoRELinear(nn.Module):
         if self.config.backend == "dense":
             delta = dense_delta(self, x, routing)
         else:
-            delta = self.proj(self.propagate_tree(x, RoutingTree.from_routing(routing)))
+            hidden = self._project(x, with_router=False)[1]
+            delta = self._propagate(hidden, RoutingTree.from_routing(routing), self.proj)
         return delta if self.shared is None else delta + self.shared(x)
 
     def propagate_tree(self, x: Tensor, tree: RoutingTree) -> Tensor:
@@ -286,30 +339,60 @@ class SMoRELinear(nn.Module):
         if fuse:
             parts.insert(0, down)
         # [N, d] @ [d, d_u + sum_l s_l r_l]
-        out = parts[0](x) if len(parts) == 1 else stacked_linear(x, parts, self._cache)
-        chunks = list(out.split([p.out_features for p in parts], dim=1))
+        chunks = [parts[0](x)] if len(parts) == 1 else list(stacked_linear(x, parts, self._cache))
         u = chunks.pop(0) if fuse else None
         return u, chunks * len(self.experts) if shared else chunks
 
-    def _propagate(self, hidden: list[Tensor], tree: RoutingTree) -> Tensor:
-        """``m_root`` [N, d_L] from every layer's expert projections ``hidden`` [N, s_l r_l]."""
+    def _propagate(
+        self, hidden: list[Tensor], tree: RoutingTree, proj: nn.Linear | None = None
+    ) -> Tensor:
+        """``m_root`` [N, d_L] (or ``proj(m_root)``) from every layer's expert projections
+        ``hidden`` [N, s_l r_l]: one :meth:`SMoREConv.propagate` per hop, fused on the
+        regular adjacency unless ``settings.message_passing == "edges"``."""
         momor, scales = self.config.propagation == "momor", self.config.residual_scales
-        limit = REGULAR_SUM_MAX_TOKENS  # routed trees are regular: sum them by reshape
-        regular = self.config.scatter == "native" and (limit is None or tree.num_tokens <= limit)
+        # config.scatter="torch_scatter" asks for that kernel: one message per edge
+        fused = self.settings.message_passing == "fused" and self.config.scatter == "native"
+        key = ("column", tree.num_tokens, tree.device)
+        column = self._cached(key, token_column) if fused else None
         z = None
-        for l, conv in enumerate(self.convs):  # [N * F_l, d_{l+1}] residuals of picked experts
-            res = self.experts[l].residuals(hidden[l], tree.experts[l], scales[l])
+        for l, conv in enumerate(self.convs):  # [N F_l, d_{l+1}] node states of layer l
+            bank, experts = self.experts[l], tree.experts[l]
+            if fused and conv.fusable:
+                rows = picked_rows(experts, column)
+                res = PickedExperts(hidden[l], rows, bank.lora_B, bank.lora_B_bias, scales[l])
+            else:
+                res = bank.residuals(hidden[l], experts, scales[l], self.settings.residual_costs)
             first = tree.first_use(l).reshape(-1) if momor else None
             if l == 0:
                 z = conv(None, res, first_use=first)
             else:
-                ei = None if regular else tree.layer_edge_index(l - 1)
-                ew = tree.layer_edge_weight(l - 1)
-                z = conv(z, res, ei, ew, first_use=first, regular=regular)  # [N F_l, d_{l+1}]
+                adj = self._edges(tree, l - 1, fused)
+                z = conv(z, res, adj, tree.layer_edge_weight(l - 1), first_use=first)
         top = self.config.num_layers - 1
-        ei = None if regular else tree.layer_edge_index(top)
-        ew = tree.layer_edge_weight(top)
-        return self.root(z, None, ei, ew, num_parents=tree.num_tokens, regular=regular)
+        adj, ew = self._edges(tree, top, fused), tree.layer_edge_weight(top)
+        return self.root(z, None, adj, ew, num_parents=tree.num_tokens, proj=proj)
+
+    def _edges(self, tree: RoutingTree, layer: int, fused: bool) -> Tensor | None:
+        """Layer ``layer`` -> ``layer + 1`` edges: the cached :func:`regular_adjacency` (fused;
+        ``None`` under ``torch.compile``, see :meth:`SMoREConv.forward`) or a ``[2, E]``
+        tensor (messages per edge)."""
+        if not fused:
+            return tree.layer_edge_index(layer)
+        key = (tree.experts[layer].numel(), tree.fanout[layer], tree.device)
+        return self._cached(key, lambda key: regular_adjacency(*key))
+
+    def _cached(self, key: tuple, build) -> Tensor | None:
+        """``build(key)`` kept per layer (index tensors of a size: no parameter in them), or
+        ``None`` under ``torch.compile`` (traced there instead)."""
+        if torch.compiler.is_compiling():
+            return None
+        value = self._adjacency.get(key)
+        if value is None:
+            if len(self._adjacency) >= _ADJACENCY_CACHE_SIZE:
+                self._adjacency.clear()
+            with torch.inference_mode(False), torch.no_grad():  # autograd may save it later
+                value = self._adjacency[key] = build(key)
+        return value
 
     @property
     def last_tree(self) -> RoutingTree | None:
@@ -322,3 +405,8 @@ class SMoRELinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, experts={c.num_experts}, "
             f"fanout={c.fanout}, rank={c.rank}, backend={c.backend!r}"
         )
+
+
+def _drop_caches(module: SMoRELinear, incompatible_keys) -> None:
+    # load_state_dict post hook (in place or assign=True)
+    module.drop_caches()

@@ -31,7 +31,6 @@ from smore_gnn.nn.config import SMoREConfig
 from smore_gnn.nn.gates import GateOutput, cosine_logits, gate_output
 from smore_gnn.nn.routing import _f32, build_tables, no_autograd, route, routing_tables
 from smore_gnn.nn.routing_result import RoutingResult
-from smore_gnn.nn.staleness import watch
 
 _ACTS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 
@@ -58,6 +57,7 @@ class LayerRouter(nn.Module):
         if self.gate_type == "noisy_topk":  # no bias by default, as the authors' noise layer
             self.noise = nn.Linear(in_dim, num_experts, bias=config.noise_bias)
         self.z_loss_weight, self.init_logit_scale = config.z_loss_weight, config.logit_scale
+        self.transposed_softmax: bool | None = None  # SpeedSettings.transposed_softmax
         self.log_logit_scale = None  # learned: logits * exp(log_logit_scale), log(init) at init
         if config.learn_logit_scale:
             self.log_logit_scale = nn.Parameter(torch.zeros(()))
@@ -116,7 +116,14 @@ class LayerRouter(nn.Module):
     ) -> GateOutput:
         """This layer's gate on ``logits`` [E, s] (:func:`~smore_gnn.nn.gates.gate_output`)."""
         return gate_output(
-            self.gate_type, logits, self.fanout, valid, self.weight, self.z_loss_weight, noise_std
+            self.gate_type,
+            logits,
+            self.fanout,
+            valid,
+            self.weight,
+            self.z_loss_weight,
+            noise_std,
+            self.transposed_softmax,
         )
 
 
@@ -137,9 +144,21 @@ class SMoRERouter(nn.Module):
             LayerRouter(d_u + extra, s, f, config)
             for extra, s, f in zip(config.router_input_dims, config.num_experts, config.fanout)
         )
-        # cached no-autograd tables (smore_gnn.nn.routing), rebuilt on change
+        # cached no-autograd tables (smore_gnn.nn.routing), rebuilt on change; dropped by a
+        # forward with autograd (smore_gnn.nn.staleness) and by train()/eval()
         self._tables: dict = {}
-        watch(self)
+        self.transposed_softmax: bool | None = None  # SpeedSettings.transposed_softmax
+
+    def set_transposed_softmax(self, transposed: bool | None) -> None:
+        """``SpeedSettings.transposed_softmax`` for this router and its layer routers."""
+        self.transposed_softmax = transposed
+        for layer in self.layers:
+            layer.transposed_softmax = transposed
+        self._tables.clear()
+
+    def train(self, mode: bool = True) -> SMoRERouter:
+        self._tables.clear()
+        return super().train(mode)
 
     def reset_parameters(self) -> None:
         if self.down_proj is not None:
@@ -176,6 +195,8 @@ class SMoRERouter(nn.Module):
         valid = None if mask is None else mask.reshape(x.size(0)).bool()  # None: all valid
         u = self.router_input(x, valid, u)  # [N, d_u] float32
         lazy = not self.training and no_autograd()  # evaluation, generation: cached tables
+        if not lazy and self._tables and torch.is_grad_enabled():
+            self._tables.clear()  # gradients, maybe a fused optimizer step next
         tables = routing_tables(self, self._tables) if lazy else build_tables(self)
         token = F.linear(u, tables["token_w"], tables["token_b"])  # [N, L d_g]
         noise = None

@@ -26,6 +26,8 @@ tables to a whole ``SMoRELinear`` forward of a few tokens.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from functools import partial
 
@@ -114,6 +116,7 @@ def build_tables(router: nn.Module) -> dict:
         "noise_sizes": [w.size(0) for w in noise_w],
         "d_g": d_g,
         "fanout": list(router.fanout),
+        "transposed": router.transposed_softmax,  # SpeedSettings.transposed_softmax
     }
 
 
@@ -131,10 +134,14 @@ def _logits(a: Tensor, head: tuple) -> Tensor:
     return logits if isinstance(scale, float) and scale == 1.0 else logits * scale
 
 
-def _stats(plan: list, logits: list[tuple[Tensor, int]], valid: Tensor | None) -> list[GateOutput]:
+def _stats(
+    plan: list, logits: list[tuple[Tensor, int]], valid: Tensor | None, transposed: bool | None
+) -> list[GateOutput]:
     # every layer's gate on its [N P, s] logits (P parents per token), with its statistics
     return [
-        gate_output(p[3], layer_logits, p[4], _events(valid, parents), p[5], p[6])
+        gate_output(
+            p[3], layer_logits, p[4], _events(valid, parents), p[5], p[6], transposed=transposed
+        )
         for p, (layer_logits, parents) in zip(plan, logits)
     ]
 
@@ -191,6 +198,7 @@ def route(
             balance loss.
     """
     plan, n, num_layers = tables["plan"], token[0].size(0), len(tables["plan"])
+    transposed = tables["transposed"]
     experts: list = [None] * num_layers  # filled top-down, stored bottom first
     scores: list = [None] * num_layers
     stats: list = [None] * num_layers
@@ -209,22 +217,28 @@ def route(
                 own = noise[l] if bias is None else noise[l] + bias  # [N, s]
                 pre = own if top else _with_ancestors(own, noise_tables, ids)
                 std = F.softplus(pre) + eps  # [N P, s]
-            out = gate_output(gate_type, logits, f, _events(valid, parents), weight, z_weight, std)
+            events = _events(valid, parents)
+            out = gate_output(gate_type, logits, f, events, weight, z_weight, std, transposed)
             picked, score, stats[l] = out.experts, out.scores, out
         else:
-            (picked, score), stats[l] = pick(gate_type, logits, f), (logits, parents)
+            (picked, score), stats[l] = pick(gate_type, logits, f, transposed), (logits, parents)
         if parents > 1:
             picked, score = picked.reshape(n, parents * f), score.reshape(n, parents * f)
         experts[l], scores[l] = picked, score  # [N, F_l]
     if lazy:
         return RoutingResult(
-            experts, scores, tables["fanout"], stats=partial(_stats, plan, stats, valid)
+            experts,
+            scores,
+            tables["fanout"],
+            stats=partial(_stats, plan, stats, valid, transposed),
         )
     return RoutingResult(
         experts,
         scores,
         tables["fanout"],
-        balance_loss=torch.stack([o.loss for o in stats]).sum(),
+        balance_loss=functools.reduce(
+            operator.add, [o.loss for o in stats]
+        ),  # no stack: fewer ops
         load=[o.load for o in stats],
         importance=[o.importance for o in stats],
         layer_losses=[o.loss for o in stats],

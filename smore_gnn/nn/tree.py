@@ -39,25 +39,11 @@ def tree_template(fanout: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     return layer, torch.stack([src, dst])
 
 
-_EDGE_CACHE: dict[tuple[int, int, torch.device], Tensor] = {}
-_EDGE_CACHE_SIZE = 256  # (nodes, fanout, device) entries; cleared when full
-
-
 def _layer_edges(num_children: int, fanout: int, device: torch.device) -> Tensor:
-    """``[2, C]`` edges child ``i`` -> parent ``i // fanout``, cached per size (not in a
-    compiled graph, where the ops are traced instead). Callers must not modify it."""
-    if torch.compiler.is_compiling():
-        src = torch.arange(num_children, device=device)
-        return torch.stack([src, src // fanout])
-    key = (num_children, fanout, device)
-    edges = _EDGE_CACHE.get(key)
-    if edges is None:
-        if len(_EDGE_CACHE) >= _EDGE_CACHE_SIZE:
-            _EDGE_CACHE.clear()
-        with torch.inference_mode(False), torch.no_grad():  # autograd may save it later
-            src = torch.arange(num_children, device=device)
-            edges = _EDGE_CACHE[key] = torch.stack([src, src // fanout])
-    return edges
+    """``[2, C]`` edges child ``i`` -> parent ``i // fanout`` (the per-edge propagation's; the
+    fused one reads the layer's cached ``regular_adjacency``)."""
+    src = torch.arange(num_children, device=device)
+    return torch.stack([src, src // fanout])
 
 
 @dataclass(frozen=True)
