@@ -39,6 +39,7 @@ from smore_gnn.nn.counting import (
 from smore_gnn.nn.layer import SMoRELinear
 from smore_gnn.nn.router import RoutingResult, SMoRERouter
 from smore_gnn.nn.runtime import choose_threads, compile_adapters
+from smore_gnn.nn.settings import SpeedSettings
 from smore_gnn.nn.tree import RoutingTree, build_routing_tree
 
 # Facade names imported on first use (PEP 562): importing the adapter does not load the
@@ -100,6 +101,7 @@ __all__ = [
     "build_routing_tree",
     "SMoREConv",
     "SMoRELinear",
+    "SpeedSettings",
     "SMoREModel",
     "get_smore_model",
     "paper_config",
