@@ -143,3 +143,41 @@ def test_tables_follow_in_place_updates_and_replacement():
         fast = router(x)
         assert routing_tables(router, router._tables) is not second
     _assert_same(fast, router.route_reference(x))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("num_tables", [0, 1, 2])
+def test_switch_step_gradcheck_and_equals_autograd(masked, num_tables):
+    # one top-down layer of the switch router as one Function, against the same plain ops
+    from smore_gnn.nn.gates import switch_gate
+    from smore_gnn.nn.routing import _SwitchStep
+
+    torch.manual_seed(0)
+    n, parents, c, s, f = 3, 1 if num_tables == 0 else 2, 5, 4, 2
+    opts = dict(dtype=torch.float64, requires_grad=True)
+    token, head_w, head_b = (
+        torch.randn(n, c, **opts),
+        torch.randn(s, c, **opts),
+        torch.randn(s, **opts),
+    )
+    tables = [torch.randn(3, c, **opts) for _ in range(num_tables)]
+    ids = [torch.randint(0, 3, (n * parents,)) for _ in range(num_tables)]
+    valid = torch.tensor([1, 0, 1] * parents).bool()[: n * parents] if masked else None
+
+    def fused(token, head_w, head_b, *tables):
+        out = _SwitchStep.apply(
+            token, head_w, head_b, valid, f, 0.3, False, parents, num_tables, *tables, *ids
+        )
+        return out[1], out[2]
+
+    def plain(token, head_w, head_b, *tables):
+        h = token.repeat_interleave(parents, 0)
+        for table, picked in zip(tables, ids):
+            h = h + table[picked]
+        out = switch_gate(torch.relu(h) @ head_w.t() + head_b, f, valid, 0.3)
+        return out.scores, out.loss
+
+    args = (token, head_w, head_b, *tables)
+    for got, want in zip(fused(*args), plain(*args)):
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(lambda *a: fused(*a)[0].sum() + fused(*a)[1], args)

@@ -192,3 +192,18 @@ def test_last_routing_is_detached_only_under_autograd():
     with torch.no_grad():
         layer(x)
     assert not layer.last_routing.scores[0].requires_grad
+
+
+def test_set_speed_settings_reaches_every_layer():
+    from smore_gnn.hf.methods import build_for_budget, smore_paper_config
+    from smore_gnn.hf.testing import tiny_llama
+    from smore_gnn.nn.layer import SMoRELinear
+    from smore_gnn.nn.runtime import set_speed_settings
+
+    base, _ = tiny_llama(seed=0)
+    model, _ = build_for_budget("smore", base, smore_paper_config(rank=[2, 2]), seed=0)
+    edges = SpeedSettings(message_passing="edges")
+    assert set_speed_settings(model, edges) == 6
+    assert all(m.settings is edges for m in model.modules() if isinstance(m, SMoRELinear))
+    with pytest.raises(ValueError, match="no SMoRELinear"):
+        set_speed_settings(torch.nn.Linear(2, 2), edges)

@@ -55,8 +55,13 @@ def softmax_rows(logits: Tensor, transposed: bool | None = None) -> Tensor:
 def uses_transposed_softmax(logits: Tensor, transposed: bool | None = None) -> bool:
     """Whether :func:`softmax_rows` takes the transposed kernel for these ``[E, s]`` logits:
     ``transposed`` if given, else on CPU tensors only; short rows only either way."""
-    use = logits.device.type == "cpu" if transposed is None else transposed
-    return use and logits.size(-1) <= TRANSPOSED_SOFTMAX_MAX_EXPERTS
+    return transposed_for(logits.device.type, logits.size(-1), transposed)
+
+
+def transposed_for(device_type: str, num_experts: int, transposed: bool | None) -> bool:
+    """:func:`uses_transposed_softmax` for rows of ``num_experts`` on ``device_type``."""
+    use = device_type == "cpu" if transposed is None else transposed
+    return use and num_experts <= TRANSPOSED_SOFTMAX_MAX_EXPERTS
 
 
 def cv_squared(x: Tensor) -> Tensor:
@@ -133,59 +138,87 @@ def noisy_topk_gate(
     return GateOutput(experts, scores, loss, hard_load, importance)
 
 
+def switch_forward(
+    ctx, logits: Tensor, valid: Tensor | None, fanout: int, weight: float, transposed: bool
+) -> tuple[tuple[Tensor, ...], tuple]:
+    """The switch gate inside an autograd Function's ``forward`` (``ctx``): its outputs
+    ``(experts, scores, loss, load, importance)`` and the tensors :func:`switch_backward`
+    needs, for the caller's ``save_for_backward`` (saved there, not as ``ctx`` attributes,
+    which would keep the outputs alive in a reference cycle)."""
+    num_events, num_experts = logits.shape
+    probs = logits.t().softmax(dim=0).t() if transposed else logits.softmax(dim=-1)
+    top_val, experts = probs.topk(fanout, dim=-1)  # [E, f]
+    total = top_val.sum(-1, keepdim=True) if fanout > 1 else None  # [E, 1]
+    scores = top_val / total if fanout > 1 else top_val
+    picks = experts.view(-1)
+    if valid is None:
+        count = scores.new_ones(()).expand(picks.size(0))  # [E f]
+        kept, n = scores, max(num_events, 1)
+    else:  # padding events pick nothing and weigh nothing
+        count = valid[:, None].expand(-1, fanout).reshape(-1).to(scores.dtype)
+        kept = torch.where(valid[:, None], scores, 0.0)
+        probs_kept = torch.where(valid[:, None], probs, 0.0)
+        n = valid.sum().clamp(min=1).to(probs.dtype)
+    load = scores.new_zeros(num_experts).index_add_(0, picks, count)  # [s]
+    importance = scores.new_zeros(num_experts).index_add_(0, picks, kept.reshape(-1))
+    total_prob = (probs if valid is None else probs_kept).sum(0)  # [s]
+    # frac = load / n (sums to f), mean_prob = sum of probs / n: w s frac . mean_prob
+    coef = (weight * num_experts) / (n * n)
+    loss = (load @ total_prob) * coef
+    ctx.mark_non_differentiable(experts, load, importance)
+    ctx.set_materialize_grads(False)  # no zero gradients for the ids and statistics
+    ctx.gate = (fanout, None if isinstance(coef, Tensor) else coef)  # a float: not saved
+    saved = (
+        probs,
+        experts,
+        scores,
+        total,
+        load,
+        valid,
+        coef if isinstance(coef, Tensor) else None,
+    )
+    return (experts, scores, loss, load, importance), saved
+
+
+#: How many tensors :func:`switch_forward` hands over for ``save_for_backward``.
+SWITCH_SAVED = 7
+
+
+def switch_backward(ctx, saved: tuple, g_scores: Tensor | None, g_loss: Tensor | None) -> Tensor:
+    """d(scores, loss) / d logits of :func:`switch_forward`'s gate: ``[E, s]``."""
+    probs, experts, scores, total, load, valid, coef_tensor = saved
+    fanout, coef = ctx.gate
+    coef = coef if coef is not None else coef_tensor
+    if g_loss is None:
+        g_probs = torch.zeros_like(probs)
+    else:  # d loss / d probs, [E, s]
+        g_probs = (load * (g_loss * coef)).expand_as(probs)
+        if valid is not None:
+            g_probs = torch.where(valid[:, None], g_probs, 0.0)
+        else:
+            g_probs = g_probs.clone()
+    if g_scores is not None:
+        g_top = g_scores  # [E, f]
+        if fanout > 1:  # through top / sum(top)
+            inner = (g_scores * scores).sum(-1, keepdim=True)
+            g_top = (g_scores - inner).div_(total)
+        g_probs.scatter_add_(1, experts, g_top)
+    return torch.ops.aten._softmax_backward_data(g_probs, probs, 1, probs.dtype)
+
+
 class _SwitchGate(torch.autograd.Function):
     """:func:`switch_gate`'s picks, scores and balance loss with a hand-written backward
     (autograd would record a node for each of the dozen small operations)."""
 
     @staticmethod
     def forward(ctx, logits, valid, fanout, weight, transposed):
-        num_events, num_experts = logits.shape
-        probs = logits.t().softmax(dim=0).t() if transposed else logits.softmax(dim=-1)
-        top_val, experts = probs.topk(fanout, dim=-1)  # [E, f]
-        total = top_val.sum(-1, keepdim=True) if fanout > 1 else None  # [E, 1]
-        scores = top_val / total if fanout > 1 else top_val
-        picks = experts.view(-1)
-        if valid is None:
-            count = scores.new_ones(()).expand(picks.size(0))  # [E f]
-            kept, n = scores, max(num_events, 1)
-        else:  # padding events pick nothing and weigh nothing
-            count = valid[:, None].expand(-1, fanout).reshape(-1).to(scores.dtype)
-            kept = torch.where(valid[:, None], scores, 0.0)
-            probs_kept = torch.where(valid[:, None], probs, 0.0)
-            n = valid.sum().clamp(min=1).to(probs.dtype)
-        load = scores.new_zeros(num_experts).index_add_(0, picks, count)  # [s]
-        importance = scores.new_zeros(num_experts).index_add_(0, picks, kept.reshape(-1))
-        total_prob = (probs if valid is None else probs_kept).sum(0)  # [s]
-        # frac = load / n (sums to f), mean_prob = sum of probs / n: w s frac . mean_prob
-        coef = (weight * num_experts) / (n * n)
-        loss = (load @ total_prob) * coef
-        ctx.fanout = fanout
-        ctx.coef = None if isinstance(coef, Tensor) else coef  # a float: no tensor to save
-        ctx.mark_non_differentiable(experts, load, importance)
-        ctx.set_materialize_grads(False)  # no zero gradients for the ids and statistics
-        coef = coef if isinstance(coef, Tensor) else None
-        ctx.save_for_backward(probs, experts, scores, total, load, valid, coef)
-        return experts, scores, loss, load, importance
+        outputs, saved = switch_forward(ctx, logits, valid, fanout, weight, transposed)
+        ctx.save_for_backward(*saved)
+        return outputs
 
     @staticmethod
     def backward(ctx, _experts, g_scores, g_loss, _load, _importance):
-        probs, experts, scores, total, load, valid, coef = ctx.saved_tensors
-        coef = ctx.coef if ctx.coef is not None else coef
-        if g_loss is None:
-            g_probs = torch.zeros_like(probs)
-        else:  # d loss / d probs, [E, s]
-            g_probs = (load * (g_loss * coef)).expand_as(probs)
-            if valid is not None:
-                g_probs = torch.where(valid[:, None], g_probs, 0.0)
-            else:
-                g_probs = g_probs.clone()
-        if g_scores is not None:
-            g_top = g_scores  # [E, f]
-            if ctx.fanout > 1:  # through top / sum(top)
-                inner = (g_scores * scores).sum(-1, keepdim=True)
-                g_top = (g_scores - inner).div_(total)
-            g_probs.scatter_add_(1, experts, g_top)
-        g_logits = torch.ops.aten._softmax_backward_data(g_probs, probs, 1, probs.dtype)
+        g_logits = switch_backward(ctx, ctx.saved_tensors, g_scores, g_loss)
         return g_logits, None, None, None, None
 
 

@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smore_gnn.nn.gates import GateOutput, gate_output, pick
+from smore_gnn.nn.gates import (
+    GateOutput,
+    gate_output,
+    pick,
+    switch_backward,
+    switch_forward,
+    transposed_for,
+)
 from smore_gnn.nn.routing_result import RoutingResult
 from smore_gnn.nn.staleness import cached
 
@@ -175,6 +182,61 @@ def _with_ancestors(own: Tensor, tables: list[Tensor], ids: list[Tensor]) -> Ten
     return h
 
 
+class _SwitchStep(torch.autograd.Function):
+    """One layer of the top-down walk under the switch gate, with a hand-written backward:
+    the routing events' ``fc1`` sums (the token's part plus each ancestor's table row), ReLU,
+    the folded ``fc2``/keys head and the gate (:func:`~smore_gnn.nn.gates.switch_forward`).
+
+    Inputs: ``token`` [N, d_g]; ``head_w`` [s, d_g], ``head_b`` [s]; ``valid`` [N P] or None;
+    ``fanout``, ``weight`` (balance), ``transposed`` (softmax kernel), ``parents`` ``P``;
+    then ``num_tables`` ancestor tables [s_j, d_g] and as many id vectors [N P].
+    Outputs: as :func:`~smore_gnn.nn.gates.switch_gate`'s ``GateOutput`` fields.
+    """
+
+    @staticmethod
+    def forward(ctx, token, head_w, head_b, valid, fanout, weight, transposed, parents, k, *rest):
+        tables, ids = rest[:k], rest[k:]
+        n, c = token.shape
+        h = token
+        if k:  # [N P, d_g]: the ancestors' rows, plus the token's own part per event
+            h = tables[0].index_select(0, ids[0])
+            for table, picked in zip(tables[1:], ids[1:]):
+                h.add_(table.index_select(0, picked))
+            h.view(n, parents, c).add_(token[:, None])
+        a = torch.relu(h)
+        logits = torch.addmm(head_b, a, head_w.t())  # [N P, s]
+        outputs, saved = switch_forward(ctx, logits, valid, fanout, weight, transposed)
+        ctx.shape = (n, parents, c, [t.size(0) for t in tables])
+        ctx.save_for_backward(a, head_w, *ids, *saved)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, _experts, g_scores, g_loss, _load, _importance):
+        n, parents, c, sizes = ctx.shape
+        a, head_w, *rest = ctx.saved_tensors
+        ids, saved = rest[: len(sizes)], rest[len(sizes) :]
+        need = ctx.needs_input_grad
+        g_logits = switch_backward(ctx, saved, g_scores, g_loss)  # [N P, s]
+        g_head_w = g_logits.t() @ a if need[1] else None
+        g_head_b = g_logits.sum(0) if need[2] else None
+        g_h = torch.ops.aten.threshold_backward(g_logits @ head_w, a, 0)  # [N P, d_g]
+        g_token = g_h if parents == 1 else g_h.view(n, parents, c).sum(1)
+        g_tables = [
+            g_h.new_zeros(size, c).index_add_(0, picked, g_h) for size, picked in zip(sizes, ids)
+        ]
+        nones = [None] * len(sizes)
+        return (g_token, g_head_w, g_head_b, None, None, None, None, None, None, *g_tables, *nones)
+
+
+def _fused_switch(plan_entry: tuple) -> bool:
+    """Whether a layer's training step runs as :class:`_SwitchStep`: the switch gate with its
+    folded head, a ReLU router, no z-loss; not under ``torch.compile`` (whose tracer does not
+    take the Function's variable arguments; the compiled graph fuses the plain ops anyway)."""
+    act, head, _, gate_type, _, _, z_weight, _ = plan_entry
+    fits = gate_type == "switch" and head[2] is None and act is torch.relu and z_weight <= 0
+    return fits and not torch.compiler.is_compiling()
+
+
 def route(
     token: Sequence[Tensor],
     valid: Tensor | None,
@@ -207,6 +269,29 @@ def route(
         top = l == num_layers - 1
         parents = 1 if top else experts[l + 1].size(1)  # events (token, parent) per token
         ids = [] if top else _ancestor_ids(experts, l)
+        if not lazy and _fused_switch(plan[l]):  # the whole step, one autograd node
+            events = _events(valid, parents)
+            use = transposed_for(token[l].device.type, head[0].size(0), transposed)
+            out = GateOutput(
+                *_SwitchStep.apply(
+                    token[l],
+                    head[0],
+                    head[1],
+                    events,
+                    f,
+                    weight,
+                    use,
+                    parents,
+                    len(ids),
+                    *ancestors,
+                    *ids,
+                )
+            )
+            picked, score, stats[l] = out.experts, out.scores, out
+            if parents > 1:
+                picked, score = picked.reshape(n, parents * f), score.reshape(n, parents * f)
+            experts[l], scores[l] = picked, score  # [N, F_l]
+            continue
         h = token[l] if top else _with_ancestors(token[l], ancestors, ids)  # [N P, d_g]
         a = act(h)
         logits = F.linear(a, head[0], head[1]) if head[2] is None else _logits(a, head)  # [N P, s]

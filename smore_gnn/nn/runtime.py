@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from smore_gnn.nn.layer import SMoRELinear
+from smore_gnn.nn.settings import SpeedSettings
 
-__all__ = ["choose_threads", "compile_adapters", "physical_cores"]
+__all__ = ["choose_threads", "compile_adapters", "physical_cores", "set_speed_settings"]
 
 _SYSFS_CPU = Path("/sys/devices/system/cpu")
 
@@ -103,4 +104,15 @@ def compile_adapters(model: nn.Module, **compile_kwargs) -> int:
         raise ValueError(f"compile_adapters found no SMoRELinear in {type(model).__name__}")
     for layer in layers:
         layer.compile(**compile_kwargs)
+    return len(layers)
+
+
+def set_speed_settings(model: nn.Module, settings: SpeedSettings) -> int:
+    """Give every ``SMoRELinear`` of ``model`` these :class:`SpeedSettings`; returns how many.
+    ValueError if there is none."""
+    layers = [m for m in model.modules() if isinstance(m, SMoRELinear)]
+    if not layers:
+        raise ValueError(f"set_speed_settings found no SMoRELinear in {type(model).__name__}")
+    for layer in layers:
+        layer.settings = settings
     return len(layers)
