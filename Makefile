@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: test test-distributed test-scatter demo bench bench-quality bench-compile lint format figures verify clean
+.PHONY: test test-distributed test-scatter demo bench bench-goals bench-quality bench-compile lint format figures verify clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ verify: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run --quick
+
+# The goals' settings (15 rounds per layer case, the SmolLM2 step at 4 x 128 tokens): about
+# 20 minutes on 2 cores; pause other work first, as timings under load compress the ratios.
+bench-goals: $(STAMP)
+	$(PY) -m bench.run --goals
 
 bench-quality: $(STAMP)
 	$(PY) -m bench.quality --quick

@@ -1,6 +1,7 @@
 """Run the benchmarks and write ``bench/results/latest.json`` and ``BENCHMARKS.md``.
 
-``--quick`` (what ``make bench`` runs, a few minutes): the quick adapter-speed cases, the
+``--quick`` (what ``make bench`` runs, a few minutes): the aten calls per layer training step
+(``bench.op_count``, independent of load), the quick adapter-speed cases, the
 quick training-step comparison (one subprocess per method), greedy decoding on SmolLM2
 (``bench.generate``, with a profile of S'MoRE's decode step) and the theory count. Fine-tuning
 quality (``bench.quality``) takes far longer and is run on its own; its finished runs
@@ -20,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from bench import adapter_speed, generate, train_step
+from bench import adapter_speed, generate, op_count, train_step
 from bench.common import RESULTS_DIR, machine_info
 from bench.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("adapter_speed", "train_step", "generate", "theory")
+PARTS = ("op_count", "adapter_speed", "train_step", "generate", "theory")
 
 
 def run_theory(threads: int) -> dict:
@@ -57,6 +58,12 @@ def _with_quality(results: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the quick version of every part")
+    parser.add_argument(
+        "--goals",
+        action="store_true",
+        help="the goals' settings (make bench-goals): the quick layer cases at 15 rounds, the "
+        "SmolLM2 training step at 4 x 128 tokens (LoRA and S'MoRE), quick decoding",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--skip", nargs="*", default=[], choices=PARTS)
     parser.add_argument("--out", default=str(RESULTS_DIR / "latest.json"))
@@ -72,13 +79,20 @@ def main(argv: list[str] | None = None) -> dict:
         write_report(results, Path(args.report))
         return results
     torch.set_num_threads(args.threads)
-    quick = ["--quick"] if args.quick else []
+    quick = ["--quick"] if args.quick or args.goals else []
     threads = ["--threads", str(args.threads)]
-    results: dict = {"quick": args.quick, "machine": machine_info()}
+    layer_args = quick + (["--rounds", "15"] if args.goals else [])
+    step_args = ["--methods", "lora", "smore"] if args.goals else quick
+    results: dict = {"quick": args.quick, "goals": args.goals, "machine": machine_info()}
     start = time.perf_counter()
+    if "op_count" not in args.skip:
+        print("== top-level aten calls per layer training step", flush=True)
+        counts = op_count.main(["--json", str(RESULTS_DIR / "op_count.json")])["cases"]
+        results["op_count"] = {c["config"]: c["smore_calls"] for c in counts}
+        results["op_count"]["lora"] = counts[0]["lora_calls"]
     if "adapter_speed" not in args.skip:
         print("== adapter speed", flush=True)
-        results["adapter_speed"] = adapter_speed.main(quick + threads)["cases"]
+        results["adapter_speed"] = adapter_speed.main(layer_args + threads)["cases"]
         if args.threads == 1:
             print("== headline case with 2 torch threads", flush=True)
             torch.set_num_threads(2)
@@ -87,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             torch.set_num_threads(args.threads)
     if "train_step" not in args.skip:
         print("== training step", flush=True)
-        step = train_step.main(quick + threads)
+        step = train_step.main(step_args + threads)
         results["train_step"] = {k: v for k, v in step.items() if k != "machine"}
     if "generate" not in args.skip:
         print("== greedy decoding", flush=True)
