@@ -162,12 +162,19 @@ def verdict(g: dict[str, dict], wordnet_gap: dict | None) -> list[str]:
     return out
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    root = Path(__file__).resolve().parents[1]
+    path = Path(path).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def report(out_dir: Path, settings: dict[str, Any]) -> str:
     """Markdown: lr choice, the size cells with G_eq/G_dL, WordNet, the verdict, what is left."""
     lrs, runs = load_all(out_dir, settings)
     total = len(q.run_ids())
     lines = [
-        f"{len(runs)} of {total} runs finished (results in {out_dir}).",
+        f"{len(runs)} of {total} runs finished (results in {_shown(out_dir)}).",
         "",
         "**Learning rate per arm** (seed 0, 640 training questions, validation accuracy "
         f"on {q.N_VAL} questions carved from train by key; ties: the smaller lr)",
