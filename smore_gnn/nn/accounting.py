@@ -7,10 +7,7 @@ node the shared ``W_l``, the gate-weighted aggregation and finally ``W_proj``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # annotations only: config imports this module for num_parameters
-    from smore_gnn.nn.config import SMoREConfig
+from smore_gnn.nn.config import SMoREConfig
 
 
 def _router_layer_params(cfg: SMoREConfig, in_dim: int, num_experts: int) -> int:
