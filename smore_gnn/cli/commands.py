@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,16 +74,6 @@ def load_split(
         with user_input("--eval-data" if eval_data else flag):
             validate_mc_records(test, "test questions")
     return (train[:n_train] if n_train else []), test
-
-
-def check_writable(directory: str) -> Path:
-    """Create ``directory`` if needed and prove it writable (UsageError otherwise)."""
-    path = Path(directory)
-    with user_input("--output-dir"):
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    return path
 
 
 def set_threads(requested: int | None) -> None:
