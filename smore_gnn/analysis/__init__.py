@@ -6,7 +6,7 @@ Plain tensor/Python helpers behind :mod:`smore_gnn.viz` and the notebooks (docs/
 :mod:`~smore_gnn.analysis.metrics` (the routing-health metrics, defined once),
 :mod:`~smore_gnn.analysis.information` (entropy, normalised mutual information),
 :mod:`~smore_gnn.analysis.collect` (routings of held-out tokens, padding left out),
-:mod:`~smore_gnn.analysis.rank` (the rank of an adapter's updates, issue 21) and
+:mod:`~smore_gnn.analysis.rank` (the rank of an adapter's updates) and
 :mod:`~smore_gnn.analysis.health` (``routing_health`` and its training callback).
 """
 

@@ -1,4 +1,4 @@
-"""How many output directions an adapter's updates use: the rank of its deltas (issue 21).
+"""How many output directions an adapter's updates use: the rank of its deltas.
 
 Every S'MoRE update is ``W_proj m_root`` with ``m_root`` in ``R^{d_L}`` (docs/spec.md §8), so
 the deltas of any set of tokens span at most ``d_L`` directions, and a LoRA of rank ``r`` at

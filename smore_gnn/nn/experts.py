@@ -42,7 +42,7 @@ _UNFITTED = ResidualCosts(bmm=1.0, gather=0.0)
 PATHS = ("auto", "masked", "gather")
 #: Up to this many picked nodes (``N K``: a decode step, a short prompt) ``"auto"`` takes
 #: compute-all-and-gather on every device: the fewest operations, where per-op overhead
-#: dominates the arithmetic (56 vs 71 us for one token's 2 or 4 picks on the benchmark CPU).
+#: dominates the arithmetic (measured in bench/NOTES.md).
 GATHER_MAX_NODES = 64
 
 

@@ -4,8 +4,8 @@ ops, and compiling every adapter of a model (:func:`compile_adapters`).
 Importing ``smore_gnn`` never changes global torch state; applications (the CLI, the
 notebooks, the benchmarks) call :func:`choose_threads` once, early, and may pass an explicit
 count. The default is one thread on machines with at most two physical cores (OpenMP worker
-threads spin-wait between the many small routing ops; on a shared 2-core machine the project
-measured 10-20x stalls with two threads) and ``physical cores - 1`` otherwise (one core left
+threads spin-wait between the many small routing ops, which stalls them when the other core
+is busy: bench/NOTES.md) and ``physical cores - 1`` otherwise (one core left
 for the OS, data loading and other processes).
 """
 
