@@ -24,10 +24,10 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from bench.adapter_speed import CONFIGS, make_layer
+from bench.adapter_speed import _step as adapter_step
 from bench.common import (
     RESULTS_DIR,
     add_device_argument,
-    autocast,
     check_device,
     lora_rank_for,
     peft_lora_layer,
@@ -64,16 +64,13 @@ def top_level_aten(run, warmup: int = 2, kernels: dict | None = None) -> collect
 
 
 def _step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, device: str = "cpu"):
+    """:func:`bench.adapter_speed._step`, with the gradients cleared first (as a trainer does)."""
+    step = adapter_step(module, x, grad, device)
+
     def run() -> None:
         x.grad = None
         module.zero_grad(set_to_none=True)
-        with autocast(device):
-            y = module(x)
-        loss = getattr(module, "balance_loss", None)
-        if loss is None:
-            y.backward(grad)
-        else:
-            torch.autograd.backward([y, loss], [grad, torch.ones_like(loss)])
+        step()
 
     return run
 

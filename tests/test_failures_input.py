@@ -17,37 +17,10 @@ from smore_gnn.cli.commands import main
 from smore_gnn.data.records import SFTDataset, load_jsonl, read_dataset
 from smore_gnn.hf.testing import byte_tokenizer, tiny_llama
 from smore_gnn.nn.config import SMoREConfig
+from tests.test_failures_cli import MC, TINY, _jsonl, _one_line_error
 
 SMORE = ["--smore", '{"rank": [2, 2]}']
-TINY = [
-    "--model",
-    "tiny",
-    "--n-train",
-    "8",
-    "--n-test",
-    "4",
-    "--max-steps",
-    "1",
-    "--batch-size",
-    "4",
-    "--max-length",
-    "160",
-    "--no-progress",
-    *SMORE,
-]
-MC = {"question": "Which is a fruit?", "choices": ["rock", "pear"], "answer": 1}
 UNWRITABLE = Path("/sys")  # root cannot create files there either
-
-
-def _jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-def _one_line_error(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def _stopped_before_the_model(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
