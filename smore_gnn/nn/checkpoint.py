@@ -13,7 +13,7 @@ frame: the forward run records each layer's :class:`ForwardState` in it, in call
 every later run (a recomputation) hands them back to the same layers in the same order. A
 layer recomputed outside such a call (``torch.utils.checkpoint`` called directly) falls back
 to the state of its last fresh forward. The frames live in a :class:`~contextvars.ContextVar`
-and in the checkpoint's closure: nothing is kept on the layers, and a frame is freed with the
+and in the checkpoint's closure, not on the layers, and a frame is freed with the
 checkpoint's graph.
 """
 
@@ -105,8 +105,8 @@ class RecordingCheckpoint:
     call and each later run (a recomputation in the backward) replays them, whatever other
     forwards of the same layers ran in between. Reentrant and non-reentrant checkpointing
     alike; every option of ``checkpoint_fn`` (``use_reentrant``, ``context_fn``, ...) is
-    passed on. Under ``torch.compile`` the call is passed on unchanged (no Python state is
-    replayed in a compiled backward).
+    passed on. Under ``torch.compile`` the call is passed on unchanged: nothing is recorded
+    or replayed (untested).
 
     Args:
         checkpoint_fn (Callable, optional): the checkpoint function wrapped, e.g. a
