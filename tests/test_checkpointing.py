@@ -180,3 +180,85 @@ def test_in_backward_reads_torch_private_graph_task_id():
     assert not in_backward()
     Probe.apply(x).sum().backward()
     assert seen == [True]
+
+
+# ---- RecordingCheckpoint: each recomputation replays its own forward -------------------------
+
+MASK_B = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
+
+
+class Twice(nn.Module):
+    """One adapted linear called twice: the recomputation must match the calls in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = make_layer(in_features=8, out_features=8, seed=3, gate_type="switch")
+
+    def forward(self, x):
+        return self.a(torch.tanh(self.a(x)))
+
+    def layers(self):
+        return (self.a,)
+
+
+def _micro_batches(block, checkpoint_fn, reentrant):
+    """Two micro-batches with other masks (set on the layers), both forwarded before either
+    backward; ``checkpoint_fn=None``: no checkpointing. The accumulated gradients."""
+    block.zero_grad()
+    losses = []
+    for seed, mask in ((0, MASK), (1, MASK_B)):
+        x = torch.randn(
+            2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
+        )
+        x.requires_grad_(True)  # reentrant checkpointing needs an input with a gradient
+        _set_mask(block, mask)
+        y = block(x) if checkpoint_fn is None else checkpoint_fn(block, x, use_reentrant=reentrant)
+        losses.append(_task(y) + sum(layer.balance_loss for layer in block.layers()))
+    _set_mask(block, None)
+    for loss in losses:
+        loss.backward()
+    return _grads(block)
+
+
+@pytest.mark.parametrize(
+    "make_block", [lambda: Block(gate_type="switch"), Twice], ids=["two", "twice"]
+)
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non_reentrant"])
+def test_recording_checkpoint_replays_each_forward_s_mask_and_balance_gradient(
+    make_block, reentrant
+):
+    from smore_gnn.nn.checkpoint import RecordingCheckpoint
+
+    block = make_block().train()
+    want = _micro_batches(block, None, reentrant)
+    got = _micro_batches(block, RecordingCheckpoint(), reentrant)
+    assert got.keys() == want.keys() and any("router" in name for name in got)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], msg=name)
+
+
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non_reentrant"])
+def test_plain_torch_checkpoint_falls_back_to_the_last_forward(reentrant):
+    """The documented limit: without a RecordingCheckpoint a recomputation takes the mask
+    (and reentrant: the gradient cell) of the layer's last fresh forward, here the second
+    micro-batch's, so the first micro-batch's gradients are wrong."""
+    block = Block(gate_type="switch").train()
+    want = _micro_batches(block, None, reentrant)
+    got = _micro_batches(block, checkpoint, reentrant)
+    assert any(not torch.allclose(got[name], want[name]) for name in want)
+
+
+def test_a_recomputation_leaves_the_last_forward_s_attributes_alone():
+    from smore_gnn.nn.checkpoint import RecordingCheckpoint
+
+    block = Block(gate_type="switch").train()
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    _set_mask(block)
+    y = RecordingCheckpoint()(block, x, use_reentrant=False)
+    _set_mask(block, MASK_B)
+    with torch.no_grad():  # an evaluation batch between the forward and its backward
+        block(x)
+    routing, value = block.a.last_routing, block.a.balance_loss
+    _task(y).backward()
+    assert block.a.last_routing is routing
+    torch.testing.assert_close(block.a.balance_loss, value)

@@ -219,6 +219,14 @@ def test_generate_with_padding_and_cache_routes_new_tokens_only():
 # ---- gradient checkpointing (issue 12 #3, #4) -------------------------------------------
 
 
+def _enable_checkpointing(model, mode: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the transformers 5 alias
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": mode == "reentrant"}
+        )
+
+
 def _grads(checkpointing: str | None, gate: str) -> dict[str, torch.Tensor]:
     model, tokenizer = _tiny()
     torch.manual_seed(0)
@@ -228,11 +236,7 @@ def _grads(checkpointing: str | None, gate: str) -> dict[str, torch.Tensor]:
             if p.requires_grad:
                 p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
     if checkpointing is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # the transformers 5 alias
-            sm.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"}
-            )
+        _enable_checkpointing(sm, checkpointing)
     sm.train()
     batch = _batch(tokenizer)
     calls = []
@@ -507,9 +511,7 @@ def test_a_failed_forward_leaves_no_mask_behind():
 def _decoder_grads(after_top_level_forward: bool) -> dict[str, torch.Tensor]:
     model, tokenizer = _tiny()
     sm = _randomized(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # the transformers 5 alias
-        sm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    _enable_checkpointing(sm, "non_reentrant")
     sm.train()
     a, b = _two_batches(tokenizer)
     if after_top_level_forward:
@@ -529,3 +531,63 @@ def test_under_checkpointing_a_direct_decoder_call_uses_no_earlier_mask():
     assert clean.keys() == after.keys()
     for name, grad in clean.items():
         torch.testing.assert_close(after[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def _loss(sm, batch):
+    out = sm(**batch, labels=batch["input_ids"])
+    return out.loss + sm.balance_loss()
+
+
+def _interleaved_grads(
+    checkpointing: str | None, between: str, before_wrapping: bool = False
+) -> dict[str, torch.Tensor]:
+    """Forward a; then an evaluation forward of b, or b as a second micro-batch; backwards."""
+    model, tokenizer = _tiny()
+    if checkpointing is not None and before_wrapping:
+        _enable_checkpointing(model, checkpointing)
+    sm = _randomized(model)
+    if checkpointing is not None and not before_wrapping:
+        _enable_checkpointing(sm, checkpointing)
+    sm.train()
+    a, b = _two_batches(tokenizer)  # same shape, other padding: other masks
+    losses = [_loss(sm, a)]
+    if between == "eval_batch":
+        sm.eval()
+        with torch.no_grad():
+            sm(**b)
+        sm.train()
+    else:
+        losses.append(_loss(sm, b))
+    for loss in losses:
+        loss.backward()
+    return {n: p.grad for n, p in sm.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("between", ["eval_batch", "micro_batch"])
+@pytest.mark.parametrize("mode", ["reentrant", "non_reentrant"])
+def test_a_forward_between_a_checkpointed_forward_and_its_backward_changes_no_gradient(
+    mode, between
+):
+    plain, checkpointed = _interleaved_grads(None, between), _interleaved_grads(mode, between)
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        assert checkpointed[name] is not None, name
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_checkpointing_enabled_before_wrapping_is_recorded_and_unload_unwraps_it():
+    from smore_gnn.nn.checkpoint import RecordingCheckpoint
+
+    plain = _interleaved_grads(None, "micro_batch")
+    checkpointed = _interleaved_grads("non_reentrant", "micro_batch", before_wrapping=True)
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    model, tokenizer = _tiny()
+    _enable_checkpointing(model, "non_reentrant")
+    layer = model.model.layers[0]
+    original = layer._gradient_checkpointing_func
+    sm = get_smore_model(model, CFG).train()
+    _loss(sm, _batch(tokenizer)).backward()
+    assert isinstance(layer._gradient_checkpointing_func, RecordingCheckpoint)
+    assert layer._gradient_checkpointing_func.checkpoint_fn is original
+    assert sm.unload() is model and layer._gradient_checkpointing_func is original

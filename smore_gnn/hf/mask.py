@@ -14,8 +14,8 @@ model's forward starts and :func:`pop_mask` withdraws it when the forward return
 a ``DataParallel`` replica) sees only its own. A call that did not come through the model's
 forward (e.g. of the inner decoder, ``model.model.model(...)``) finds no mask and treats every
 token as real: real tokens get the same outputs, padding is routed as a token. A gradient
-checkpoint's recomputation finds no mask either, and the layer routes as its forward did
-(:meth:`smore_gnn.nn.layer.SMoRELinear.forward`).
+checkpoint's recomputation finds no mask either: the layer routes with the mask its forward
+recorded (:mod:`smore_gnn.nn.checkpoint`, installed by :mod:`smore_gnn.hf.checkpointing`).
 """
 
 from __future__ import annotations

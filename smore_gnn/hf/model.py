@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from smore_gnn.analysis.routing import adapters_routing_stats
 from smore_gnn.hf import adapters as adapters_io
+from smore_gnn.hf import checkpointing
 from smore_gnn.hf.adapters import ADAPTER_METHODS, AdapterSpec, adapted_modules, adapted_slots
 from smore_gnn.hf.folders import AdapterFolders
 from smore_gnn.hf.layer import AdaptedLinear
@@ -61,8 +62,10 @@ class SMoREModel(AdapterFolders, nn.Module):
     ``forward``/``generate`` go to the base model; unknown attributes are looked up on it. Each
     forward of the base model (every ``generate`` step included) publishes its
     ``attention_mask`` (keyword or positional; validated, see :mod:`smore_gnn.hf.mask`) to the
-    adapters for that forward only, so padding is left out of the balance statistics; a
-    gradient checkpoint's recomputation routes as its forward did.
+    adapters for that forward only, so padding is left out of the balance statistics. Under
+    transformers' gradient checkpointing (reentrant or not, enabled before or after wrapping)
+    each recomputation routes with its own forward's mask, whatever forwards ran between the
+    forward and its backward (:mod:`smore_gnn.hf.checkpointing`).
 
     Nothing is changed until everything is validated, and a failure while adapters are
     injected puts the model back as it was (modules and ``requires_grad``).
@@ -106,6 +109,10 @@ class SMoREModel(AdapterFolders, nn.Module):
             self._hooks = [
                 model.register_forward_pre_hook(self._push_mask, with_kwargs=True, prepend=True),
                 model.register_forward_hook(self._pop_mask, always_call=True),
+            ]
+            self._hooks += [
+                module.register_forward_pre_hook(checkpointing.record_forward_states)
+                for module in checkpointing.checkpointing_modules(model)
             ]
         except BaseException:
             self._restore(flags)
@@ -181,11 +188,17 @@ class SMoREModel(AdapterFolders, nn.Module):
         """Put every base linear back, remove the hooks and restore ``requires_grad``."""
         for name, slot in self._slots().items():
             adapters_io.put(self.model, name, slot.base_layer)
+        self._remove_hooks()
+        for param, flag in flags.items():
+            param.requires_grad_(flag)
+
+    def _remove_hooks(self) -> None:
+        """Remove the forward hooks and unwrap the checkpoint functions they wrapped."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        for param, flag in flags.items():
-            param.requires_grad_(flag)
+        for module in checkpointing.checkpointing_modules(self.model):
+            checkpointing.unwrap(module)
 
     def _check_loaded(self) -> None:
         if self._unloaded:
@@ -273,9 +286,8 @@ class SMoREModel(AdapterFolders, nn.Module):
         self._check_loaded()
         for name, slot in self._slots().items():
             adapters_io.put(self.model, name, slot.base_layer)
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks, self._unloaded = [], True
+        self._remove_hooks()
+        self._unloaded = True
         return self.model
 
     def merge_and_unload(self, *args: Any, **kwargs: Any) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from smore_gnn.nn.balance_grad import AttachBalanceLoss, in_backward, probe
+from smore_gnn.nn.checkpoint import ForwardState, is_recording, record, replayed
 from smore_gnn.nn.config import SMoREConfig
 from smore_gnn.nn.conv import SMoREConv, Tanh, regular_adjacency
 from smore_gnn.nn.decode import forward_mask, small_forward, small_forward_applies
@@ -110,9 +111,10 @@ class SMoRELinear(nn.Module):
         self.register_buffer(
             "_balance_grad", torch.zeros((), dtype=dtype, device=weight.device), persistent=False
         )
+        self._balance_cell: Tensor | None = None  # the last forward's own cell; None: the buffer
         self._last_routing: RoutingResult | None = None  # detached when read (last_routing)
         self._attention_mask: Tensor | None = None  # the wrapper's mask for this batch
-        self._forward_mask: Tensor | None = None  # the mask the last fresh forward used
+        self._forward_mask: Tensor | None = None  # the last fresh forward's (a fallback)
         self.disable_adapters = False  # True: forward returns base_layer(x) (disable_adapter())
         self._cache: dict = {}  # no-grad stacked projection weight (experts.stacked_linear)
         self._adjacency: dict = {}  # index tensors per size: regular_adjacency(...), columns
@@ -172,8 +174,17 @@ class SMoRELinear(nn.Module):
                 ``N`` elements when ``x`` is already flat ``[N, d]``). HF's additive or 4-D
                 masks are rejected: ``SMoREModel`` converts them.
 
-        A recomputation inside a backward (checkpointing) reuses the last fresh forward's
-        mask, so it routes as that forward did even if :attr:`attention_mask` changed since.
+        **Gradient checkpointing.** A recomputation inside a backward routes as its forward
+        did, with that forward's mask (and, if the forward ran without autograd, adds the
+        balance loss's gradient recorded for that forward), whatever other forwards of this
+        layer ran between the forward and its backward, when the checkpoint function is a
+        :class:`~smore_gnn.nn.checkpoint.RecordingCheckpoint` (``SMoREModel`` installs one in
+        transformers' gradient checkpointing). Under ``torch.utils.checkpoint`` called
+        directly it falls back to the mask and gradient cell of this layer's *last* fresh
+        forward: right only if no other forward of the layer ran in between (a mask passed
+        as an argument of the checkpointed function is always right: the recomputation gets
+        the same argument). A recomputation changes none of the last forward's attributes
+        (:attr:`last_routing`, :attr:`balance_loss`).
 
         Raises:
             ValueError: ``x`` has the wrong width, or the mask the wrong shape or values.
@@ -188,18 +199,27 @@ class SMoRELinear(nn.Module):
         result = self.base_layer(x)
         lead = x.shape[:-1]
         fresh = not in_backward()  # False: a checkpoint recomputation
-        stored = self._attention_mask if fresh else self._forward_mask
+        own = None if fresh else replayed(self)  # the state its forward recorded, if any
+        stored = self._attention_mask if fresh else self._forward_mask  # [N] bool | None
+        if own is not None:  # recomputing a recorded forward: its mask (else the last one's)
+            stored = own.mask
         mask = forward_mask(attention_mask, stored, lead, not fresh, self)  # [N] bool | None
         # plain attributes below: a dict update is cheaper than nn.Module.__setattr__ per name
         if fresh:
-            self.__dict__.update(_forward_mask=mask, _balance_graph=None)
-            self._balance_grad.zero_()
+            cell = None  # the buffer, shared by the forwards no RecordingCheckpoint records
+            if is_recording():  # its own cell, so its recomputation finds its own gradient
+                cell = self._balance_grad.new_zeros(())
+                record(self, ForwardState(mask, cell, had_graph=torch.is_grad_enabled()))
+            else:
+                self._balance_grad.zero_()
+            self.__dict__.update(_forward_mask=mask, _balance_graph=None, _balance_cell=cell)
         if torch.is_grad_enabled() and self._cache:  # gradients, so maybe a fused step next:
             self.drop_caches()  # it would leave the version counters the caches check alone
         if lead.numel() == 0:  # nothing to route: the base output, no balance loss
-            self._balance_value = self._balance_grad.new_zeros(())
-            self._balance_routing = None
-            self._last_routing = None
+            if fresh:
+                self._balance_value = self._balance_grad.new_zeros(())
+                self._balance_routing = None
+                self._last_routing = None
             return result
         flat = x.reshape(-1, self.in_features)  # [N, d]
         if mask is not None:  # padding enters the adapter as the zero token (NaN-safe)
@@ -215,17 +235,21 @@ class SMoRELinear(nn.Module):
             delta = self._propagate(hidden, RoutingTree.from_routing(routing), self.proj)
         if self.shared is not None:  # padding rows are zero: no contribution
             delta = delta + self.shared(flat.to(self.proj.weight.dtype))
-        self.__dict__.update(_balance_value=None, _balance_routing=routing)
+        if fresh:  # a recomputation leaves the last forward's attributes alone
+            self.__dict__.update(_balance_value=None, _balance_routing=routing)
+            self.__dict__["_last_routing"] = routing
         if not routing.is_lazy:  # lazy (no autograd): computed when balance_loss is read
             loss = routing.balance_loss
             if fresh:
                 self._balance_graph = loss if loss.requires_grad else None
-            elif loss.requires_grad and self._balance_graph is None:
+                self._balance_value, self._balance_routing = loss.detach(), None
+            elif loss.requires_grad and (
+                self._balance_graph is None if own is None else not own.had_graph
+            ):
                 # recomputing a forward that ran without autograd (reentrant checkpointing):
                 # d(total)/d(loss) = g, recorded by the probe, arrives through the delta
-                delta = AttachBalanceLoss.apply(delta, loss, self._balance_grad)
-            self._balance_value, self._balance_routing = loss.detach(), None
-        self.__dict__["_last_routing"] = routing
+                cell = self._balance_grad if own is None else own.balance_cell
+                delta = AttachBalanceLoss.apply(delta, loss, cell)
         delta = delta.view(*lead, self.out_features)
         return result + (delta if delta.dtype == result.dtype else delta.to(result.dtype))
 
@@ -290,7 +314,8 @@ class SMoRELinear(nn.Module):
             return self._balance_graph
         if not any(p.requires_grad for p in self.router.parameters()):
             return value
-        return probe(value, self._balance_grad)
+        cell = self._balance_cell
+        return probe(value, self._balance_grad if cell is None else cell)
 
     def drop_caches(self) -> None:
         """Forget every no-autograd cache of this layer (decode tables, the stacked projection,
@@ -304,7 +329,8 @@ class SMoRELinear(nn.Module):
 
     def __getstate__(self) -> dict:
         # deepcopy/pickle (EMA, reference models): the balance loss's graph is the original's
-        state = {**self.__dict__, "_balance_graph": None, "_cache": {}, "_adjacency": {}}
+        state = {**self.__dict__, "_balance_graph": None, "_balance_cell": None}
+        state.update(_cache={}, _adjacency={})
         return {**state, "_last_routing": self.last_routing}  # detached
 
     def adapter_delta(self, x: Tensor, routing: RoutingResult) -> Tensor:
