@@ -233,7 +233,9 @@ def _finetune(args: Any, run: RunFolder, start: float) -> dict[str, Any]:
         "trainable_parameters": trainable_parameters(model),
         "budget_report": report,
         "train_steps": result.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": result.training_loss,  # the LM loss, like the logs' "loss"
+        "train_aux_loss": result.metrics.get("train_aux_loss"),
+        "train_total_loss": result.metrics.get("train_total_loss"),
         "train_time_s": round(t_train, 1),
         "log_history": trainer.state.log_history,
     }
