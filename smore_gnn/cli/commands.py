@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -101,11 +102,32 @@ def load_model(args: Any) -> tuple[Any, Any]:
         return load_model_and_tokenizer(args.model)
 
 
+@contextmanager
+def warnings_unless_usage_error() -> Iterator[None]:
+    """Hold back the warnings of a block: shown after it, dropped if it ends in a user error.
+
+    peft warns while it loads a LoRA folder before it fails on one of another model; those
+    warnings would stand before the one-line error. The filters in force still apply.
+    """
+    failed = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    except UsageError:
+        failed = True
+        raise
+    finally:
+        for held in [] if failed else caught:
+            warnings.warn_explicit(
+                held.message, held.category, held.filename, held.lineno, source=held.source
+            )
+
+
 def load_adapter(model: Any, directory: str, trainable: bool = False) -> Any:
     """Any method's adapter folder into ``model``."""
     from smore_gnn.hf.methods import load_any
 
-    with user_input("--adapter"):
+    with warnings_unless_usage_error(), user_input("--adapter"):
         try:
             return load_any(model, directory, is_trainable=trainable)
         except RuntimeError as err:  # peft's load_state_dict error for a LoRA of another model
