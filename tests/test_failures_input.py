@@ -366,3 +366,24 @@ def test_data_builder_user_errors_are_one_line(tmp_path, capsys, name):
         argv = ["build", "wordnet", "--wordnet-dir", str(wordnet), "--out", str(UNWRITABLE / "o")]
         assert build(argv) == 2
         assert "--out" in _one_line_error(capsys)
+
+
+def test_foldoc_entry_without_a_name_line_names_the_file_and_line(tmp_path, capsys):
+    from smore_gnn.data.__main__ import main as build
+    from smore_gnn.data.multitask import DICTD_DATABASES
+    from tests.test_multitask import write_db
+
+    dictd = tmp_path / "dictd"
+    dictd.mkdir()
+    for name in DICTD_DATABASES.values():
+        write_db(dictd, name, [("stub", "stub\n")])
+    good = ("compiler", "compiler\n\n   <programming> A program that translates code.\n\n")
+    nameless = ("linker", "\n\n   <programming> A program that joins object files.\n\n")
+    write_db(dictd, "foldoc", [good, nameless])
+    argv = ["build", "multitask", "--dictd-dir", str(dictd), "--tokenizer", "none"]
+    argv += ["--wordnet-dir", str(_wordnet(tmp_path / "wn", GOOD_NOUN))]
+    assert build([*argv, "--out", str(tmp_path / "o"), "--n-train", "1", "--n-test", "1"]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("python -m smore_gnn.data build multitask: error: ")
+    assert f"{dictd / 'foldoc.index'}:2: expected FOLDOC entry 'linker'" in err, err
+    assert "reinstall dict-foldoc" in err
