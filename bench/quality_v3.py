@@ -291,7 +291,7 @@ def run_one(run_id: str, settings: dict[str, Any], lr: float, work_dir: Path) ->
         answer="text",
         router_lr_scale=settings["router_lr_scale"],
     )
-    out["train_total_loss"] = round(trainer.train().training_loss, 5)
+    out["train_total_loss"] = round(trainer.train().metrics["train_total_loss"], 5)
     logs = [h for h in trainer.state.log_history if "loss" in h and "lm_loss" in h]
     out["train_lm_loss_log"] = [round(h["loss"], 5) for h in logs]
     model.eval()

@@ -107,6 +107,8 @@ def test_finetune_eval_inspect_round_trip(tmp_path, capsys):
     for key in ("base_accuracy", "tuned_accuracy", "trainable_parameters", "wall_time_s"):
         assert metrics[key] is not None, key
     assert metrics["train_steps"] == 2 and metrics["n_test"] == 8
+    parts = metrics["train_loss"] + metrics["train_aux_loss"]  # the LM loss, as logged
+    assert metrics["train_total_loss"] == pytest.approx(parts, rel=1e-4)
     assert set(metrics["budget_report"]) == {"smore", "molre", "lora"}
     for name in ("adapter_config.json", "adapter_model.safetensors", "routing_tree.png"):
         assert (out / name).is_file(), name

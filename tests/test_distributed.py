@@ -1,8 +1,9 @@
 """Sharded and data-parallel training on two CPU ranks (gloo), against one process.
 
 The launched runs (``tests/distributed_worker.py``: one process, ``accelerate launch`` with
-``configs/accelerate/ddp.yaml`` and with ``configs/accelerate/fsdp.yaml``) take about a
-minute together, so they carry the ``distributed`` marker (``make test-distributed``). The
+``configs/accelerate/ddp.yaml`` and with ``configs/accelerate/fsdp.yaml``; and
+``smore-gnn finetune`` on two ranks through ``tests/cli_worker.py``) take about two and a half
+minutes together, so they carry the ``distributed`` marker (``make test-distributed``). The
 helpers of :mod:`smore_gnn.train.distributed` are also tested in-process, unmarked.
 
 Tolerances: the single process and DDP agree to the last bit here; FSDP2 reduce-scatters
@@ -165,6 +166,119 @@ def test_ranks_with_different_adapter_initialisations_are_refused(runs, mode):
     for rank in runs[mode]["ranks"]:
         assert "ranks [1] differ from rank 0's" in rank["mismatch"]
         assert "manual_seed" in rank["mismatch"]
+
+
+# ---- smore-gnn finetune on two ranks (tests/cli_worker.py) --------------------------------
+
+CLI_WORKER = Path(__file__).with_name("cli_worker.py")
+FINETUNE = ["finetune", "--model", "tiny", "--n-train", "8", "--n-test", "4", "--max-steps"]
+FINETUNE += ["2", "--batch-size", "2", "--max-length", "160", "--no-progress", "--smore"]
+FINETUNE += ['{"rank": [2, 2]}']
+
+
+def _launch_cli(mode: str, log: Path, argv: list[str], **env) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **env}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(WORKER.parent), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd += ["--config_file", str(ROOT / "configs" / "accelerate" / f"{mode}.yaml")]
+    cmd += ["--num_processes", "2", "--main_process_port", str(_free_port())]
+    cmd += [str(CLI_WORKER), str(log), *argv]
+    log.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory) -> dict[str, dict]:
+    out = {}
+    for mode in ("ddp", "fsdp"):
+        folder = tmp_path_factory.mktemp(f"cli-{mode}")
+        proc = _launch_cli(mode, folder / "log", [*FINETUNE, "--output-dir", str(folder / "run")])
+        ranks = [folder / "log" / f"rank{r}.json" for r in (0, 1)]
+        ranks = [json.loads(r.read_text()) if r.is_file() else None for r in ranks]
+        out[mode] = {"dir": folder, "proc": proc, "ranks": ranks}
+    return out
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_finetune_on_two_ranks_writes_and_prints_once(cli_runs, mode):
+    proc, (main, other) = cli_runs[mode]["proc"], cli_runs[mode]["ranks"]
+    assert proc.returncode == 0 and main["code"] == other["code"] == 0, proc.stderr[-4000:]
+    assert other["calls"] == [], "only the main process checks, writes and saves"
+    save = "save_adapter_gathered" if mode == "fsdp" else "save_any"  # FSDP: gathered first
+    expected = [["probe_save", None], ["_write_atomic", "finetune_config.yaml"], [save, None]]
+    expected += [["_write_atomic", n] for n in ("metrics.json", "routing_health.json")]
+    assert main["calls"] == [*expected, ["_write_atomic", "metrics.json"]]
+    assert proc.stdout.count("tuned accuracy") == 1 and proc.stdout.count("adapter saved") == 1
+    assert proc.stdout.count("base accuracy:") == 1 and "routing tree drawn" in proc.stdout
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_finetune_on_two_ranks_leaves_one_adapter_that_loads(cli_runs, mode):
+    from smore_gnn.cli.commands import main
+
+    folder = cli_runs[mode]["dir"]
+    run = folder / "run"
+    assert sorted(p.name for p in folder.iterdir()) == ["log", "run"]  # no rescue, no leftover
+    names = {"adapter_config.json", "adapter_model.safetensors", "finetune_config.yaml"}
+    names |= {"metrics.json", "routing_health.json", "routing_tree.png"}
+    assert {p.name for p in run.iterdir() if p.name != "trainer"} == names
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train_steps"] == 2 and metrics["tuned_accuracy"] is not None
+    SMoREModel.from_pretrained(tiny_llama()[0], run)  # the folder is complete and fits
+    argv = ["eval", "--model", "tiny", "--adapter", str(run), "--n-test", "4", "--no-progress"]
+    scores = _last_json_line(main, argv)
+    assert scores["accuracy"] == metrics["tuned_accuracy"]  # the trained adapter was saved
+
+
+def _last_json_line(main, argv: list[str]) -> dict:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()) as text:
+        assert main(argv) == 0
+    return json.loads(text.getvalue().strip().splitlines()[-1])
+
+
+def _codes(log: Path) -> list[int]:
+    return [json.loads((log / f"rank{r}.json").read_text())["code"] for r in (0, 1)]
+
+
+@pytest.mark.distributed
+def test_finetune_user_error_on_two_ranks_is_one_line_and_both_stop(tmp_path):
+    taken = tmp_path / "file"
+    taken.write_text("mine")
+    proc = _launch_cli("ddp", tmp_path / "log", [*FINETUNE, "--output-dir", str(taken)])
+    assert _codes(tmp_path / "log") == [2, 2]
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and f"--output-dir: '{taken}' is a file" in lines[0], proc.stderr
+    assert taken.read_text() == "mine"
+
+
+@pytest.mark.distributed
+def test_output_folder_refused_by_the_main_process_stops_both(tmp_path):
+    # the probe runs on the main process only: the other must not go on to train alone
+    out = tmp_path / "run"
+    argv = [*FINETUNE, "--output-dir", str(out)]
+    proc = _launch_cli("ddp", tmp_path / "log", argv, CLI_WORKER_FAIL="probe_save")
+    assert _codes(tmp_path / "log") == [2, 2]
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "--output-dir: [Errno 30] Read-only" in lines[0], proc.stderr
+    assert not out.exists() and "base accuracy" not in proc.stdout
+
+
+@pytest.mark.distributed
+def test_save_failing_on_the_main_process_after_training_stops_both(tmp_path):
+    out = tmp_path / "run"
+    argv = [*FINETUNE, "--output-dir", str(out)]
+    proc = _launch_cli("ddp", tmp_path / "log", argv, CLI_WORKER_FAIL="save_any")
+    assert _codes(tmp_path / "log") == [2, 2]  # the other process waited and stopped with it
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "could not save the trained adapter" in lines[0], proc.stderr
+    (rescue,) = [p for p in tmp_path.iterdir() if p.name.startswith("run-")]
+    assert f"it was saved to {rescue} instead" in lines[0]
+    SMoREModel.from_pretrained(tiny_llama()[0], rescue)
 
 
 # ---- in-process: the helpers without a process group ------------------------------------

@@ -9,16 +9,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 from smore_gnn.cli.commands import main
 from smore_gnn.data.records import SFTDataset, load_jsonl, read_dataset
+from smore_gnn.hf.lora import LoRAMethod
 from smore_gnn.hf.testing import byte_tokenizer, tiny_llama
 from smore_gnn.nn.config import SMoREConfig
 from tests.test_failures_cli import MC, TINY, _jsonl, _one_line_error
 
+ROOT = Path(__file__).resolve().parents[1]
 SMORE = ["--smore", '{"rank": [2, 2]}']
 UNWRITABLE = Path("/sys")  # root cannot create files there either
 
@@ -233,6 +238,42 @@ def test_lora_of_another_model_is_one_line(tmp_path, capsys, foreign_lora, comma
     assert "(12)" in err and "base model it was trained on" in err
 
 
+def _shown_warnings(argv: list[str], code: int, capsys: pytest.CaptureFixture) -> list[str]:
+    """The warnings ``main(argv)`` lets through (pytest records them instead of printing)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(argv) == code, capsys.readouterr().err
+    return [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("command", ["eval", "inspect"])
+def test_lora_of_another_model_shows_no_warning_before_the_error(
+    tmp_path, capsys, foreign_lora, command
+):
+    extra = ["--n-test", "2", "--no-progress"] if command == "eval" else []
+    extra += ["--output-dir", str(tmp_path)] if command == "inspect" else []
+    argv = [command, "--model", "tiny", "--adapter", str(foreign_lora), *extra]
+    assert _shown_warnings(argv, 2, capsys) == []
+    assert "does not fit this model" in _one_line_error(capsys)
+
+
+def test_lora_of_another_model_leaves_one_line_on_the_stderr_of_the_command(foreign_lora):
+    argv = ["eval", "--model", "tiny", "--adapter", str(foreign_lora), "--n-test", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "smore_gnn.cli", *argv, "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "does not fit this model" in proc.stderr
+
+
+def test_warnings_of_a_lora_that_loads_are_kept(tmp_path, capsys):
+    model, _ = tiny_llama()  # the model of --model tiny
+    LoRAMethod().save(LoRAMethod().build(model, 2), tmp_path / "lora")
+    argv = ["eval", "--model", "tiny", "--adapter", str(tmp_path / "lora"), "--n-test", "2"]
+    assert _shown_warnings([*argv, "--no-progress"], 0, capsys)  # peft's, replayed
+
+
 # --- inspect --health-data ------------------------------------------------------------------
 
 
@@ -325,3 +366,24 @@ def test_data_builder_user_errors_are_one_line(tmp_path, capsys, name):
         argv = ["build", "wordnet", "--wordnet-dir", str(wordnet), "--out", str(UNWRITABLE / "o")]
         assert build(argv) == 2
         assert "--out" in _one_line_error(capsys)
+
+
+def test_foldoc_entry_without_a_name_line_names_the_file_and_line(tmp_path, capsys):
+    from smore_gnn.data.__main__ import main as build
+    from smore_gnn.data.multitask import DICTD_DATABASES
+    from tests.test_multitask import write_db
+
+    dictd = tmp_path / "dictd"
+    dictd.mkdir()
+    for name in DICTD_DATABASES.values():
+        write_db(dictd, name, [("stub", "stub\n")])
+    good = ("compiler", "compiler\n\n   <programming> A program that translates code.\n\n")
+    nameless = ("linker", "\n\n   <programming> A program that joins object files.\n\n")
+    write_db(dictd, "foldoc", [good, nameless])
+    argv = ["build", "multitask", "--dictd-dir", str(dictd), "--tokenizer", "none"]
+    argv += ["--wordnet-dir", str(_wordnet(tmp_path / "wn", GOOD_NOUN))]
+    assert build([*argv, "--out", str(tmp_path / "o"), "--n-train", "1", "--n-test", "1"]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("python -m smore_gnn.data build multitask: error: ")
+    assert f"{dictd / 'foldoc.index'}:2: expected FOLDOC entry 'linker'" in err, err
+    assert "reinstall dict-foldoc" in err

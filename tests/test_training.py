@@ -229,3 +229,29 @@ def test_logged_loss_is_the_lm_loss_and_the_gradient_is_unchanged(tmp_path):
     log = next(h for h in trainer.state.log_history if "loss" in h)
     assert log["loss"] == log["lm_loss"] and log["loss"] < log["total_loss"]
     assert log["total_loss"] == pytest.approx(log["lm_loss"] + log["aux_loss"], rel=1e-4)
+
+
+def test_training_summary_loss_is_the_lm_loss_with_aux_and_total_beside_it(tmp_path):
+    # the heavy balance weight of the test above: HF's train_loss was the optimised sum
+    torch.manual_seed(0)
+    model, tokenizer = tiny_llama(hidden_size=32, intermediate_size=64)
+    cfg = smore_paper_config(gate_type="switch", rank=[4, 4], balance_loss_weight=5.0)
+    model = get_smore_model(model, cfg)
+    args = training_arguments(
+        str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+    trainer = build_trainer(model, tokenizer, RECORDS, args, max_length=48)
+    result = trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    mean = {k: sum(log[k] for log in logs) / len(logs) for k in ("loss", "aux_loss", "total_loss")}
+    assert len(logs) == 3 and result.training_loss == pytest.approx(mean["loss"], rel=1e-4)
+    summary = next(h for h in trainer.state.log_history if "train_loss" in h)
+    for metrics in (result.metrics, summary):
+        assert metrics["train_loss"] == result.training_loss < metrics["train_total_loss"]
+        assert metrics["train_aux_loss"] == pytest.approx(mean["aux_loss"], rel=1e-4)
+        assert metrics["train_total_loss"] == pytest.approx(mean["total_loss"], rel=1e-4)

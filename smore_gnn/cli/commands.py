@@ -7,7 +7,9 @@ explicit flags: :mod:`smore_gnn.cli.args` (one typed dataclass per sub-command),
 training step runs. A user error prints one line naming the input and the fix and exits with
 code 2; a traceback means a bug. Scoring is :mod:`smore_gnn.train.evaluation`, training
 :mod:`smore_gnn.train.trainer`, methods :mod:`smore_gnn.hf.methods`, routing health
-:mod:`smore_gnn.cli.health`.
+:mod:`smore_gnn.cli.health`. ``finetune`` also runs on several processes (``accelerate
+launch``, ``torchrun``): every process trains and evaluates, the main one writes and prints
+(:mod:`smore_gnn.cli.ranks`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from smore_gnn.cli.checks import adapter_mismatch, check_token, figure_path
 from smore_gnn.cli.health import draw_health, routing_health_of, summary_lines
 from smore_gnn.cli.output import RunFolder
 from smore_gnn.cli.parse import parse
+from smore_gnn.cli.ranks import AlreadyReported, Ranks
 
 BUNDLED = ("wordnet", "multitask")
 
@@ -76,16 +80,17 @@ def load_split(
     return (train[:n_train] if n_train else []), test
 
 
-def set_threads(requested: int | None) -> None:
+def set_threads(requested: int | None, verbose: bool = True) -> None:
     """``smore_gnn.nn.runtime.choose_threads`` (prints its choice) when available."""
     try:
         from smore_gnn.nn.runtime import choose_threads
     except ModuleNotFoundError:
         if requested:
             torch.set_num_threads(requested)
-        print(f"torch threads: {torch.get_num_threads()}", flush=True)
+        if verbose:
+            print(f"torch threads: {torch.get_num_threads()}", flush=True)
         return
-    choose_threads(requested, verbose=True)
+    choose_threads(requested, verbose=verbose)
 
 
 def load_model(args: Any) -> tuple[Any, Any]:
@@ -101,11 +106,32 @@ def load_model(args: Any) -> tuple[Any, Any]:
         return load_model_and_tokenizer(args.model)
 
 
+@contextmanager
+def warnings_unless_usage_error() -> Iterator[None]:
+    """Hold back the warnings of a block: shown after it, dropped if it ends in a user error.
+
+    peft warns while it loads a LoRA folder before it fails on one of another model; those
+    warnings would stand before the one-line error. The filters in force still apply.
+    """
+    failed = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    except UsageError:
+        failed = True
+        raise
+    finally:
+        for held in [] if failed else caught:
+            warnings.warn_explicit(
+                held.message, held.category, held.filename, held.lineno, source=held.source
+            )
+
+
 def load_adapter(model: Any, directory: str, trainable: bool = False) -> Any:
     """Any method's adapter folder into ``model``."""
     from smore_gnn.hf.methods import load_any
 
-    with user_input("--adapter"):
+    with warnings_unless_usage_error(), user_input("--adapter"):
         try:
             return load_any(model, directory, is_trainable=trainable)
         except RuntimeError as err:  # peft's load_state_dict error for a LoRA of another model
@@ -115,24 +141,39 @@ def load_adapter(model: Any, directory: str, trainable: bool = False) -> Any:
             raise mismatch from err
 
 
-def accuracy(args: Any, model: Any, tokenizer: Any, test: list[dict]) -> dict | None:
-    """:func:`~smore_gnn.train.evaluation.evaluate_mc` on ``test`` (``None`` without questions)."""
+def accuracy(
+    args: Any, model: Any, tokenizer: Any, test: list[dict], progress: bool = True
+) -> dict | None:
+    """:func:`~smore_gnn.train.evaluation.evaluate_mc` on ``test`` (``None`` without questions).
+
+    ``progress=False`` hides the progress bar that ``args.progress`` asks for.
+    """
     from smore_gnn.train.evaluation import evaluate_mc
 
     if not test:
         return None
     return evaluate_mc(
-        model, tokenizer, test, args.answer, args.eval_batch_size, progress=args.progress
+        model,
+        tokenizer,
+        test,
+        args.answer,
+        args.eval_batch_size,
+        progress=args.progress and progress,
     )
 
 
-def draw_routing(args: Any, model: Any, tokenizer: Any, prompt: str, out: Path) -> tuple:
-    """One token's routing tree as text, drawn to ``args.png`` (default: in ``out``); module."""
-    from smore_gnn.viz import draw_routing_tree
+def route(args: Any, model: Any, tokenizer: Any, prompt: str) -> Any:
+    """Route ``prompt`` through ``model`` (a forward) for :func:`draw_routing`."""
     from smore_gnn.viz.text import route_prompt
 
     with user_input("--module/--token/--prompt"):
-        routed = route_prompt(model, tokenizer, prompt, args.module, args.token)
+        return route_prompt(model, tokenizer, prompt, args.module, args.token)
+
+
+def draw_routing(args: Any, routed: Any, out: Path) -> tuple:
+    """The routed token's tree as text, drawn to ``args.png`` (default: in ``out``); module."""
+    from smore_gnn.viz import draw_routing_tree
+
     png = figure_path(args.png, str(out))
     with user_input("--png"):
         png.parent.mkdir(parents=True, exist_ok=True)
@@ -146,64 +187,72 @@ def draw_routing(args: Any, model: Any, tokenizer: Any, prompt: str, out: Path) 
     return f"{routed.text}\nrouting tree drawn to {png}", routed.name
 
 
-def finetune(args: Any) -> dict[str, Any]:
+def finetune(args: Any, ranks: Ranks | None = None) -> dict[str, Any]:
     """Validate everything, score the base model, train, save the adapter, score again.
 
     The output folder is checked first (:class:`smore_gnn.cli.output.RunFolder`); a run that
-    fails before its adapter is saved leaves it as it found it.
+    fails before its adapter is saved leaves it as it found it. On several processes only the
+    main one checks and writes the folder and prints (:mod:`smore_gnn.cli.ranks`).
     """
-    start, run = time.time(), RunFolder(args.output_dir)
-    with run.cleaned_up_on_failure():
-        return _finetune(args, run, start)
+    start, ranks = time.time(), ranks or Ranks()
+    with ExitStack() as cleanup:
+        with ranks.agreed():  # a folder refused by any process: none goes on
+            run = RunFolder(args.output_dir, writer=ranks.is_main)
+            cleanup.enter_context(run.cleaned_up_on_failure())
+        return _finetune(args, run, start, ranks)
 
 
-def _finetune(args: Any, run: RunFolder, start: float) -> dict[str, Any]:
+def _finetune(args: Any, run: RunFolder, start: float, ranks: Ranks) -> dict[str, Any]:
     from smore_gnn.data.records import SFTDataset, format_example
     from smore_gnn.hf.methods import build_for_budget, method_of, trainable_parameters
+    from smore_gnn.train.distributed import full_state_dict
     from smore_gnn.train.trainer import build_trainer, training_arguments
 
-    out = run.path
-    train, test = load_split(args.data, args.eval_data, args.n_train, args.n_test)
-    set_threads(args.threads)
-    model, tokenizer = load_model(args)
-    prompt = args.prompt or format_example((test or train)[0])[0]
-    check_token(tokenizer, prompt, args.token)  # drawn after training: checked before it
-    with user_input("--data/--max-length"):
-        dataset = SFTDataset(train, tokenizer, args.max_length, answer=args.answer)
-    if args.adapter:  # continue training the saved adapter (its own method and config)
-        model, report = load_adapter(model, args.adapter, trainable=True), None
-    else:
-        from smore_gnn.hf.model import find_target_modules
+    out, main = run.path, ranks.is_main
+    with ranks.agreed():  # every process: the same checks, model and base scores
+        train, test = load_split(args.data, args.eval_data, args.n_train, args.n_test)
+        set_threads(args.threads, verbose=main)
+        model, tokenizer = load_model(args)
+        prompt = args.prompt or format_example((test or train)[0])[0]
+        check_token(tokenizer, prompt, args.token)  # drawn after training: checked before it
+        with user_input("--data/--max-length"):
+            dataset = SFTDataset(train, tokenizer, args.max_length, answer=args.answer)
+        if args.adapter:  # continue training the saved adapter (its own method and config)
+            model, report = load_adapter(model, args.adapter, trainable=True), None
+        else:
+            from smore_gnn.hf.model import find_target_modules
 
-        with user_input("--target-modules"):
-            targets = args.target_modules
-            find_target_modules(model, targets) if targets is not None else None
-    base = accuracy(args, model, tokenizer, test) if args.eval_before else None
-    print(f"base accuracy: {base and base['accuracy']} on {len(test)} questions")
-    if not args.adapter:
-        model, report = build_for_budget(
-            args.method or "smore",
-            model,
-            args.smore_config,
-            args.target_modules,
-            lora_rank=args.lora_rank,
-            match_budget=args.match_budget,
+            with user_input("--target-modules"):
+                targets = args.target_modules
+                find_target_modules(model, targets) if targets is not None else None
+        base = accuracy(args, model, tokenizer, test, main) if args.eval_before else None
+        ranks.print(f"base accuracy: {base and base['accuracy']} on {len(test)} questions")
+        if not args.adapter:
+            model, report = build_for_budget(
+                args.method or "smore",
+                model,
+                args.smore_config,
+                args.target_modules,
+                lora_rank=args.lora_rank,
+                match_budget=args.match_budget,
+                seed=args.seed,
+            )
+        method = method_of(model).name
+        health = routing_health_of(model, tokenizer, test, args.eval_batch_size, args.seed)
+        training = training_arguments(
+            str(run.subfolder("trainer")),
+            per_device_train_batch_size=args.batch_size,
+            gradient_accumulation_steps=args.grad_accum,
+            num_train_epochs=args.epochs,
+            max_steps=args.max_steps,
+            learning_rate=args.lr,
+            warmup_steps=args.warmup,
             seed=args.seed,
+            logging_steps=args.logging_steps,
+            disable_tqdm=not args.progress,
         )
-    method = method_of(model).name
-    health = routing_health_of(model, tokenizer, test, args.eval_batch_size, args.seed)
-    training = training_arguments(
-        str(run.subfolder("trainer")),
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
-        learning_rate=args.lr,
-        warmup_steps=args.warmup,
-        seed=args.seed,
-        logging_steps=args.logging_steps,
-        disable_tqdm=not args.progress,
-    )
+        settings = {k: v for k, v in asdict(args).items() if k != "smore_config"}
+        run.write_text("finetune_config.yaml", yaml.safe_dump(settings, sort_keys=True))
     trainer = build_trainer(
         model,
         tokenizer,
@@ -213,41 +262,66 @@ def _finetune(args: Any, run: RunFolder, start: float) -> dict[str, Any]:
         answer=args.answer,
         router_lr_scale=args.router_lr_scale,
     )
-    settings = {k: v for k, v in asdict(args).items() if k != "smore_config"}
-    run.write_text("finetune_config.yaml", yaml.safe_dump(settings, sort_keys=True))
     t_train = time.time()
     result = trainer.train()
     t_train = time.time() - t_train
-    run.save(model)  # before any post-training evaluation: nothing trained is lost
-    print(f"adapter saved to {out}", flush=True)
-    tuned = accuracy(args, model, tokenizer, test)
-    metrics = {
-        "model": args.model,
-        "method": method,
-        "adapter": args.adapter,
-        "answer": args.answer,
-        "base_accuracy": base and base["accuracy"],
-        "tuned_accuracy": tuned and tuned["accuracy"],
-        "n_train": len(train),
-        "n_test": len(test),
-        "trainable_parameters": trainable_parameters(model),
-        "budget_report": report,
-        "train_steps": result.global_step,
-        "train_loss": result.training_loss,
-        "train_time_s": round(t_train, 1),
-        "log_history": trainer.state.log_history,
-    }
-    if tuned and tuned["per_task"]:
-        metrics["per_task"] = {"base": base and base["per_task"], "tuned": tuned["per_task"]}
+    state_dict = full_state_dict(trainer)  # every process: a sharded model is gathered
+    with ranks.agreed():  # before any post-training evaluation: nothing trained is lost
+        run.save(model, state_dict)
+    ranks.print(f"adapter saved to {out}")
+    with ranks.agreed():  # the last agreement: the processes end together
+        # Every process runs the same forwards (a sharded model needs all of them), then the
+        # main process writes: none waits in a forward while another writes or fails.
+        tuned = accuracy(args, model, tokenizer, test, main)
+        after = None
+        if health is not None:
+            after = routing_health_of(model, tokenizer, test, args.eval_batch_size, args.seed)
+        routed = route(args, model, tokenizer, prompt) if hasattr(model, "routing_stats") else None
+        metrics = {
+            "model": args.model,
+            "method": method,
+            "adapter": args.adapter,
+            "answer": args.answer,
+            "base_accuracy": base and base["accuracy"],
+            "tuned_accuracy": tuned and tuned["accuracy"],
+            "n_train": len(train),
+            "n_test": len(test),
+            "trainable_parameters": trainable_parameters(model),
+            "budget_report": report,
+            "train_steps": result.global_step,
+            "train_loss": result.training_loss,  # the LM loss, like the logs' "loss"
+            "train_aux_loss": result.metrics.get("train_aux_loss"),
+            "train_total_loss": result.metrics.get("train_total_loss"),
+            "train_time_s": round(t_train, 1),
+            "log_history": trainer.state.log_history,
+        }
+        if tuned and tuned["per_task"]:
+            metrics["per_task"] = {"base": base and base["per_task"], "tuned": tuned["per_task"]}
+        if after is not None:
+            metrics["routing_health"] = {"before": health["summary"], "after": after["summary"]}
+        if routed is not None:  # the statistics of the routed prompt
+            stats = model.routing_stats().items()
+            metrics["routing"] = {k: v for k, v in stats if k != "modules"}
+        if main:
+            _report(args, run, metrics, after, routed, start)
+    return metrics
+
+
+def _report(
+    args: Any,
+    run: RunFolder,
+    metrics: dict,
+    health_after: dict | None,
+    routed: Any,
+    start: float,
+) -> None:
+    """The main process's part of ``finetune``: write the results, draw the tree, print."""
     metrics["wall_time_s"] = round(time.time() - start, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
-    if health is not None:
-        after = routing_health_of(model, tokenizer, test, args.eval_batch_size, args.seed)
-        metrics["routing_health"] = {"before": health["summary"], "after": after["summary"]}
-        run.write_text("routing_health.json", json.dumps(after, indent=1) + "\n")
-    if hasattr(model, "routing_stats"):
-        print(draw_routing(args, model, tokenizer, prompt, out)[0])
-        metrics["routing"] = {k: v for k, v in model.routing_stats().items() if k != "modules"}
+    if health_after is not None:
+        run.write_text("routing_health.json", json.dumps(health_after, indent=1) + "\n")
+    if routed is not None:
+        print(draw_routing(args, routed, run.path)[0])
     metrics["wall_time_s"] = round(time.time() - start, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     m = metrics
@@ -255,9 +329,8 @@ def _finetune(args: Any, run: RunFolder, start: float) -> dict[str, Any]:
     print(
         f"{m['method']}: base accuracy {m['base_accuracy']} -> tuned accuracy "
         f"{m['tuned_accuracy']} ({m['trainable_parameters']:,} trainable parameters, "
-        f"{m['wall_time_s']:.0f} s); adapter and metrics.json in {out}"
+        f"{m['wall_time_s']:.0f} s); adapter and metrics.json in {run.path}"
     )
-    return metrics
 
 
 def evaluate(args: Any) -> dict[str, Any]:
@@ -305,7 +378,8 @@ def inspect(args: Any) -> str:
                 "smore", model, args.smore_config, args.target_modules, seed=args.seed
             )
     out = Path(args.output_dir)
-    text, module = draw_routing(args, model, tokenizer, args.prompt or "The cat sat on the", out)
+    routed = route(args, model, tokenizer, args.prompt or "The cat sat on the")
+    text, module = draw_routing(args, routed, out)
     if args.health_data:
         health = routing_health_of(model, tokenizer, test, seed=args.seed)
         pngs = draw_health(health, out, module) if health else []
@@ -317,15 +391,22 @@ def inspect(args: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``smore-gnn`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    ranks = None
     try:
-        command, args, ignored = parse(argv)
+        ranks = Ranks()
+        with ranks.agreed():  # several processes: a bad argument stops all, printed once
+            command, args, ignored = parse(argv)
         if ignored:
-            print(
+            ranks.print(
                 f"smore-gnn {command}: not using config keys {', '.join(ignored)} "
-                "(settings of other commands)",
-                flush=True,
+                "(settings of other commands)"
             )
-        {"finetune": finetune, "eval": evaluate, "inspect": inspect}[command](args)
+        if command == "finetune":
+            finetune(args, ranks)
+        else:
+            {"eval": evaluate, "inspect": inspect}[command](args)
+    except AlreadyReported:  # another process of this run printed the error
+        return 2
     except UsageError as err:
         message = " ".join(str(err).split())
         where = f"smore-gnn {argv[0]}" if argv and argv[0] in COMMANDS else "smore-gnn"
@@ -338,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        if ranks is not None:
+            ranks.close()
     return 0
 
 

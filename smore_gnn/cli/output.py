@@ -9,6 +9,9 @@ saved, it removes what the run created (folders, files, the trainer's folder) an
 the files it overwrote. If the save fails after training, the adapter is saved to a
 time-stamped sibling folder (else into the system's temporary folder) and the run stops with a
 one-line error naming it.
+
+In a run on several processes (:mod:`smore_gnn.cli.ranks`) only the main process writes: the
+others hold a ``RunFolder(..., writer=False)``, which resolves the same path and writes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,15 +64,24 @@ class RunFolder:
 
     Args:
         directory: the ``--output-dir`` value.
+        writer: whether this process writes the folder (default: True); the other processes
+            of a multi-process run only resolve the path: no folder is made or probed, and
+            :meth:`write_text`, :meth:`save` and :meth:`discard` write nothing.
 
     Raises:
         UsageError: a folder the save would refuse or cannot write (``--output-dir: ...``).
     """
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, writer: bool = True):
         self.created: list[Path] = []  # folders this run made, outermost first
+        self.writer = writer
+        self.previous: dict[str, bytes | None] = {}  # files written: their bytes before the run
+        self.scratch: list[str] = []  # subfolders the run created for others to fill
+        self.saved = False
         try:
             self.path = save_target(directory)
+            if not writer:
+                return
             self.created = _missing_folders(self.path)
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
@@ -83,9 +95,6 @@ class RunFolder:
         except (ValueError, OSError) as err:
             self._remove_created()
             raise UsageError(f"--output-dir: {err}") from err
-        self.previous: dict[str, bytes | None] = {}  # files written: their bytes before the run
-        self.scratch: list[str] = []  # subfolders the run created for others to fill
-        self.saved = False
 
     def subfolder(self, name: str) -> Path:
         """``<folder>/<name>`` for a tool that creates it; removed on failure if it is new."""
@@ -96,24 +105,42 @@ class RunFolder:
     def write_text(self, name: str, text: str) -> Path:
         """Write ``<folder>/<name>`` atomically (remembering what a failed run puts back)."""
         path = self.path / name
+        if not self.writer:
+            return path
         if not self.saved and name not in self.previous:
             self.previous[name] = path.read_bytes() if path.is_file() else None
         _write_atomic(path, text.encode())
         return path
 
-    def save(self, model: Any) -> Path:
+    def save(self, model: Any, state_dict: dict | None = None) -> Path:
         """Save ``model``'s adapter into the folder; if that fails, somewhere else, and stop.
+
+        Args:
+            model: the adapted model.
+            state_dict: the full state dict gathered from a sharded model (FSDP, DeepSpeed:
+                :func:`smore_gnn.train.distributed.full_state_dict`); ``None``: the model's own
+                tensors.
 
         Raises:
             AdapterSavedElsewhere: the save into the folder failed; the message names where the
                 adapter went instead.
         """
         from smore_gnn.hf.methods import save_any
+        from smore_gnn.train.distributed import save_adapter_gathered
 
+        def save(directory: Path) -> None:
+            if state_dict is None:
+                save_any(model, directory)
+            else:
+                save_adapter_gathered(model, directory, state_dict)
+
+        if not self.writer:
+            self.saved = True
+            return self.path
         try:
-            save_any(model, self.path)
+            save(self.path)
         except Exception as err:
-            rescue = self._rescue(model, save_any, err)
+            rescue = self._rescue(save, err)
             raise AdapterSavedElsewhere(
                 f"--output-dir: could not save the trained adapter into {self.path} "
                 f"({type(err).__name__}: {err}); it was saved to {rescue} instead: use that "
@@ -122,7 +149,7 @@ class RunFolder:
         self.saved = True
         return self.path
 
-    def _rescue(self, model: Any, save_any: Any, err: Exception) -> Path:
+    def _rescue(self, save: Callable[[Path], None], err: Exception) -> Path:
         """Save into a new time-stamped folder beside the output folder, else in the temp dir."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         places = (self.path.parent, Path(tempfile.gettempdir()))
@@ -132,7 +159,7 @@ class RunFolder:
             while os.path.lexists(rescue):
                 rescue, suffix = place / f"{self.path.name}-{stamp}-{suffix}", suffix + 1
             try:
-                save_any(model, rescue)
+                save(rescue)
             except Exception:  # the next place, then the original error
                 continue
             config = self.path / "finetune_config.yaml"
@@ -153,6 +180,8 @@ class RunFolder:
 
     def discard(self) -> None:
         """Remove what the run created and put back the files it overwrote; nothing else."""
+        if not self.writer:
+            return
         for name, before in self.previous.items():
             path = self.path / name
             if before is None:

@@ -186,9 +186,14 @@ class DictdDatabase:
 
         Entries with an empty headword (``freedict-eng-deu`` has one) are skipped.
         """
+        for entry, text in self.indexed_entries(include_meta):
+            yield entry.headword, text
+
+    def indexed_entries(self, include_meta: bool = False) -> Iterator[tuple[IndexEntry, str]]:
+        """:meth:`entries` with each entry's :class:`IndexEntry` (its index line) for errors."""
         for entry in self.index:
             if entry.headword and (include_meta or not entry.is_meta):
-                yield entry.headword, self.text(entry)
+                yield entry, self.text(entry)
 
     def lookup(self, headword: str) -> list[str]:
         """All entry texts whose headword equals ``headword`` (case-insensitive)."""

@@ -144,9 +144,13 @@ def parse_foldoc(db: DictdDatabase) -> list[Term]:
 
     The sentence has cross-reference braces removed (``{compiler}`` -> ``compiler``),
     pronunciations and parenthesised notes dropped; redirect-only entries are skipped.
+
+    Raises:
+        ValueError: an entry with a definition but no name line before it (the index file and
+            line are named).
     """
     out = []
-    for _, text in db.entries():
+    for entry, text in db.indexed_entries():
         names, _, body = text.partition("\n\n")  # the first lines name the term (case kept)
         paragraph = " ".join(body.strip().split("\n\n", 1)[0].split())
         match = re.match(r"<([^>]+)>\s*(.*)", paragraph)
@@ -158,6 +162,13 @@ def parse_foldoc(db: DictdDatabase) -> list[Term]:
             continue  # a run-on list, or one of ~250 look-alike "country code for X" entries
         sentence = " ".join(re.sub(r"\([^)]*\)|\[[^\]]*\]", "", first).split())
         category = match.group(1).split(",")[0].strip()
-        first, *aliases = [n.strip() for n in names.splitlines() if n.strip()]
+        found = [n.strip() for n in names.splitlines() if n.strip()]
+        if not found:
+            raise ValueError(
+                f"{db.index_path}:{entry.line}: expected FOLDOC entry {entry.headword!r} to "
+                f"start with its name line, got a blank line before '<{match.group(1)}> ...'; "
+                "the database is damaged; apt-get install --reinstall dict-foldoc"
+            )
+        first, *aliases = found
         out.append(Term(first, tuple(aliases), category, sentence.strip(" ,;:")))
     return out

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from smore_gnn.hf import adapters as io
+from smore_gnn.hf.atomic import atomic_folder
 from smore_gnn.hf.model import SMoREModel
 from smore_gnn.hf.save import adapter_parameters
 from smore_gnn.nn.layer import SMoRELinear
@@ -194,6 +195,30 @@ def save_adapter_from_state_dict(
     base = base_model_name or getattr(config, "name_or_path", None) or None
     tensors = adapter_tensors_from_state_dict(model, state_dict)
     write_adapter(directory, spec.to_meta(base, __version__), tensors)
+
+
+def full_state_dict(trainer: Any) -> dict[str, Tensor] | None:
+    """The full state dict of ``trainer``'s sharded model (FSDP, DeepSpeed), else ``None``.
+
+    Every rank must call it (the shards are gathered); under FSDP only rank 0 receives the
+    tensors, which is where an adapter folder is written from them
+    (:func:`save_adapter_gathered`). An unsharded model (one process, DDP) holds its own
+    tensors: ``None``, nothing gathered.
+    """
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model)
+
+
+def save_adapter_gathered(
+    model: nn.Module, directory: str | Path, state_dict: dict[str, Tensor]
+) -> None:
+    """Write the adapter folder of ``model`` (any method) from its gathered full state dict."""
+    if isinstance(model, SMoREModel):
+        save_adapter_from_state_dict(model, directory, state_dict)
+        return
+    # A peft model (LoRA) picks its adapter's tensors out of the full state dict itself.
+    atomic_folder(directory, lambda tmp: model.save_pretrained(str(tmp), state_dict=state_dict))
 
 
 def load_adapter_sharded(model: SMoREModel, directory: str | Path) -> None:

@@ -2,9 +2,11 @@
 
 ``SMoRETrainer`` adds the adapters' summed balance loss (docs/spec.md §3) to the language-model
 loss and logs the LM loss as ``loss`` (also ``lm_loss``), with ``aux_loss``, ``total_loss`` (the
-optimised sum), ``routing_entropy`` and ``max_load_share`` beside it,
-and saves/resumes checkpoints as adapter files (see :mod:`smore_gnn.hf.save`). It works for any
-model; only an ``SMoREModel`` has an auxiliary loss and routing statistics.
+optimised sum), ``routing_entropy`` and ``max_load_share`` beside it. The summary of a
+``train()`` call follows suit: ``TrainOutput.training_loss`` and ``metrics["train_loss"]`` are
+the mean LM loss, with ``train_aux_loss`` and ``train_total_loss`` beside it in the metrics.
+Checkpoints are saved and resumed as adapter files (see :mod:`smore_gnn.hf.save`). It works for
+any model; only an ``SMoREModel`` has an auxiliary loss and routing statistics.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import TrainOutput
 
 from smore_gnn.data import records as mc
 from smore_gnn.hf.methods import auxiliary_loss
@@ -26,6 +29,7 @@ from smore_gnn.train import distributed
 from smore_gnn.train.optim import param_groups
 
 _STATS = ("lm_loss", "aux_loss", "routing_entropy", "max_load_share")
+_RUN = ("lm_loss", "aux_loss")  # averaged over a whole train() call for its summary
 
 
 def training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
@@ -81,6 +85,8 @@ class SMoRETrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._sums: dict[str, float] = dict.fromkeys(_STATS, 0.0)
         self._count = 0
+        self._run_sums: dict[str, float] = dict.fromkeys(_RUN, 0.0)
+        self._run_count = 0
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The ``Trainer``'s optimizer over ``smore_gnn.train.optim.param_groups``."""
@@ -134,8 +140,12 @@ class SMoRETrainer(Trainer):
         aux = auxiliary_loss(unwrapped)
         loss = lm_loss if aux is None else lm_loss + aux.to(lm_loss.device, lm_loss.dtype)
         if model.training:
-            self._sums["lm_loss"] += float(lm_loss.detach())
-            self._sums["aux_loss"] += 0.0 if aux is None else float(aux.detach())
+            parts = {"lm_loss": float(lm_loss.detach())}
+            parts["aux_loss"] = 0.0 if aux is None else float(aux.detach())
+            for key, value in parts.items():
+                self._sums[key] += value
+                self._run_sums[key] += value
+            self._run_count += 1
             if isinstance(unwrapped, SMoREModel):
                 stats = distributed.global_routing_statistics(unwrapped)  # the whole batch
                 self._sums["routing_entropy"] += stats["mean_entropy"]
@@ -143,14 +153,37 @@ class SMoRETrainer(Trainer):
             self._count += 1
         return (loss, outputs) if return_outputs else loss
 
+    def train(self, *args: Any, **kwargs: Any) -> TrainOutput:
+        """The ``Trainer``'s ``train``; its ``training_loss`` is the mean LM loss of the call.
+
+        The ``Trainer`` averages the optimised sum (LM + balance loss); that mean is kept as
+        ``metrics["train_total_loss"]``, the balance loss's as ``metrics["train_aux_loss"]``.
+        """
+        self._run_sums, self._run_count = dict.fromkeys(_RUN, 0.0), 0
+        output = super().train(*args, **kwargs)
+        return TrainOutput(output.global_step, output.metrics["train_loss"], output.metrics)
+
+    def _mean_over_ranks(self, sums: dict[str, float], count: int, keys: Sequence[str]) -> list:
+        """``sums[k] / count`` for each key, averaged over the ranks (every rank must call it)."""
+        values = torch.tensor([sums[k] / max(count, 1) for k in keys])
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values.to(self.args.device), "mean").cpu()
+        return values.tolist()
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the averaged loss parts and routing statistics to each training log."""
+        """Add the averaged loss parts and routing statistics to each training log.
+
+        The final summary of ``train()`` (``train_loss``) gets the LM loss as ``train_loss`` and
+        the optimised mean as ``train_total_loss``, like ``loss`` and ``total_loss`` here.
+        """
+        if "train_loss" in logs and self._run_count:
+            lm, aux = self._mean_over_ranks(self._run_sums, self._run_count, _RUN)
+            logs["train_total_loss"], logs["train_aux_loss"] = logs["train_loss"], aux
+            logs["train_loss"] = lm
         if "loss" in logs and self._count:
-            values = torch.tensor([self._sums[k] / self._count for k in _STATS])
-            if self.accelerator.num_processes > 1:
-                values = self.accelerator.reduce(values.to(self.args.device), "mean").cpu()
+            values = self._mean_over_ranks(self._sums, self._count, _STATS)
             smore = isinstance(self.accelerator.unwrap_model(self.model), SMoREModel)
-            for key, value in zip(_STATS, values.tolist()):
+            for key, value in zip(_STATS, values):
                 if smore or key in ("lm_loss", "aux_loss"):
                     logs[key] = round(value, 6)
             # ``loss`` is the LM loss users read; the summed balance loss (w x every router)
