@@ -144,7 +144,17 @@ def verdict(g: dict[str, dict], wordnet_gap: dict | None) -> list[str]:
         todo = "" if "mtfull" in larger else "; full size incomplete"
         out.append(f"regime: {'met' if met else 'not met so far'} ({'; '.join(parts)}{todo})")
     sizes = [s for s in pts if pts[s]["G_eq"] is not None and pts[s]["G_dL"] is not None]
-    if len(sizes) < len(pts):
+    broken = [  # one complete size outside the rule decides it before the others finish
+        f"{s}: G_eq {pts[s]['G_eq']['mean']:+.1f}, G_dL {pts[s]['G_dL']['mean']:+.1f}"
+        for s in sizes
+        if pts[s]["G_eq"]["mean"] > -1.5 or abs(pts[s]["G_dL"]["mean"]) > 1
+    ]
+    if broken and len(sizes) < len(pts):
+        out.append(
+            "property of the method (G_eq <= -1.5 at every size, |G_dL| <= 1): not met "
+            f"({'; '.join(broken)}), whatever the other sizes give"
+        )
+    elif len(sizes) < len(pts):
         out.append(
             "property of the method (G_eq <= -1.5 at every size, |G_dL| <= 1): "
             f"**incomplete** (complete sizes: {sizes or 'none'})"

@@ -104,6 +104,12 @@ def test_paired_gaps_report_and_verdict_by_hand(tmp_path):
     assert "incomplete" in lines[1] and "incomplete" in lines[2]
     text = report(tmp_path, settings)
     assert "-2.7 ± 0.3" in text and "not run yet" in text and "mt1920 " in text
+    # LoRA r8 far above: |G_dL| > 1 at one complete size decides the property already
+    for seed, a in enumerate([0.45, 0.46, 0.47]):
+        _write(tmp_path, settings, f"mt640-lora8-s{seed}", a, lrs)
+    _, runs = __import__("bench.quality_v3_report").quality_v3_report.load_all(tmp_path, settings)
+    lines = verdict(gaps(runs)["smore"], None)
+    assert "incomplete" in lines[1] and "not met (mt640: G_eq -2.7, G_dL -4.0)" in lines[2]
 
 
 def test_one_run_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
