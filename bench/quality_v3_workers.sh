@@ -11,6 +11,7 @@
 set -euo pipefail
 study=$(cd "${1:?give the study checkout}" && pwd)
 py=${2:?give the python of a venv holding smore-gnn}
+py=$(cd "$(dirname "$py")" && pwd)/$(basename "$py")  # absolute, links kept (a venv)
 n=${3:-2}
 claims=$study/runs/claims
 rm -rf "$claims" && mkdir -p "$claims"
