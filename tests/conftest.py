@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import matplotlib
 import pytest
 import torch
@@ -37,3 +40,23 @@ def make_layer(
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def mount_point(tmp_path):
+    """An empty tmpfs mounted at tmp_path/"volume" (skipped where mounting is not permitted)."""
+    point = tmp_path / "volume"
+    point.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    run = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(point)],
+        capture_output=True,
+        check=False,
+    )
+    if run.returncode != 0:
+        pytest.skip(f"mounting is not permitted here: {run.stderr.decode().strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)

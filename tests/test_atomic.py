@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -95,26 +94,6 @@ def test_probe_names_the_folder_when_no_save_can_work(tmp_path, monkeypatch):
         atomic.probe_save(out)
     monkeypatch.undo()
     assert os.listdir(out) == [] and sorted(os.listdir(tmp_path)) == ["adapter"]
-
-
-@pytest.fixture
-def mount_point(tmp_path):
-    """An empty tmpfs mounted at tmp_path/"volume" (skipped where mounting is not permitted)."""
-    point = tmp_path / "volume"
-    point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    run = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(point)],
-        capture_output=True,
-        check=False,
-    )
-    if run.returncode != 0:
-        pytest.skip(f"mounting is not permitted here: {run.stderr.decode().strip()}")
-    try:
-        yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=False)
 
 
 def test_save_into_a_real_mount_point(tmp_path, mount_point):
